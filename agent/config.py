@@ -1,0 +1,276 @@
+"""The YAML config as pydantic v2 models, and ``load_config`` with path-qualified errors.
+
+Components (decoder, handler, sinks) are validated against the config model their class
+registers, so plugins get the same checks and schema as built-ins. ``${VAR}`` and
+``${VAR:-default}`` in string values come from the environment; secrets must.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError, PluginError
+from .registry import Registry
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+SECRET_KEYS = frozenset({"password"})
+
+
+def _duration(v: Any) -> Any:
+    if isinstance(v, str):
+        m = _DURATION.match(v)
+        if not m:
+            raise ValueError("expected a duration such as 500ms, 10s, 5m, 1h or 7d")
+        return float(m[1]) * _UNITS[m[2]]
+    return v
+
+
+Duration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+
+
+class Model(BaseModel):
+    """Base of every config model: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ComponentConfig(Model):
+    """Base of a component's config; ``type`` names the component in the registry."""
+
+    type: str
+
+
+class TlsConfig(Model):
+    ca: Path | None = Field(None, description="CA bundle that signs the broker's certificate")
+    cert: Path | None = Field(None, description="client certificate (mutual TLS)")
+    key: Path | None = Field(None, description="client private key (mutual TLS)")
+    min_version: Literal["1.2", "1.3"] = Field("1.2", description="lowest TLS version accepted")
+    check_hostname: bool = Field(True, description="verify the broker's name in its certificate")
+
+
+class BrokerConfig(Model):
+    host: str = Field("127.0.0.1", description="broker host name or address")
+    port: int = Field(1883, gt=0, lt=65536, description="broker TCP port")
+    protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
+    client_id: str | None = Field(None, description="client id; default <agent.id>-<role>")
+    keepalive: int = Field(30, ge=5, description="keepalive interval in seconds")
+    username: str | None = Field(None, description="user name; use ${VAR}")
+    password: str | None = Field(None, description="password; must be ${VAR}, never literal")
+    tls: TlsConfig | None = Field(None, description="TLS settings; plain TCP when absent")
+    clean_start: bool = Field(True, description="false keeps a persistent session (QoS 1)")
+    session_expiry: int = Field(3600, ge=0, description="MQTT 5 session expiry, seconds")
+    reconnect_min: Duration = Field(0.5, description="first reconnect delay")
+    reconnect_max: Duration = Field(30, description="longest reconnect delay")
+
+
+class AgentSection(Model):
+    id: str = Field("edge-agent", pattern=r"^[A-Za-z0-9_.-]+$", description="agent id")
+    status_topic: str | None = Field(None, description="retained birth / last-will topic")
+    status_broker: str | None = Field(None, description="broker for status; default: first sink")
+    heartbeat: Duration = Field(30, description="period of status heartbeats")
+
+
+class SpoolConfig(Model):
+    path: Path = Field(Path("edge-agent-spool.db"), description="SQLite outbox file")
+    max_mb: float = Field(256, gt=0, description="size cap; oldest rows dropped beyond it")
+    ttl: Duration = Field(7 * 86400, description="rows older than this are dropped")
+    replay_rate: float = Field(1000, gt=0, description="messages/s when draining a backlog")
+    batch: int = Field(200, gt=0, le=10000, description="records per publish round")
+
+
+class SourceConfig(Model):
+    broker: str = Field(description="name of a broker in `brokers`")
+    topics: list[str] = Field(min_length=1, description="topic filters (wildcards allowed)")
+    qos: int = Field(0, ge=0, le=1, description="subscription QoS (0 or 1)")
+    queue: int = Field(100_000, gt=0, description="intake bound, messages")
+    overflow: Literal["drop_oldest", "drop_newest", "block"] = Field(
+        "drop_oldest", description="what a full intake does (block: QoS 1 backpressure)"
+    )
+    max_payload: int = Field(65536, gt=0, description="larger payloads are rejected")
+    dead_letter: str | None = Field(
+        None, description="topic template for rejected payloads ({pipeline}, {kind})"
+    )
+
+
+class WindowConfig(Model):
+    size: int = Field(32, gt=0, description="samples per window")
+    hop: int = Field(8, gt=0, description="a window is scored every `hop` new samples")
+    ttl: Duration = Field(600, description="idle devices are evicted after this")
+    max_devices: int = Field(100_000, gt=0, description="devices tracked at once")
+
+
+class SummaryConfig(Model):
+    every: Duration = Field(10, description="summary period")
+
+
+class PipelineConfig(Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="pipeline name")
+    source: SourceConfig
+    decoder: ComponentConfig = Field(description="decoder component (`type:` names it)")
+    window: WindowConfig = WindowConfig()
+    handler: ComponentConfig = Field(description="model handler component")
+    summary: SummaryConfig = SummaryConfig()
+    sinks: list[ComponentConfig] = Field(min_length=1, description="where records go")
+    max_batch: int = Field(2048, gt=0, description="messages processed per worker round")
+
+
+class Config(Model):
+    agent: AgentSection = AgentSection()
+    brokers: dict[str, BrokerConfig] = Field(min_length=1)
+    spool: SpoolConfig = SpoolConfig()
+    pipelines: list[PipelineConfig] = Field(min_length=1)
+
+
+COMPONENT_FIELDS = (("decoder", "decoder"), ("handler", "handler"))
+
+
+def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def _substitute(node: Any, path: list[Any], errors: list[str]) -> Any:
+    """Replace ${VAR} in strings; reject literal secrets."""
+    if isinstance(node, dict):
+        return {k: _substitute(v, [*path, k], errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute(v, [*path, i], errors) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        if path and path[-1] in SECRET_KEYS and node is not None:
+            errors.append(f"{_loc(path)}: secrets must come from an environment variable")
+        return node
+    if path and path[-1] in SECRET_KEYS and not _ENV.fullmatch(node.strip()):
+        errors.append(f"{_loc(path)}: secrets must come from an environment variable (${{VAR}})")
+
+    def repl(m: re.Match[str]) -> str:
+        value = os.environ.get(m[1], m[2])
+        if value is None:
+            errors.append(f"{_loc(path)}: environment variable {m[1]} is not set")
+            return ""
+        return value
+
+    return _ENV.sub(repl, node)
+
+
+def _validate_components(data: dict, registry: Registry, errors: list[str]) -> dict:
+    """Validate each pipeline's components against their registered models."""
+    pipelines = data.get("pipelines")
+    if not isinstance(pipelines, list):
+        return data
+    for i, pipe in enumerate(pipelines):
+        if not isinstance(pipe, dict):
+            continue
+        slots: list[tuple[str, list[Any], Any]] = [
+            (kind, ["pipelines", i, key], pipe.get(key)) for key, kind in COMPONENT_FIELDS
+        ]
+        sinks = pipe.get("sinks")
+        if isinstance(sinks, list):
+            slots += [("sink", ["pipelines", i, "sinks", j], s) for j, s in enumerate(sinks)]
+        for kind, path, raw in slots:
+            if not isinstance(raw, dict):
+                continue  # the base model reports the missing or malformed component
+            name = raw.get("type")
+            if not isinstance(name, str):
+                errors.append(f"{_loc([*path, 'type'])}: Field required (a {kind} name)")
+                continue
+            try:
+                model = registry.get(kind, name).config_model
+            except PluginError as e:
+                errors.append(f"{_loc([*path, 'type'])}: {e}")
+                continue
+            try:
+                validated = model.model_validate(raw)
+            except ValidationError as e:
+                errors += [f"{_loc([*path, *err['loc']])}: {err['msg']}" for err in e.errors()]
+                continue
+            node = pipe
+            for p in path[2:-1]:
+                node = node[p]
+            node[path[-1]] = validated
+    return data
+
+
+def _cross_checks(cfg: Config) -> list[str]:
+    errors = []
+    names = set()
+    for i, p in enumerate(cfg.pipelines):
+        if p.name in names:
+            errors.append(f"pipelines[{i}].name: duplicate pipeline name {p.name!r}")
+        names.add(p.name)
+        if p.source.broker not in cfg.brokers:
+            errors.append(
+                f"pipelines[{i}].source.broker: unknown broker {p.source.broker!r}; "
+                f"expected one of {sorted(cfg.brokers)}"
+            )
+        if any(t.startswith("$share/") for t in p.source.topics):
+            errors.append(
+                f"pipelines[{i}].source.topics: a windowed pipeline cannot use a shared "
+                "subscription ($share/...): each agent would see part of every device's "
+                "samples and windows would split; partition by topic filter instead"
+            )
+        for j, s in enumerate(p.sinks):
+            broker = getattr(s, "broker", None)
+            if broker is not None and broker not in cfg.brokers:
+                errors.append(
+                    f"pipelines[{i}].sinks[{j}].broker: unknown broker {broker!r}; "
+                    f"expected one of {sorted(cfg.brokers)}"
+                )
+    if cfg.agent.status_broker and cfg.agent.status_broker not in cfg.brokers:
+        errors.append(f"agent.status_broker: unknown broker {cfg.agent.status_broker!r}")
+    return errors
+
+
+def parse_config(data: Any, source: str, registry: Registry | None = None) -> Config:
+    """Validate an already-parsed YAML document; raise ConfigError with every problem."""
+    registry = registry or Registry()
+    errors: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): expected a mapping of sections"])
+    data = _substitute(data, [], errors)
+    data = _validate_components(data, registry, errors)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as e:
+        errors += [
+            f"{_loc(err['loc'])}: {err['msg']}"
+            for err in e.errors()
+            if not _is_component_loc(err["loc"])
+        ]
+        raise ConfigError(source, errors) from None
+    errors += _cross_checks(cfg)
+    if errors:
+        raise ConfigError(source, errors)
+    return cfg
+
+
+def _is_component_loc(loc: tuple[Any, ...]) -> bool:
+    """Errors inside components were reported by their own model already."""
+    if len(loc) > 3 and loc[0] == "pipelines" and loc[2] in ("decoder", "handler"):
+        return True
+    return len(loc) > 4 and loc[0] == "pipelines" and loc[2] == "sinks"
+
+
+def load_config(path: str | Path, registry: Registry | None = None) -> Config:
+    """Read and validate a YAML config file; raise ConfigError naming the file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(source, [f"cannot read: {e.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(source, [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from None
+    return parse_config(data, source, registry)

@@ -1,0 +1,1 @@
+"""Decoders: payload bytes -> samples (device, ts, seq, values)."""

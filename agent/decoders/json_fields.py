@@ -1,0 +1,129 @@
+"""JSON telemetry: device from a topic segment or a field, values from a list or named fields."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+import orjson
+from pydantic import Field, model_validator
+
+from ..config import ComponentConfig
+from ..records import Message, SampleBatch
+
+_TOPIC_SEGMENT = re.compile(r"^topic\[(-?\d+)\]$")
+
+
+class JsonDecoderConfig(ComponentConfig):
+    type: Literal["json"]
+    device: str = Field(
+        "topic[2]", description="device id: topic[N] (a topic segment) or a payload field name"
+    )
+    ts: str | None = Field("ts", description="timestamp field, unix seconds; none: arrival time")
+    seq: str | None = Field("seq", description="sequence-number field (optional in payloads)")
+    values: str | None = Field("v", description="field holding a list of numbers")
+    channels: int | None = Field(None, gt=0, description="length of the values list")
+    fields: list[str] | None = Field(
+        None, min_length=1, description="named numeric fields instead of a values list"
+    )
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> JsonDecoderConfig:
+        if self.fields is None and self.channels is None:
+            raise ValueError("set `channels` (length of the values list) or `fields`")
+        return self
+
+
+class JsonDecoder:
+    """Decodes JSON objects; a bad payload is counted by kind and never raises.
+
+    Error kinds: ``json`` (not a JSON object), ``schema`` (missing or mistyped field),
+    ``values`` (wrong count, non-numeric, NaN or infinite).
+    """
+
+    config_model = JsonDecoderConfig
+
+    def __init__(self, config: JsonDecoderConfig) -> None:
+        self.config = config
+        self.channels = len(config.fields) if config.fields else int(config.channels or 0)
+        m = _TOPIC_SEGMENT.match(config.device)
+        self._segment = int(m[1]) if m else None
+
+    def decode_many(self, messages: Sequence[Message]) -> SampleBatch:
+        c = self.config
+        devices: list[str] = []
+        ts: list[float] = []
+        seq: list[int] = []
+        rows: list[list[float]] = []
+        kept: list[Message] = []
+        errors: dict[str, int] = {}
+        rejects: list[tuple[Message, str, str]] = []
+
+        def reject(msg: Message, kind: str, reason: str) -> None:
+            errors[kind] = errors.get(kind, 0) + 1
+            rejects.append((msg, kind, reason))
+
+        seg, width, ts_key, seq_key = self._segment, self.channels, c.ts, c.seq
+        for msg in messages:
+            try:
+                obj = orjson.loads(msg.payload)
+            except orjson.JSONDecodeError as e:
+                reject(msg, "json", f"not JSON ({e})")
+                continue
+            if not isinstance(obj, dict):
+                reject(msg, "json", "not a JSON object")
+                continue
+            try:
+                device = msg.topic.split("/")[seg] if seg is not None else obj[c.device]
+                vals = obj[c.values] if c.fields is None else [obj[f] for f in c.fields]
+                t = float(obj[ts_key]) if ts_key else msg.received
+                s = int(obj.get(seq_key, -1)) if seq_key else -1
+            except (KeyError, IndexError) as e:
+                reject(msg, "schema", f"missing {e}")
+                continue
+            except (TypeError, ValueError) as e:
+                reject(msg, "schema", f"bad field ({e})")
+                continue
+            if not isinstance(vals, list) or len(vals) != width:
+                reject(msg, "values", f"expected {width} values")
+                continue
+            if not math.isfinite(t):
+                reject(msg, "schema", "timestamp is not finite")
+                continue
+            devices.append(str(device))
+            ts.append(t)
+            seq.append(s)
+            rows.append(vals)
+            kept.append(msg)
+        values = self._to_array(rows)
+        ok = np.isfinite(values).all(axis=1) if values is not None else None
+        if ok is None or not ok.all():  # drop the bad rows, keep the rest
+            keep = [bool(x) for x in ok] if ok is not None else [self._row_ok(r) for r in rows]
+            for i in np.flatnonzero(~np.asarray(keep, bool)):
+                reject(kept[i], "values", "non-numeric, NaN or infinite value")
+            devices, ts, seq, rows = (
+                [x for x, k in zip(col, keep) if k] for col in (devices, ts, seq, rows)
+            )
+            values = self._to_array(rows)
+        return SampleBatch(
+            devices,
+            np.asarray(ts, np.float64),
+            np.asarray(seq, np.int64),
+            values,
+            errors,
+            rejects,
+        )
+
+    def _to_array(self, rows: list[list[float]]) -> np.ndarray | None:
+        try:
+            with np.errstate(over="ignore"):  # out-of-range floats become inf, then rejected
+                return np.array(rows, dtype=np.float32).reshape(len(rows), self.channels)
+        except (TypeError, ValueError):
+            return None
+
+    def _row_ok(self, row: list[float]) -> bool:
+        arr = self._to_array([row])
+        return arr is not None and bool(np.isfinite(arr).all())

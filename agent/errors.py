@@ -1,0 +1,44 @@
+"""The agent's exception tree.
+
+AgentError
+├── ConfigError        a YAML file that does not validate; stops start-up (exit 2)
+├── PluginError        a component that cannot be found, imported or registered
+├── ModelError         a model file missing, corrupt, tampered, or of the wrong shape
+├── DecodeError        one payload that cannot become samples; counted, never fatal
+└── NotConnectedError  a sink lost its broker; the spool keeps the records and retries
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """Base of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """A config file failed validation; ``errors`` holds one line per problem."""
+
+    def __init__(self, path: str, errors: list[str]) -> None:
+        self.path = path
+        self.errors = errors
+        super().__init__("\n".join(f"{path}: {e}" for e in errors))
+
+
+class PluginError(AgentError):
+    """A component could not be found, imported or registered."""
+
+
+class ModelError(AgentError):
+    """A model file is missing, corrupt, fails its checksum or does not fit the window."""
+
+
+class DecodeError(AgentError):
+    """One payload could not be decoded; ``kind`` is the counter it lands in."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        self.kind = kind
+        super().__init__(message)
+
+
+class NotConnectedError(AgentError):
+    """A sink cannot deliver now; the caller keeps the records and retries later."""

@@ -1,0 +1,1 @@
+"""Model handlers: score a batch of windows in one call."""

@@ -1,0 +1,126 @@
+"""ONNX model handler: one onnxruntime call per batch of windows."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..config import ComponentConfig
+from ..errors import ModelError
+
+
+class OnnxHandlerConfig(ComponentConfig):
+    type: Literal["onnx", "onnx_autoencoder"]
+    model: str = Field(description="path to an .onnx file, or builtin:NAME")
+    sha256: str | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="pin the model file's sha256"
+    )
+    input: str | None = Field(None, description="input name; default: the model's only input")
+    output: str = Field("score", description="output holding one score per window")
+    threshold: float = Field(1.5, description="a window scoring above this is an anomaly")
+    threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
+
+
+def resolve_model(ref: str) -> Path:
+    """A model path from ``builtin:NAME`` or a file path."""
+    if ref.startswith("builtin:"):
+        from ..models import resolve
+
+        return resolve(ref.removeprefix("builtin:"))
+    return Path(ref)
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _dims(shape: list) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else "N" for d in shape) + "]"
+
+
+class OnnxHandler:
+    """Scores ``[n, size, channels]`` windows with a model taking ``[n, size*channels]`` or
+    ``[n, size, channels]`` float32 and returning ``[n]`` (or ``[n, 1]``) scores."""
+
+    config_model = OnnxHandlerConfig
+
+    def __init__(self, config: OnnxHandlerConfig) -> None:
+        self.config = config
+        self.threshold = config.threshold
+        self.path = resolve_model(config.model)
+        self.sha256 = ""
+        self._session = None
+        self._flat = True
+
+    def load(self, window_size: int, channels: int) -> None:
+        import onnxruntime as ort
+
+        path = self.path
+        if not path.is_file():
+            raise ModelError(f"{path}: model file not found")
+        data = path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        if self.config.sha256 and self.sha256 != self.config.sha256.lower():
+            raise ModelError(
+                f"{path}: sha256 {self.sha256} does not match the pinned {self.config.sha256}"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.config.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise ModelError(f"{path}: not a loadable ONNX model ({e})") from e
+        inputs = session.get_inputs()
+        if self.config.input:
+            match = [i for i in inputs if i.name == self.config.input]
+            if not match:
+                names = [i.name for i in inputs]
+                raise ModelError(f"{path}: no input {self.config.input!r}; it has {names}")
+            inp = match[0]
+        elif len(inputs) == 1:
+            inp = inputs[0]
+        else:
+            names = [i.name for i in inputs]
+            raise ModelError(f"{path}: several inputs {names}; set handler.input")
+        outputs = {o.name: o for o in session.get_outputs()}
+        if self.config.output not in outputs:
+            raise ModelError(f"{path}: no output {self.config.output!r}; it has {sorted(outputs)}")
+        out = outputs[self.config.output]
+        shape = list(inp.shape)
+        want = window_size * channels
+        fixed = [d if isinstance(d, int) else None for d in shape[1:]]
+        if len(shape) == 2 and fixed[0] in (None, want):
+            self._flat = True
+        elif len(shape) == 3 and fixed[0] in (None, window_size) and fixed[1] in (None, channels):
+            self._flat = False
+        else:
+            raise ModelError(
+                f"{path}: input {inp.name!r} has shape {_dims(shape)} but the window gives "
+                f"{window_size} samples x {channels} channels: expected [N, {want}] or "
+                f"[N, {window_size}, {channels}]"
+            )
+        if inp.type != "tensor(float)":
+            raise ModelError(f"{path}: input {inp.name!r} is {inp.type}, expected tensor(float)")
+        oshape = list(out.shape)
+        if not (len(oshape) == 1 or (len(oshape) == 2 and oshape[1] in (1, None))):
+            raise ModelError(
+                f"{path}: output {out.name!r} has shape {_dims(oshape)}, expected [N] scores"
+            )
+        self._session, self._input = session, inp.name
+        self._outputs = [out.name]
+        warm = self.infer(np.zeros((2, window_size, channels), np.float32))
+        if warm.shape != (2,):
+            raise ModelError(f"{path}: output {out.name!r} gave shape {warm.shape} for 2 windows")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Scores of ``batch`` [n, size, channels]: one onnxruntime call."""
+        x = batch.reshape(len(batch), -1) if self._flat else batch
+        (scores,) = self._session.run(self._outputs, {self._input: x})
+        return scores.reshape(len(batch))

@@ -1,0 +1,77 @@
+"""The bounded queue between the MQTT network thread and a pipeline's worker."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from .records import Message
+
+
+class Intake:
+    """Bounded FIFO with an overflow policy; every drop is counted.
+
+    ``put`` runs in the network thread and does no more than append (and wake a sleeping
+    worker). ``drop_oldest`` discards the oldest queued message, ``drop_newest`` the
+    arriving one, ``block`` makes the network thread wait (QoS 1: the broker holds the
+    backlog).
+    """
+
+    def __init__(self, bound: int, policy: str = "drop_oldest") -> None:
+        self.bound = bound
+        self.policy = policy
+        self._q: deque[Message] = deque()
+        self.received = 0
+        self.dropped = 0
+        self._sleeping = False
+        self._wake = threading.Event()
+        self._space = threading.Condition()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def put(self, msg: Message) -> None:
+        q = self._q
+        self.received += 1
+        if len(q) >= self.bound:
+            if self.policy == "drop_newest":
+                self.dropped += 1
+                return
+            if self.policy == "drop_oldest":
+                q.popleft()
+                self.dropped += 1
+            else:
+                with self._space:
+                    while len(q) >= self.bound and not self.closed:
+                        self._space.wait(0.1)
+        q.append(msg)
+        if self._sleeping:
+            self._wake.set()
+
+    def drain(self, limit: int) -> list[Message]:
+        """Up to ``limit`` messages, oldest first."""
+        q = self._q
+        n = min(limit, len(q))
+        out = [q.popleft() for _ in range(n)]
+        if self.policy == "block" and n:
+            with self._space:
+                self._space.notify_all()
+        return out
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a message arrives or ``timeout`` passes."""
+        self._sleeping = True
+        self._wake.clear()
+        if not self._q:
+            self._wake.wait(timeout)
+        self._sleeping = False
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        """Release a blocked producer (shutdown)."""
+        self.closed = True
+        with self._space:
+            self._space.notify_all()

@@ -1,0 +1,59 @@
+"""structlog set up once: JSON lines (orjson) by default, a console renderer with --pretty."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import orjson
+import structlog
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+def setup(level: str = "info", pretty: bool = False) -> None:
+    """Configure structlog for the process; logs go to stderr."""
+    shared = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if pretty:
+        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        factory = structlog.PrintLoggerFactory(sys.stderr)
+    else:
+        processors = [
+            *shared,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ]
+        factory = structlog.BytesLoggerFactory(sys.stderr.buffer)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        logger_factory=factory,
+        cache_logger_on_first_use=True,
+    )
+
+
+def get(**bound: object) -> structlog.typing.FilteringBoundLogger:
+    """A logger bound with ``bound`` (pipeline=, component=...)."""
+    return structlog.get_logger().bind(**bound)
+
+
+class RateLimit:
+    """Allows one log line per key per ``every`` seconds; counts what it held back."""
+
+    def __init__(self, every: float = 1.0) -> None:
+        self.every = every
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e18) >= self.every:
+            self._last[key] = now
+            return True
+        self.suppressed[key] = self.suppressed.get(key, 0) + 1
+        return False

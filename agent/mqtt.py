@@ -1,0 +1,117 @@
+"""paho-mqtt 2.x clients built from a broker config: TLS, auth, session, backoff, NODELAY."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from . import log
+from .config import BrokerConfig
+
+
+def tls_context(broker: BrokerConfig) -> ssl.SSLContext:
+    """An SSL context for ``broker.tls``: CA, optional client cert, min version, hostname."""
+    tls = broker.tls
+    assert tls is not None
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
+    ctx.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else (ssl.TLSVersion.TLSv1_2)
+    )
+    if tls.cert:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    ctx.check_hostname = tls.check_hostname
+    return ctx
+
+
+class Connection:
+    """One paho client with reconnect/backoff in paho's network thread.
+
+    ``on_connected`` callbacks run (in the network thread) after every successful CONNACK,
+    so subscriptions are renewed after each reconnect.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        broker: BrokerConfig,
+        client_id: str,
+        *,
+        will: tuple[str, bytes] | None = None,
+    ) -> None:
+        self.name = name
+        self.broker = broker
+        self.v5 = broker.protocol == "5"
+        self.log = log.get(component="mqtt", broker=name, client_id=client_id)
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            clean_session=None if self.v5 else broker.clean_start,
+        )
+        if broker.username is not None:
+            self.client.username_pw_set(broker.username, broker.password)
+        if broker.tls is not None:
+            self.client.tls_set_context(tls_context(broker))
+        if will:
+            self.client.will_set(will[0], will[1], qos=1, retain=True)
+        self.client.reconnect_delay_set(broker.reconnect_min, broker.reconnect_max)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.on_connected: list[Callable[[mqtt.Client, bool], None]] = []
+        self.connected = threading.Event()
+        self.last_error: str | None = None
+        self.connects = 0
+
+    def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        if reason.is_failure:
+            self.last_error = str(reason)
+            self.log.error("mqtt_connect_refused", reason=str(reason))
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket) or hasattr(sock, "setsockopt"):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connects += 1
+        self.last_error = None
+        self.log.info("mqtt_connected", session_present=bool(flags.session_present))
+        for cb in self.on_connected:
+            cb(client, bool(flags.session_present))
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
+        was = self.connected.is_set()
+        self.connected.clear()
+        if was:
+            self.log.warning("mqtt_disconnected", reason=str(reason))
+
+    def start(self) -> None:
+        """Connect in the background; paho reconnects with backoff until :meth:`stop`."""
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = (
+                0 if self.broker.clean_start else (self.broker.session_expiry)
+            )
+        kwargs = {"clean_start": self.broker.clean_start, "properties": props} if self.v5 else {}
+        try:
+            self.client.connect_async(
+                self.broker.host, self.broker.port, self.broker.keepalive, **kwargs
+            )
+        except (OSError, ValueError) as e:
+            self.log.error("mqtt_connect_failed", error=str(e))
+        self.client.loop_start()
+
+    def stop(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+            self.connected.clear()

@@ -1,0 +1,1 @@
+"""Sinks: deliver events, summaries and stats upstream."""

@@ -1,0 +1,74 @@
+"""MQTT sink: publishes records at QoS 1 and returns once the broker acknowledged them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Literal
+
+import orjson
+import paho.mqtt.client as mqtt
+from pydantic import Field
+
+from ..config import ComponentConfig
+from ..errors import NotConnectedError
+from ..records import EVENT, SUMMARY, Record
+
+
+class MqttSinkConfig(ComponentConfig):
+    type: Literal["mqtt"]
+    broker: str = Field(description="name of a broker in `brokers`")
+    events: str = Field("events/{device}", description="event topic ({device}, {pipeline})")
+    summaries: str = Field("summary/{device}", description="summary topic template")
+    stats: str | None = Field("stats/{pipeline}", description="pipeline stats topic; none: off")
+    qos: Literal[1] = Field(1, description="publish QoS (1: a row leaves the spool on PUBACK)")
+    ack_timeout: float = Field(10, gt=0, description="seconds to wait for acknowledgements")
+
+
+class MqttSink:
+    """Publishes to a broker connection shared through the runtime."""
+
+    config_model = MqttSinkConfig
+
+    def __init__(self, config: MqttSinkConfig, context) -> None:
+        self.config = config
+        self.conn = context.connection(config.broker)
+        self._topics = {EVENT: config.events, SUMMARY: config.summaries}
+
+    def start(self) -> None:
+        """The shared connection is started by the runtime."""
+
+    def topic(self, r: Record) -> str | None:
+        template = self._topics.get(r.kind, self.config.stats)
+        return template.format(device=r.device, pipeline=r.pipeline) if template else None
+
+    def write_many(self, records: Sequence[Record]) -> None:
+        client = self.conn.client
+        if not self.conn.connected.is_set():
+            raise NotConnectedError(f"broker {self.conn.name} not connected")
+        infos: list[mqtt.MQTTMessageInfo] = []
+        for r in records:
+            topic = self.topic(r)
+            if topic is None:
+                continue
+            body = orjson.dumps({**r.payload, "id": r.id})
+            info = client.publish(topic, body, qos=self.config.qos)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise NotConnectedError(f"publish to {self.conn.name} failed: rc={info.rc}")
+            infos.append(info)
+        deadline = time.monotonic() + self.config.ack_timeout
+        for info in infos:
+            left = deadline - time.monotonic()
+            if left <= 0 or not _wait(info, left):
+                raise NotConnectedError(f"no acknowledgement from {self.conn.name}")
+
+    def close(self) -> None:
+        """The shared connection is stopped by the runtime."""
+
+
+def _wait(info: mqtt.MQTTMessageInfo, timeout: float) -> bool:
+    try:
+        info.wait_for_publish(timeout)
+    except (RuntimeError, ValueError):
+        return False
+    return info.is_published()

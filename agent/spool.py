@@ -1,0 +1,145 @@
+"""SQLite store-and-forward outbox for upstream records (WAL, one file).
+
+A record is written here before any attempt to send it, and deleted only after the sink
+confirmed delivery. Events (priority 0) leave before summaries and stats. A size cap and a
+TTL drop the oldest rows; drops are counted.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from .records import EVENT, Record
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sink TEXT NOT NULL,
+    prio INTEGER NOT NULL,
+    created REAL NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (sink, prio, id);
+"""
+
+
+class Spool:
+    """Thread-safe outbox; one connection guarded by a lock."""
+
+    def __init__(self, path: Path | str, max_bytes: int = 256 << 20, ttl: float = 7 * 86400):
+        self.path = Path(path)
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.ttl = ttl
+        self.dropped = 0
+        self.expired = 0
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._bytes = self._db.execute(
+            "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
+        ).fetchone()[0]
+        self._wake: dict[str, threading.Event] = {}
+
+    def wake_event(self, sink: str) -> threading.Event:
+        """An event set whenever rows for ``sink`` are added."""
+        return self._wake.setdefault(sink, threading.Event())
+
+    def put_many(self, sink: str, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        now = time.time()
+        rows = [
+            (
+                sink,
+                0 if r.kind == EVENT else 1,
+                now,
+                orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload)),
+            )
+            for r in records
+        ]
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT INTO outbox (sink, prio, created, body) VALUES (?, ?, ?, ?)", rows
+            )
+            self._db.execute("COMMIT")
+            self._bytes += sum(len(r[3]) + 40 for r in rows)
+            if self._bytes > self.max_bytes:
+                self._enforce_cap()
+        self.wake_event(sink).set()
+
+    def _enforce_cap(self) -> None:
+        """Drop the oldest rows (summaries first) until under the cap; caller holds the lock."""
+        while self._bytes > self.max_bytes * 0.9:
+            victims = self._db.execute(
+                "SELECT id, LENGTH(body) FROM outbox ORDER BY prio DESC, id LIMIT 500"
+            ).fetchall()
+            if not victims:
+                self._bytes = 0
+                return
+            self._delete([v[0] for v in victims])
+            self._bytes -= sum(v[1] + 40 for v in victims)
+            self.dropped += len(victims)
+
+    def _delete(self, ids: Sequence[int]) -> None:
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def take(self, sink: str, limit: int) -> list[tuple[int, Record]]:
+        """The next ``limit`` rows for ``sink``: events first, then oldest first."""
+        with self._lock:
+            if self.ttl:
+                self._expire()
+            rows = self._db.execute(
+                "SELECT id, body FROM outbox WHERE sink = ? ORDER BY prio, id LIMIT ?",
+                (sink, limit),
+            ).fetchall()
+        out = []
+        for rid, body in rows:
+            kind, pipeline, device, record_id, payload = orjson.loads(body)
+            out.append((rid, Record(kind, pipeline, device, payload, record_id)))
+        return out
+
+    def _expire(self) -> None:
+        cur = self._db.execute("DELETE FROM outbox WHERE created < ?", (time.time() - self.ttl,))
+        if cur.rowcount > 0:
+            self.expired += cur.rowcount
+            self._bytes = self._db.execute(
+                "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
+            ).fetchone()[0]
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """Delete delivered rows."""
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            freed = 0
+            for i in ids:
+                row = self._db.execute(
+                    "DELETE FROM outbox WHERE id = ? RETURNING LENGTH(body)", (i,)
+                ).fetchone()
+                freed += row[0] if row else 0
+            self._db.execute("COMMIT")
+            self._bytes = max(0, self._bytes - freed - 40 * len(ids))
+
+    def depth(self, sink: str | None = None) -> int:
+        with self._lock:
+            if sink is None:
+                return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            return self._db.execute(
+                "SELECT COUNT(*) FROM outbox WHERE sink = ?", (sink,)
+            ).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,1 @@
+"""Test support for the agent and for plugin authors: a real mosquitto, conformance checks."""

@@ -1,0 +1,1 @@
+"""Reproducible scripts that build the shipped models from public data."""

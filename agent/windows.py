@@ -1,0 +1,143 @@
+"""Per-device sliding count windows for many devices at once, in preallocated numpy arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+class DeviceIndex:
+    """Maps device ids to dense slots; grows by doubling up to ``max_devices``.
+
+    Idle devices are evicted by :meth:`evict_idle` so memory stays bounded with churning ids.
+    Arrays indexed by slot (windows, aggregates) follow :attr:`capacity` via ``on_grow``.
+    """
+
+    def __init__(self, max_devices: int, initial: int = 256) -> None:
+        self.max_devices = max_devices
+        self.capacity = min(initial, max_devices)
+        self.slot_of: dict[str, int] = {}
+        self.names: list[str | None] = [None] * self.capacity
+        self.last_seen = np.zeros(self.capacity, np.float64)
+        self._free: list[int] = list(range(self.capacity - 1, -1, -1))
+        self.on_grow: list = []  # callables(new_capacity)
+        self.on_evict: list = []  # callables(slots array)
+
+    def __len__(self) -> int:
+        return len(self.slot_of)
+
+    def slots(self, devices: Sequence[str]) -> np.ndarray:
+        """Slot of each device, adding new ones; -1 where ``max_devices`` is reached."""
+        get = self.slot_of.get
+        out = np.empty(len(devices), np.int64)
+        for i, d in enumerate(devices):
+            s = get(d)
+            out[i] = self._add(d) if s is None else s
+        return out
+
+    def _add(self, device: str) -> int:
+        if not self._free:
+            if self.capacity >= self.max_devices:
+                return -1
+            self._grow(min(self.capacity * 2, self.max_devices))
+        slot = self._free.pop()
+        self.slot_of[device] = slot
+        self.names[slot] = device
+        return slot
+
+    def _grow(self, capacity: int) -> None:
+        old = self.capacity
+        self.capacity = capacity
+        self.names += [None] * (capacity - old)
+        self.last_seen = np.resize(self.last_seen, capacity)
+        self.last_seen[old:] = 0
+        self._free = list(range(capacity - 1, old - 1, -1))
+        for hook in self.on_grow:
+            hook(capacity)
+
+    def evict_idle(self, before: float) -> int:
+        """Free every device last seen before ``before``; return how many."""
+        used = np.array([s for s in self.slot_of.values()], np.int64)
+        if not len(used):
+            return 0
+        idle = used[self.last_seen[used] < before]
+        for s in idle.tolist():
+            del self.slot_of[self.names[s]]
+            self.names[s] = None
+            self._free.append(s)
+        if len(idle):
+            for hook in self.on_evict:
+                hook(idle)
+        return len(idle)
+
+
+class CountWindows:
+    """The last ``size`` samples of every device; a window is due every ``hop`` samples.
+
+    Each device has a ring of ``2 * size`` rows in one ``[devices, 2*size, channels]`` array.
+    :meth:`push` writes a batch of samples (any devices, any order) and returns every window
+    that became due, as one ``[k, size, channels]`` array, oldest sample first. A device's
+    first window is due at its ``size``-th sample, then at every ``hop``-th one.
+    """
+
+    def __init__(self, index: DeviceIndex, size: int, hop: int, channels: int) -> None:
+        self.index = index
+        self.size, self.hop, self.channels = size, hop, channels
+        self.ring = 2 * size
+        self.buf = np.zeros((index.capacity, self.ring, channels), np.float32)
+        self.count = np.zeros(index.capacity, np.int64)
+        self._offsets = np.arange(size, dtype=np.int64) - size + 1
+        index.on_grow.append(self._grow)
+        index.on_evict.append(self._evict)
+
+    def _grow(self, capacity: int) -> None:
+        buf = np.zeros((capacity, self.ring, self.channels), np.float32)
+        buf[: len(self.buf)] = self.buf
+        self.buf = buf
+        self.count = np.concatenate([self.count, np.zeros(capacity - len(self.count), np.int64)])
+
+    def _evict(self, slots: np.ndarray) -> None:
+        self.count[slots] = 0
+
+    def push(self, slots: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Append samples; return (indices into the batch of due samples, their windows)."""
+        n = len(slots)
+        if n == 0:
+            return np.empty(0, np.int64), np.empty((0, self.size, self.channels), np.float32)
+        rank = _rank_within(slots)
+        pos = self.count[slots] + rank
+        self.count += np.bincount(slots, minlength=len(self.count))
+        max_rank = int(rank.max())
+        if max_rank < self.size:  # common case: one pass
+            return self._write_and_gather(slots, pos, values, np.arange(n))
+        due_parts, win_parts = [], []
+        for lo in range(0, max_rank + 1, self.size):  # each chunk adds <= size per device
+            sel = np.flatnonzero((rank >= lo) & (rank < lo + self.size))
+            d, w = self._write_and_gather(slots[sel], pos[sel], values[sel], sel)
+            due_parts.append(d)
+            win_parts.append(w)
+        return np.concatenate(due_parts), np.concatenate(win_parts)
+
+    def _write_and_gather(
+        self, slots: np.ndarray, pos: np.ndarray, values: np.ndarray, where: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        self.buf[slots, pos % self.ring] = values
+        filled = pos + 1 - self.size
+        due = np.flatnonzero((filled >= 0) & (filled % self.hop == 0))
+        if not len(due):
+            return where[due], np.empty((0, self.size, self.channels), np.float32)
+        rows = (pos[due, None] + self._offsets) % self.ring
+        return where[due], self.buf[slots[due, None], rows]
+
+
+def _rank_within(slots: np.ndarray) -> np.ndarray:
+    """For each element, how many earlier elements share its value (stable)."""
+    n = len(slots)
+    order = np.argsort(slots, kind="stable")
+    s = slots[order]
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    lengths = np.diff(np.r_[starts, n])
+    rank = np.empty(n, np.int64)
+    rank[order] = np.arange(n) - np.repeat(starts, lengths)
+    return rank

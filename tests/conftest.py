@@ -1,0 +1,35 @@
+"""Shared fixtures: a real mosquitto per session, W1 models, MQTT helpers."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.testing.mosquitto import Mosquitto
+from agent.training import w1
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
+        return
+    skip = pytest.mark.skip(reason="mosquitto binary not installed")
+    for item in items:
+        if "mosquitto" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory):
+    """A real mosquitto on a free loopback port for the whole session."""
+    with Mosquitto(workdir=tmp_path_factory.mktemp("mosquitto")) as b:
+        yield b
+
+
+@pytest.fixture(scope="session")
+def w1_models(tmp_path_factory) -> tuple[Path, Path]:
+    """The W1 fp32 and int8 models, built from the spec."""
+    return w1.build(tmp_path_factory.mktemp("w1models"))
