@@ -1,0 +1,129 @@
+"""Config validation: every error names the file, the key path and what was expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.cli import main
+from agent.config import load_config
+from agent.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+W1 = (ROOT / "configs" / "w1.yaml").read_text()
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def w1_with(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load(W1)
+    edit(data)
+    return write(tmp_path, yaml.safe_dump(data))
+
+
+def errors_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert all(line.startswith(f"{path}: ") for line in str(e.value).splitlines())
+    return e.value.errors
+
+
+def test_every_example_config_loads():
+    """Every file in configs/ validates."""
+    files = sorted((ROOT / "configs").glob("*.yaml"))
+    assert files
+    for f in files:
+        load_config(f)
+
+
+def test_hop_must_be_positive(tmp_path):
+    """The issue's example message, path-qualified."""
+    p = w1_with(tmp_path, lambda d: d["pipelines"][0]["window"].update(hop=0))
+    assert errors_of(p) == ["pipelines[0].window.hop: Input should be greater than 0"]
+
+
+def test_every_error_is_reported(tmp_path):
+    """Several problems come back together, components included."""
+
+    def edit(d):
+        d["pipelines"][0]["window"]["size"] = "big"
+        d["pipelines"][0]["handler"]["threads"] = 0
+        d["pipelines"][0]["sinks"][0]["unknown_key"] = 1
+        d["brokers"]["local"]["port"] = 70000
+
+    errs = errors_of(w1_with(tmp_path, edit))
+    assert "pipelines[0].window.size: Input should be a valid integer, unable to parse string "
+    "as an integer" in errs
+    assert "pipelines[0].handler.threads: Input should be greater than or equal to 1" in errs
+    assert "pipelines[0].sinks[0].unknown_key: Extra inputs are not permitted" in errs
+    assert "brokers.local.port: Input should be less than 65536" in errs
+
+
+def test_unknown_type_lists_known_names(tmp_path):
+    p = w1_with(tmp_path, lambda d: d["pipelines"][0]["handler"].update(type="nope"))
+    (err,) = errors_of(p)
+    assert err.startswith("pipelines[0].handler.type: unknown handler 'nope'; known: ")
+    assert "onnx_autoencoder" in err
+
+
+def test_unknown_broker_and_missing_env(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOT_SET_VAR", raising=False)
+
+    def edit(d):
+        d["pipelines"][0]["source"]["broker"] = "nowhere"
+        d["agent"]["id"] = "${NOT_SET_VAR}"
+
+    errs = errors_of(w1_with(tmp_path, edit))
+    assert "agent.id: environment variable NOT_SET_VAR is not set" in errs
+
+
+def test_env_substitution_with_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("MQTT_PORT", "2883")
+    monkeypatch.delenv("W1_QOS", raising=False)
+    cfg = load_config(ROOT / "configs" / "w1.yaml")
+    assert cfg.brokers["local"].port == 2883
+    assert cfg.pipelines[0].source.qos == 0
+
+
+def test_literal_password_rejected(tmp_path, monkeypatch):
+    """Secrets come from the environment only."""
+    monkeypatch.setenv("UPLINK_PASS", "s3cret")
+    p = w1_with(tmp_path, lambda d: d["brokers"]["local"].update(username="u", password="hunter2"))
+    (err,) = errors_of(p)
+    assert err.startswith("brokers.local.password: secrets must come from an environment")
+    assert "hunter2" not in err
+    ok = w1_with(tmp_path, lambda d: d["brokers"]["local"].update(password="${UPLINK_PASS}"))
+    assert load_config(ok).brokers["local"].password == "s3cret"
+
+
+def test_broken_yaml_names_line(tmp_path):
+    (err,) = errors_of(write(tmp_path, "agent: {id: [\n"))
+    assert err.startswith("line ") and "not valid YAML" in err
+
+
+def test_shared_subscription_rejected_for_windows(tmp_path):
+    p = w1_with(tmp_path, lambda d: d["pipelines"][0]["source"].update(topics=["$share/g/a/#"]))
+    (err,) = errors_of(p)
+    assert "windows would split" in err
+
+
+def test_check_command_exit_codes(tmp_path, capsys):
+    """`edge-agent check` exits 0 on good files and 2 printing every error on bad ones."""
+    good = ROOT / "configs" / "w1.yaml"
+    assert main(["check", str(good)]) == 0
+    bad = w1_with(tmp_path, lambda d: d["pipelines"][0]["window"].update(hop=0))
+    assert main(["check", str(good), str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: pipelines[0].window.hop: Input should be greater than 0" in err
+
+
+def test_schema_covers_components(capsys):
+    assert main(["schema"]) == 0
+    out = capsys.readouterr().out
+    assert '"JsonDecoderConfig"' in out and '"MqttSinkConfig"' in out
