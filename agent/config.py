@@ -95,6 +95,9 @@ class SourceConfig(Model):
         "drop_oldest", description="what a full intake does (block: QoS 1 backpressure)"
     )
     max_payload: int = Field(65536, gt=0, description="larger payloads are rejected")
+    fast_path: bool = Field(
+        True, description="split PUBLISH packets in bulk beside paho (false: stock paho)"
+    )
     dead_letter: str | None = Field(
         None, description="topic template for rejected payloads ({pipeline}, {kind})"
     )
@@ -107,6 +110,18 @@ class WindowConfig(Model):
     max_devices: int = Field(100_000, gt=0, description="devices tracked at once")
 
 
+def _window(v: Any) -> Any:
+    """``window: none`` is a stateless pipeline: every sample is scored on its own."""
+    if v is None or (isinstance(v, str) and v.strip().lower() == "none"):
+        return {"size": 1, "hop": 1}
+    return v
+
+
+class MetricsConfig(Model):
+    host: str = Field("127.0.0.1", description="listen address (loopback by default)")
+    port: int = Field(9464, ge=0, lt=65536, description="listen port (0: any free port)")
+
+
 class SummaryConfig(Model):
     every: Duration = Field(10, description="summary period")
 
@@ -115,7 +130,11 @@ class PipelineConfig(Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="pipeline name")
     source: SourceConfig
     decoder: ComponentConfig = Field(description="decoder component (`type:` names it)")
-    window: WindowConfig = WindowConfig()
+    window: Annotated[WindowConfig, BeforeValidator(_window)] = Field(
+        WindowConfig(),
+        description="count window; `none` (size 1) makes the pipeline stateless, so it may "
+        "use a shared subscription ($share/<group>/...)",
+    )
     handler: ComponentConfig = Field(description="model handler component")
     summary: SummaryConfig = SummaryConfig()
     sinks: list[ComponentConfig] = Field(min_length=1, description="where records go")
@@ -126,6 +145,9 @@ class Config(Model):
     agent: AgentSection = AgentSection()
     brokers: dict[str, BrokerConfig] = Field(min_length=1)
     spool: SpoolConfig = SpoolConfig()
+    metrics: MetricsConfig | None = Field(
+        None, description="Prometheus /metrics, /healthz and /readyz over HTTP; off when absent"
+    )
     pipelines: list[PipelineConfig] = Field(min_length=1)
 
 
@@ -212,11 +234,12 @@ def _cross_checks(cfg: Config) -> list[str]:
                 f"pipelines[{i}].source.broker: unknown broker {p.source.broker!r}; "
                 f"expected one of {sorted(cfg.brokers)}"
             )
-        if any(t.startswith("$share/") for t in p.source.topics):
+        if p.window.size > 1 and any(t.startswith("$share/") for t in p.source.topics):
             errors.append(
                 f"pipelines[{i}].source.topics: a windowed pipeline cannot use a shared "
                 "subscription ($share/...): each agent would see part of every device's "
-                "samples and windows would split; partition by topic filter instead"
+                "samples and windows would split; partition by topic filter instead, or "
+                "make the pipeline stateless with `window: none`"
             )
         for j, s in enumerate(p.sinks):
             broker = getattr(s, "broker", None)

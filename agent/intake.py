@@ -49,6 +49,30 @@ class Intake:
         if self._sleeping:
             self._wake.set()
 
+    def put_many(self, msgs: list[Message]) -> None:
+        """Enqueue a chunk of messages (the fast path's unit); same policies as :meth:`put`."""
+        q = self._q
+        room = self.bound - len(q)
+        if len(msgs) > room:
+            if self.policy == "block":
+                for m in msgs:
+                    self.put(m)
+                return
+            self.received += len(msgs)
+            over = len(msgs) - max(room, 0)
+            self.dropped += over
+            if self.policy == "drop_newest":
+                msgs = msgs[: max(room, 0)]
+            else:
+                for _ in range(min(over, len(q))):
+                    q.popleft()
+                msgs = msgs[-self.bound :]
+        else:
+            self.received += len(msgs)
+        q.extend(msgs)
+        if self._sleeping:
+            self._wake.set()
+
     def drain(self, limit: int) -> list[Message]:
         """Up to ``limit`` messages, oldest first."""
         q = self._q

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import ssl
+import sys
 import threading
 from collections.abc import Callable
 
@@ -13,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from . import log
+from . import fastpath, log
 from .config import BrokerConfig
 
 
@@ -35,7 +37,9 @@ class Connection:
     """One paho client with reconnect/backoff in paho's network thread.
 
     ``on_connected`` callbacks run (in the network thread) after every successful CONNACK,
-    so subscriptions are renewed after each reconnect.
+    so subscriptions are renewed after each reconnect. Reconnects wait with jittered
+    exponential backoff (:meth:`_backoff`); every failed attempt is logged with its reason
+    and the delay before the next one.
     """
 
     def __init__(
@@ -45,35 +49,61 @@ class Connection:
         client_id: str,
         *,
         will: tuple[str, bytes] | None = None,
+        on_publish: fastpath.PublishCallback | None = None,
     ) -> None:
         self.name = name
         self.broker = broker
         self.v5 = broker.protocol == "5"
         self.log = log.get(component="mqtt", broker=name, client_id=client_id)
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-            clean_session=None if self.v5 else broker.clean_start,
-        )
+        kwargs = {
+            "client_id": client_id,
+            "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            "clean_session": None if self.v5 else broker.clean_start,
+        }
+        self.fast = on_publish is not None and fastpath.available()
+        if self.fast:
+            self.client = fastpath.FastClient(
+                CallbackAPIVersion.VERSION2, on_publish=on_publish, **kwargs
+            )
+        else:
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
         if broker.username is not None:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls is not None:
             self.client.tls_set_context(tls_context(broker))
         if will:
             self.client.will_set(will[0], will[1], qos=1, retain=True)
-        self.client.reconnect_delay_set(broker.reconnect_min, broker.reconnect_max)
         self.client.on_connect = self._on_connect
+        self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.on_connected: list[Callable[[mqtt.Client, bool], None]] = []
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.connects = 0
+        self._attempts = 0
+        self._delay_set = False
+        self._backoff()
+
+    def _backoff(self) -> float:
+        """Set and return the wait before the next connection attempt.
+
+        Exponential from ``reconnect_min`` to ``reconnect_max`` with equal jitter (half
+        fixed, half random) so that gateways cut off together do not reconnect in step.
+        paho doubles its delay without jitter; setting its min = max to our delay before
+        each wait keeps paho's own reconnect loop and public API.
+        """
+        b = self.broker
+        base = min(b.reconnect_max, b.reconnect_min * 2 ** min(self._attempts, 30))
+        self._attempts += 1
+        delay = base * random.uniform(0.5, 1.0)
+        self.client.reconnect_delay_set(delay, delay)
+        return delay
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         if reason.is_failure:
             self.last_error = str(reason)
-            self.log.error("mqtt_connect_refused", reason=str(reason))
+            self._delay_set, delay = True, self._backoff()
+            self.log.error("mqtt_connect_refused", reason=str(reason), retry_in=round(delay, 2))
             return
         sock = client.socket()
         if isinstance(sock, socket.socket) or hasattr(sock, "setsockopt"):
@@ -81,16 +111,28 @@ class Connection:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.connects += 1
         self.last_error = None
+        self._attempts = 0
         self.log.info("mqtt_connected", session_present=bool(flags.session_present))
         for cb in self.on_connected:
             cb(client, bool(flags.session_present))
         self.connected.set()
 
+    def _on_connect_fail(self, client, userdata) -> None:
+        """TCP or TLS failed; paho calls this inside its ``except OSError`` block."""
+        error = sys.exc_info()[1]
+        self.last_error = f"{type(error).__name__}: {error}" if error else "connection failed"
+        delay = self._backoff()
+        self.log.error("mqtt_connect_failed", error=self.last_error, retry_in=round(delay, 2))
+
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        delay = None if self._delay_set else self._backoff()
+        self._delay_set = False
         if was:
-            self.log.warning("mqtt_disconnected", reason=str(reason))
+            self.log.warning("mqtt_disconnected", reason=str(reason), retry_in=delay)
+        elif delay is not None:  # lost before CONNACK: e.g. a TLS alert after the handshake
+            self.log.error("mqtt_connection_lost", reason=str(reason), retry_in=round(delay, 2))
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with backoff until :meth:`stop`."""

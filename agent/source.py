@@ -20,7 +20,8 @@ class MqttSource:
     ) -> None:
         self.config = config
         self.intake = intake
-        self.conn = Connection(name, broker, client_id)
+        fast = self._on_publish_batch if config.fast_path else None
+        self.conn = Connection(name, broker, client_id, on_publish=fast)
         self.conn.on_connected.append(self._subscribe)
         self.conn.client.on_message = self._on_message
         self.conn.client.on_subscribe = self._on_subscribe
@@ -37,6 +38,13 @@ class MqttSource:
 
     def _on_message(self, client, userdata, msg) -> None:
         self.intake.put(Message(msg.topic, msg.payload, time.time()))
+
+    def _on_publish_batch(self, msgs: list[Message], acks: list[int]) -> None:
+        """Fast path: a chunk of PUBLISHes split from the socket (network thread)."""
+        self.intake.put_many(msgs)
+        ack = self.conn.client.ack
+        for mid in acks:
+            ack(mid, 1)
 
     def start(self) -> None:
         self.conn.start()

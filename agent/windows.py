@@ -117,7 +117,9 @@ class CountWindows:
             d, w = self._write_and_gather(slots[sel], pos[sel], values[sel], sel)
             due_parts.append(d)
             win_parts.append(w)
-        return np.concatenate(due_parts), np.concatenate(win_parts)
+        due, wins = np.concatenate(due_parts), np.concatenate(win_parts)
+        order = np.argsort(due, kind="stable")  # back to arrival order
+        return due[order], wins[order]
 
     def _write_and_gather(
         self, slots: np.ndarray, pos: np.ndarray, values: np.ndarray, where: np.ndarray

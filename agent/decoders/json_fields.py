@@ -51,8 +51,59 @@ class JsonDecoder:
         self.channels = len(config.fields) if config.fields else int(config.channels or 0)
         m = _TOPIC_SEGMENT.match(config.device)
         self._segment = int(m[1]) if m else None
+        self._devices: dict[str, str] = {}
 
     def decode_many(self, messages: Sequence[Message]) -> SampleBatch:
+        if self._segment is not None and self.config.fields is None:
+            batch = self._decode_clean(messages)
+            if batch is not None:
+                return batch
+        return self._decode_each(messages)
+
+    def _device_of(self, topic: str) -> str:
+        device = self._devices.get(topic)
+        if device is None:
+            if len(self._devices) > 100_000:
+                self._devices.clear()
+            device = self._devices[topic] = topic.split("/")[self._segment]
+        return device
+
+    def _decode_clean(self, messages: Sequence[Message]) -> SampleBatch | None:
+        """Column-wise decode of a batch where every payload is good; None otherwise."""
+        c = self.config
+        loads, n = orjson.loads, len(messages)
+        try:
+            objs = [loads(m.payload) for m in messages]
+            values = np.array([o[c.values] for o in objs], np.float32)
+            ts = (
+                np.array([o[c.ts] for o in objs], np.float64)
+                if c.ts
+                else np.array([m.received for m in messages], np.float64)
+            )
+            seq = (
+                np.array([o.get(c.seq, -1) for o in objs], np.int64)
+                if c.seq
+                else np.full(n, -1, np.int64)
+            )
+            devices = [self._device_of(m.topic) for m in messages]
+        except (
+            orjson.JSONDecodeError,
+            KeyError,
+            IndexError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            OverflowError,
+        ):
+            return None
+        if values.shape != (n, self.channels) or not (
+            np.isfinite(values).all() and np.isfinite(ts).all()
+        ):
+            return None
+        return SampleBatch(devices, ts, seq, values)
+
+    def _decode_each(self, messages: Sequence[Message]) -> SampleBatch:
+        """Message by message: keeps the good ones, counts and explains the bad ones."""
         c = self.config
         devices: list[str] = []
         ts: list[float] = []

@@ -1,0 +1,168 @@
+"""Fast intake: PUBLISH packets split from the socket's bytes in bulk, beside paho.
+
+paho-mqtt keeps the connection, session, keepalive, TLS, reconnect and every control
+packet. Stock paho costs ~15 us of Python per received message (header read byte by byte,
+an MQTTMessage, callback matching); here the source reads its socket in 64 KiB chunks,
+cuts PUBLISH packets out itself (MQTT 3.1.1 and 5, QoS 0 and 1) and hands every other
+packet's bytes to paho unchanged, through the socket paho reads from. QoS 1 PUBLISHes are
+acknowledged through paho's public manual-ack API (``Client.ack``).
+
+paho has no public hook for this: :class:`FastClient` overrides ``Client._create_socket``.
+It is tested with the paho versions in ``TESTED_PAHO``; with any other version, or with
+``source.fast_path: false``, the source uses stock paho handling.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Callable
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+
+from .records import Message
+
+TESTED_PAHO = ("2.1.0", "2.2.0", "2.2.1")
+READ_SIZE = 65536
+MAX_ROUNDS = 32  # bulk reads per recv() call before paho gets its loop back
+
+PublishCallback = Callable[[list[Message], list[int]], None]
+
+
+def available() -> bool:
+    """True when the installed paho is one the splitter is tested with."""
+    return paho.mqtt.__version__ in TESTED_PAHO and hasattr(mqtt.Client, "_create_socket")
+
+
+class ProtocolError(Exception):
+    """The byte stream is not MQTT (bad remaining length)."""
+
+
+class PublishSplitter:
+    """Cuts complete MQTT packets out of a byte stream.
+
+    ``feed`` returns the PUBLISH packets as messages (plus QoS 1 packet ids to acknowledge)
+    and the bytes of every other packet, whole and in order. Partial packets wait for the
+    next ``feed``.
+    """
+
+    def __init__(self, v5: bool) -> None:
+        self.v5 = v5
+        self._buf = bytearray()
+        self._topics: dict[bytes, str] = {}
+
+    def feed(self, data: bytes, now: float) -> tuple[list[Message], list[int], bytes]:
+        buf = self._buf
+        buf += data
+        n = len(buf)
+        off = 0
+        msgs: list[Message] = []
+        acks: list[int] = []
+        other: list[bytes] = []
+        topics = self._topics
+        v5 = self.v5
+        while n - off >= 2:
+            head = buf[off]
+            i = off + 1
+            length = shift = 0
+            complete = False
+            while i < n:
+                b = buf[i]
+                i += 1
+                length |= (b & 127) << shift
+                if b < 128:
+                    complete = True
+                    break
+                shift += 7
+                if shift >= 28:
+                    raise ProtocolError("remaining length longer than 4 bytes")
+            if not complete:
+                break
+            end = i + length
+            if end > n:
+                break
+            if head & 0xF0 == 0x30:
+                tlen = (buf[i] << 8) | buf[i + 1]
+                p = i + 2 + tlen
+                raw = bytes(buf[i + 2 : p])
+                topic = topics.get(raw)
+                if topic is None:
+                    topic = raw.decode("utf-8", "replace")
+                    if len(topics) > 100_000:
+                        topics.clear()
+                    topics[raw] = topic
+                if head & 0x06:
+                    acks.append((buf[p] << 8) | buf[p + 1])
+                    p += 2
+                if v5:
+                    plen = shift = 0
+                    while True:
+                        b = buf[p]
+                        p += 1
+                        plen |= (b & 127) << shift
+                        shift += 7
+                        if b < 128:
+                            break
+                    p += plen
+                msgs.append(Message(topic, bytes(buf[p:end]), now))
+            else:
+                other.append(bytes(buf[off:end]))
+            off = end
+        if off:
+            del buf[:off]
+        return msgs, acks, b"".join(other)
+
+
+class SplittingSocket:
+    """Wraps paho's socket: bulk reads, PUBLISH to ``on_publish``, the rest to paho."""
+
+    def __init__(self, sock, v5: bool, on_publish: PublishCallback) -> None:
+        self._sock = sock
+        self._splitter = PublishSplitter(v5)
+        self._on_publish = on_publish
+        self._out = b""
+        self._ssl = isinstance(sock, ssl.SSLSocket)
+
+    def recv(self, bufsize: int) -> bytes:
+        if not self._out:
+            self._fill()
+        out, self._out = self._out[:bufsize], self._out[bufsize:]
+        return out
+
+    def _fill(self) -> None:
+        """Read until paho has bytes, the socket would block, or MAX_ROUNDS reads."""
+        for _ in range(MAX_ROUNDS):
+            data = self._sock.recv(READ_SIZE)  # BlockingIOError / SSLWantReadError: to paho
+            if not data:
+                return  # closed: paho sees b"" and handles the lost connection
+            msgs, acks, other = self._splitter.feed(data, time.time())
+            if msgs:
+                self._on_publish(msgs, acks)
+            if other:
+                self._out = other
+                return
+        raise BlockingIOError  # still readable: select() wakes paho again at once
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if self._ssl else 0
+        return len(self._out) + inner
+
+    def send(self, data: bytes) -> int:
+        return self._sock.send(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class FastClient(mqtt.Client):
+    """A paho client whose incoming PUBLISH packets bypass paho's per-packet handling."""
+
+    def __init__(self, *args, on_publish: PublishCallback, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._fast_on_publish = on_publish
+        self.manual_ack_set(True)  # paho never sees these PUBLISHes; we acknowledge them
+
+    def _create_socket(self):
+        sock = super()._create_socket()
+        return SplittingSocket(sock, self._protocol == mqtt.MQTTv5, self._fast_on_publish)
