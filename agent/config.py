@@ -95,6 +95,11 @@ class SourceConfig(Model):
         "drop_oldest", description="what a full intake does (block: QoS 1 backpressure)"
     )
     max_payload: int = Field(65536, gt=0, description="larger payloads are rejected")
+    max_clock_skew: Duration | None = Field(
+        86400,
+        description="a sample whose timestamp is further than this from the agent's clock is "
+        "rejected (counted as ts_future / ts_past); none: accept any timestamp",
+    )
     fast_path: bool = Field(
         True, description="split PUBLISH packets in bulk beside paho (false: stock paho)"
     )
@@ -139,6 +144,9 @@ class PipelineConfig(Model):
     summary: SummaryConfig = SummaryConfig()
     sinks: list[ComponentConfig] = Field(min_length=1, description="where records go")
     max_batch: int = Field(2048, gt=0, description="messages processed per worker round")
+    workers: int = Field(
+        1, ge=1, le=64, description="worker processes; topic filter k goes to worker k mod N"
+    )
 
 
 class Config(Model):
@@ -240,6 +248,12 @@ def _cross_checks(cfg: Config) -> list[str]:
                 "subscription ($share/...): each agent would see part of every device's "
                 "samples and windows would split; partition by topic filter instead, or "
                 "make the pipeline stateless with `window: none`"
+            )
+        if p.workers > len(p.source.topics):
+            errors.append(
+                f"pipelines[{i}].workers: {p.workers} workers need at least as many topic "
+                f"filters in source.topics (each worker takes whole filters), got "
+                f"{len(p.source.topics)}"
             )
         for j, s in enumerate(p.sinks):
             broker = getattr(s, "broker", None)

@@ -118,6 +118,7 @@ class AgentProcess:
             cwd=ROOT,
         )
         self.logs: list[dict] = []
+        self.subscribed = 0
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -130,12 +131,21 @@ class AgentProcess:
                 rec = {"event": "raw", "line": line.decode(errors="replace")}
             self.logs.append(rec)
             if rec.get("event") == "source_subscribed":
+                self.subscribed += 1
                 self._ready.set()
 
     def wait_ready(self, timeout: float = 20) -> None:
         if not self._ready.wait(timeout):
             self.proc.kill()
             raise AssertionError(f"agent not ready: {self.logs[-10:]}")
+
+    def wait_ready_count(self, n: int, timeout: float = 30) -> None:
+        """Wait until ``n`` sources (e.g. worker processes) have subscribed."""
+        deadline = time.monotonic() + timeout
+        while self.subscribed < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.subscribed} of {n} sources ready: {self.logs[-10:]}")
+            time.sleep(0.05)
 
     def stop(self, sig: int = 15, timeout: float = 60) -> int:
         self.proc.send_signal(sig)
