@@ -1,0 +1,124 @@
+"""The MQTT source over a real mosquitto, fast path and stock paho alike."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from agent.config import BrokerConfig, SourceConfig
+from agent.intake import Intake
+from agent.source import MqttSource
+from agent.testing.mosquitto import Mosquitto
+from tests.support.mqtt import client
+
+pytestmark = pytest.mark.mosquitto
+
+PATHS = [pytest.param(True, id="fast"), pytest.param(False, id="stock")]
+
+
+def start_source(port, fast, *, qos=0, protocol="5", clean=True, cid=None, keepalive=30):
+    broker = BrokerConfig(
+        port=port,
+        protocol=protocol,
+        clean_start=clean,
+        keepalive=keepalive,
+        reconnect_min=0.1,
+        reconnect_max=0.5,
+    )
+    cfg = SourceConfig(broker="b", topics=["src/#"], qos=qos, fast_path=fast)
+    intake = Intake(100_000)
+    src = MqttSource("b", broker, cfg, intake, cid or f"src-{time.monotonic_ns()}")
+    subscribed = []
+    src.conn.client.on_subscribe = lambda *a: subscribed.append(1)
+    src.start()
+    wait(lambda: subscribed, "subscription")
+    assert src.conn.fast == fast
+    return src, intake, subscribed
+
+
+def wait(pred, what, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def drain(intake, n, timeout=20.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += intake.drain(10_000)
+        time.sleep(0.01)
+    return got
+
+
+@pytest.mark.parametrize("fast", PATHS)
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+@pytest.mark.parametrize("qos", [0, 1])
+def test_every_message_arrives_intact(broker, fast, protocol, qos):
+    """Small and large payloads, QoS 0 and 1, MQTT 3.1.1 and 5: all, in order, unchanged."""
+    src, intake, _ = start_source(broker.port, fast, qos=qos, protocol=protocol)
+    pub = client(broker.port, "p")
+    payloads = [f"m{i}".encode() * (i % 7) for i in range(2000)]
+    payloads[100] = bytes(range(256)) * 400  # 100 KiB, many socket reads
+    infos = [pub.publish(f"src/d{i % 13}", p, qos=qos) for i, p in enumerate(payloads)]
+    for info in infos:
+        info.wait_for_publish(10)
+    got = drain(intake, len(payloads))
+    src.stop()
+    pub.disconnect()
+    assert [m.payload for m in got] == payloads
+    assert [m.topic for m in got] == [f"src/d{i % 13}" for i in range(len(payloads))]
+
+
+@pytest.mark.parametrize("fast", PATHS)
+def test_qos1_messages_are_acknowledged(tmp_path, fast):
+    """After a clean disconnect, a persistent session has nothing left to redeliver."""
+    with Mosquitto(workdir=tmp_path) as b:
+        src, intake, _ = start_source(b.port, fast, qos=1, clean=False, cid="ack-test")
+        pub = client(b.port, "p")
+        for i in range(300):
+            pub.publish("src/x", str(i).encode(), qos=1).wait_for_publish(10)
+        done = drain(intake, 300)
+        assert len(done) == 300
+        src.acknowledge(done)  # a persistent QoS 1 session acknowledges processed messages
+        src.stop()
+        src2, intake2, _ = start_source(b.port, fast, qos=1, clean=False, cid="ack-test")
+        pub.publish("src/marker", b"end", qos=1).wait_for_publish(10)
+        got = drain(intake2, 1)
+        time.sleep(0.3)
+        got += intake2.drain(1000)
+        src2.stop()
+        pub.disconnect()
+        assert [m.payload for m in got] == [b"end"]
+
+
+@pytest.mark.parametrize("fast", PATHS)
+def test_reconnects_and_resubscribes_after_broker_restart(tmp_path, fast):
+    with Mosquitto(workdir=tmp_path) as b:
+        src, intake, subscribed = start_source(b.port, fast)
+        b.restart()
+        wait(lambda: len(subscribed) >= 2, "resubscription after restart")
+        pub = client(b.port, "p")
+        pub.publish("src/after", b"1", qos=1).wait_for_publish(10)
+        got = drain(intake, 1)
+        src.stop()
+        pub.disconnect()
+        assert [m.payload for m in got] == [b"1"]
+        assert src.conn.connects == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fast", PATHS)
+def test_keepalive_holds_an_idle_connection(broker, fast):
+    """Idle for over two keepalive periods: pings answered, no reconnect, still receiving."""
+    src, intake, _ = start_source(broker.port, fast, keepalive=5)
+    time.sleep(12)
+    pub = client(broker.port, "p")
+    pub.publish("src/late", b"still here", qos=1).wait_for_publish(10)
+    got = drain(intake, 1)
+    src.stop()
+    pub.disconnect()
+    assert [m.payload for m in got] == [b"still here"]
+    assert src.conn.connects == 1
