@@ -76,6 +76,9 @@ class AgentSection(Model):
     status_topic: str | None = Field(None, description="retained birth / last-will topic")
     status_broker: str | None = Field(None, description="broker for status; default: first sink")
     heartbeat: Duration = Field(30, description="period of status heartbeats")
+    model_check: Duration = Field(
+        30, description="how often model files are compared with the loaded models"
+    )
 
 
 class SpoolConfig(Model):
@@ -127,6 +130,16 @@ class MetricsConfig(Model):
     port: int = Field(9464, ge=0, lt=65536, description="listen port (0: any free port)")
 
 
+class CalibrationConfig(Model):
+    warmup: int = Field(400, ge=2, description="samples per device that calibrate it")
+    normalise: bool = Field(True, description="per-device, per-channel (x - mean) / std")
+    rel_floor: float = Field(
+        0.01, ge=0, description="std floor as a fraction of |mean| (no drift amplification)"
+    )
+    quantile: float = Field(1.0, gt=0, le=1, description="threshold: auto = factor x quantile")
+    factor: float = Field(1.05, gt=0, description="of the warm-up windows' scores")
+
+
 class SummaryConfig(Model):
     every: Duration = Field(10, description="summary period")
 
@@ -142,6 +155,11 @@ class PipelineConfig(Model):
     )
     handler: ComponentConfig = Field(description="model handler component")
     summary: SummaryConfig = SummaryConfig()
+    calibration: CalibrationConfig | None = Field(
+        None,
+        description="learn each device's normalisation (and `threshold: auto`) from its first "
+        "samples, then freeze; those warm-up windows are never scored",
+    )
     sinks: list[ComponentConfig] = Field(min_length=1, description="where records go")
     max_batch: int = Field(2048, gt=0, description="messages processed per worker round")
     workers: int = Field(
@@ -248,6 +266,11 @@ def _cross_checks(cfg: Config) -> list[str]:
                 "subscription ($share/...): each agent would see part of every device's "
                 "samples and windows would split; partition by topic filter instead, or "
                 "make the pipeline stateless with `window: none`"
+            )
+        if getattr(p.handler, "threshold", None) == "auto" and p.calibration is None:
+            errors.append(
+                f"pipelines[{i}].handler.threshold: 'auto' is learned during a warm-up: add a "
+                "`calibration:` section (e.g. {warmup: 400})"
             )
         if p.workers > len(p.source.topics):
             errors.append(

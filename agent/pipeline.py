@@ -20,8 +20,11 @@ from . import log
 from .aggregate import Summaries
 from .config import PipelineConfig
 from .intake import Intake
-from .protocols import Decoder, ModelHandler
-from .records import EVENT, STATS, SUMMARY, Message, Record
+from .metrics import BatchStats
+from .protocols import Decoder, ModelHandler, StreamHandler
+from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
+from .registry import Registry
+from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex
 
 
@@ -58,7 +61,7 @@ class Processor:
         self,
         config: PipelineConfig,
         decoder: Decoder,
-        handler: ModelHandler,
+        handler: ModelHandler | StreamHandler,
         *,
         id_prefix: str = "",
         clock: Callable[[], float] = time.monotonic,
@@ -73,6 +76,7 @@ class Processor:
         self.windows = CountWindows(self.index, w.size, w.hop, decoder.channels)
         self.summaries = Summaries(self.index)
         self.counters = Counters()
+        self.batch_stats = BatchStats()
         self.period_errors: dict[str, int] = {}
         self.period_start = time.time()
         self._ids = itertools.count(1)
@@ -80,6 +84,15 @@ class Processor:
         self.log = log.get(pipeline=config.name, component="processor")
         self._limit = log.RateLimit(1.0)
         self.rejected: list[tuple[Message, str, str]] = []
+        self.control: list[tuple[str, bytes]] = []  # decoder requests, published by the runtime
+        self.stateful = bool(getattr(handler, "stateful", False))
+        self.warmup = None
+        if config.calibration is not None:
+            auto = getattr(getattr(handler, "config", None), "threshold", None) == "auto"
+            self.warmup = Warmup(
+                self.index, config.calibration, w.size, decoder.channels, auto,
+                float(handler.threshold),
+            )
 
     def load(self) -> None:
         """Load the model against this pipeline's window (raises ModelError)."""
@@ -110,8 +123,12 @@ class Processor:
         batch = self.decoder.decode_many(messages)
         if batch.errors:
             self._count_errors(batch.errors, batch.rejects)
+        self.control += batch.control
+        events = [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
+        if len(batch) and self.config.source.max_clock_skew is not None:
+            self._check_clock(batch)
         if not len(batch):
-            return [], None
+            return events, None
         slots = self.index.slots(batch.devices)
         if (slots < 0).any():
             full = np.flatnonzero(slots < 0)
@@ -126,15 +143,34 @@ class Processor:
             slots = slots[keep]
             batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
             batch.devices = [batch.devices[i] for i in keep.tolist()]
+            if batch.detections is not None:
+                batch.detections = batch.detections.take_frames(keep, len(full) + len(keep))
         self.counters.decoded += len(slots)
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
         self.summaries.add_samples(slots)
+        if self.stateful:  # a StreamHandler keeps its own per-device state: no windows
+            found = self.handler.update(batch)
+            self.counters.anomalies += len(found)
+            for payload in found:
+                events.append(self._record(EVENT, {**payload, "pipeline": self.name}))
+            return events, None
+        calibrated = self.warmup.push(slots, batch.values, self.handler) if self.warmup else None
         due, windows = self.windows.push(slots, batch.values)
+        if calibrated is not None:  # windows ending inside a device's warm-up are not scored
+            keep = calibrated[due]
+            due, windows = due[keep], windows[keep]
         if not len(due):
-            return [], None
-        scores = np.asarray(self.handler.infer(windows), np.float64)
-        anomalous = scores > self.handler.threshold
+            return events, None
+        started = time.perf_counter()
+        if self.warmup:
+            scores = np.asarray(self.warmup.score(self.handler, slots[due], windows), np.float64)
+            threshold = self.warmup.threshold[slots[due]]
+        else:
+            scores = np.asarray(self.handler.infer(windows), np.float64)
+            threshold = np.full(len(due), self.handler.threshold)
+        self.batch_stats.observe(len(due), time.perf_counter() - started)
+        anomalous = scores > threshold
         self.summaries.add_scores(slots[due], scores, anomalous)
         self.counters.windows += len(due)
         scored = Scored(
@@ -144,30 +180,81 @@ class Processor:
             scores,
             anomalous,
         )
-        events = []
         hits = np.flatnonzero(anomalous)
         if len(hits):
             self.counters.anomalies += len(hits)
-            threshold = float(self.handler.threshold)
-            for i in hits.tolist():
+            describe = getattr(self.handler, "describe", None)
+            extra = describe(hits) if describe else [{}] * len(hits)
+            for i, more in zip(hits.tolist(), extra):
                 device = scored.devices[i]
                 payload = {
                     "device": device,
                     "ts": float(scored.ts[i]),
                     "seq": int(scored.seq[i]),
                     "score": float(scores[i]),
-                    "threshold": threshold,
+                    "threshold": float(threshold[i]),
                     "pipeline": self.name,
+                    **more,
                 }
                 events.append(Record(EVENT, self.name, device, payload, self._next_id()))
         return events, scored
+
+    def _check_clock(self, batch: SampleBatch) -> None:
+        """Drop samples stamped more than ``max_clock_skew`` from now (counted, logged)."""
+        skew, now = self.config.source.max_clock_skew, time.time()
+        future, past = batch.ts > now + skew, batch.ts < now - skew
+        bad = future | past
+        if not bad.any():
+            return
+        errors = {k: int(m.sum()) for k, m in (("ts_future", future), ("ts_past", past))}
+        first = int(np.flatnonzero(bad)[0])
+        kind = "ts_future" if future[first] else "ts_past"
+        reason = f"device {batch.devices[first]}: ts {batch.ts[first]:.3f} is {kind[3:]}"
+        self._count_errors({k: v for k, v in errors.items() if v}, [])
+        if self._limit.allow(kind):
+            self.log.warning("sample_rejected", kind=kind, reason=reason, skew=skew)
+        keep = np.flatnonzero(~bad)
+        batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
+        batch.devices = [batch.devices[i] for i in keep.tolist()]
+        if batch.detections is not None:
+            batch.detections = batch.detections.take_frames(keep, len(bad))
+
+    def _record(self, kind: str, payload: dict) -> Record:
+        return Record(kind, self.name, str(payload.get("device", "")), payload, self._next_id())
+
+    def keeps_windows_of(self, old: Processor) -> bool:
+        """Whether ``old``'s windows fit this processor (same window, channels, kind)."""
+        return (
+            old.config.window == self.config.window
+            and old.decoder.channels == self.decoder.channels
+            and not (self.stateful or old.stateful)
+        )
+
+    def adopt(self, old: Processor) -> bool:
+        """Take over ``old``'s totals, and its windows when window and channels are unchanged.
+
+        Returns whether the windows (and the period's per-device summaries) were kept.
+        """
+        self.counters, self.batch_stats = old.counters, old.batch_stats
+        self.period_errors, self.period_start = old.period_errors, old.period_start
+        self._ids, self._id_prefix = old._ids, old._id_prefix
+        same = self.keeps_windows_of(old)
+        if same:
+            self.index, self.windows, self.summaries = old.index, old.windows, old.summaries
+        return same
 
     def flush(self, extra_stats: dict | None = None) -> list[Record]:
         """Per-device summaries of the period just ended, then one stats record."""
         now = time.time()
         start, self.period_start = self.period_start, now
         records = []
-        for s in self.summaries.flush():
+        extra = {}
+        if self.stateful:  # the handler's own per-device summaries join the core ones
+            extra = {str(x["device"]): x for x in self.handler.flush()}
+        core = self.summaries.flush()
+        seen = {s["device"] for s in core}
+        for s in [*core, *[{"device": d} for d in extra if d not in seen]]:
+            s.update(extra.pop(s["device"], {}))
             s.update(pipeline=self.name, period_start=start, period_end=now)
             records.append(Record(SUMMARY, self.name, s["device"], s, self._next_id()))
         stats = {
@@ -190,6 +277,22 @@ class Processor:
         return records
 
 
+def _states(batch) -> list[dict]:
+    return [{"device": d, "state": st, "ts": ts} for d, st, ts in batch.states]
+
+
+def build_processor(
+    config: PipelineConfig, registry: Registry | None = None, id_prefix: str = ""
+) -> Processor:
+    """A pipeline's decoder, handler and processor, its model loaded, checked and warmed up."""
+    registry = registry or Registry()
+    decoder = registry.get("decoder", config.decoder.type)(config.decoder)
+    handler = registry.get("handler", config.handler.type)(config.handler)
+    processor = Processor(config, decoder, handler, id_prefix=id_prefix)
+    processor.load()
+    return processor
+
+
 class Pipeline:
     """Runs a processor in a worker thread, fed by an intake; records go to ``emit``."""
 
@@ -199,11 +302,18 @@ class Pipeline:
         intake: Intake,
         emit: Callable[[list[Record]], None],
         dead_letter: Callable[[list[tuple[Message, str, str]]], None] | None = None,
+        control: Callable[[list[tuple[str, bytes]]], None] | None = None,
+        *,
+        ack: Callable[[list[Message]], None] | None = None,
+        stats: Callable[[], dict] | None = None,
     ) -> None:
         self.processor = processor
         self.intake = intake
         self.emit = emit
         self.dead_letter = dead_letter
+        self.control = control
+        self.ack = ack  # told once a batch is processed and its events are spooled
+        self.stats = stats  # extra figures for the stats record (e.g. spool drops)
         self.log = log.get(pipeline=processor.name, component="worker")
         self._flush = threading.Event()
         self._stop = threading.Event()
@@ -211,9 +321,33 @@ class Pipeline:
             target=self._run, name=f"pipeline-{processor.name}", daemon=True
         )
         self.error: BaseException | None = None
+        self._next: tuple[Processor, threading.Event, list[bool]] | None = None
 
     def start(self) -> None:
         self._thread.start()
+
+    def swap(self, processor: Processor, timeout: float = 30) -> bool:
+        """Hand the worker a new processor between two batches (live reload).
+
+        Nothing queued is lost: the intake stays. When the windows cannot be kept, the old
+        processor's summaries are flushed first. Returns whether the windows were kept.
+        """
+        done, kept = threading.Event(), [False]
+        self._next = (processor, done, kept)
+        self.intake.wake()
+        if not done.wait(timeout):
+            raise TimeoutError(f"pipeline {self.processor.name}: worker did not take the swap")
+        return kept[0]
+
+    def _take_swap(self) -> None:
+        new, done, kept = self._next
+        self._next = None
+        old = self.processor
+        if not new.keeps_windows_of(old):
+            self.emit(old.flush(self._stats()))
+        kept[0] = new.adopt(old)
+        self.processor = new
+        done.set()
 
     def request_flush(self) -> None:
         """Ask the worker to publish the period's summaries (called by the scheduler)."""
@@ -231,12 +365,16 @@ class Pipeline:
             "received": self.intake.received,
             "dropped": self.intake.dropped,
             "queued": len(self.intake),
+            **(self.stats() if self.stats else {}),
         }
 
     def _run(self) -> None:
         p, intake, limit = self.processor, self.intake, self.processor.config.max_batch
         try:
             while True:
+                if self._next is not None:
+                    self._take_swap()
+                    p, limit = self.processor, self.processor.config.max_batch
                 msgs = intake.drain(limit)
                 if msgs:
                     try:
@@ -245,6 +383,8 @@ class Pipeline:
                         p.counters.add_errors({"internal": len(msgs)})
                         if p._limit.allow("internal"):
                             self.log.exception("batch_failed", messages=len(msgs))
+                        if self.ack:
+                            self.ack(msgs)
                         continue
                     if events:
                         self.emit(events)
@@ -252,6 +392,12 @@ class Pipeline:
                         rejected, p.rejected = p.rejected, []
                         if self.dead_letter:
                             self.dead_letter(rejected)
+                    if p.control:
+                        control, p.control = p.control, []
+                        if self.control:
+                            self.control(control)
+                    if self.ack:
+                        self.ack(msgs)
                 if self._flush.is_set():
                     self._flush.clear()
                     self.emit(p.flush(self._stats()))

@@ -13,11 +13,11 @@ import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from . import log
-from .config import Config
+from .config import Config, PipelineConfig
 from .delivery import Forwarder
 from .intake import Intake
 from .mqtt import Connection
-from .pipeline import Pipeline, Processor
+from .pipeline import Pipeline, Processor, build_processor
 from .records import Message, Record
 from .registry import Registry
 from .source import MqttSource
@@ -39,6 +39,9 @@ class Agent:
         self.sources: list[MqttSource] = []
         self.scheduler = BackgroundScheduler(daemon=True)
         self.started = False
+        self.metrics = None
+        self.config_path: str | None = None
+        self._model_problems: dict[str, str | None] = {}
 
     # -- sinks' view of the runtime ------------------------------------------------------
     def connection(self, broker: str) -> Connection:
@@ -69,45 +72,71 @@ class Agent:
         cfg = self.config
         self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl)
         for p in cfg.pipelines:
-            sink_names = []
-            for j, s in enumerate(p.sinks):
-                name = f"{p.name}.{j}"
-                sink = self.registry.get("sink", s.type)(s, self)
-                self.forwarders.append(
-                    Forwarder(name, sink, self.spool, cfg.spool.batch, cfg.spool.replay_rate)
-                )
-                sink_names.append(name)
-            decoder = self.registry.get("decoder", p.decoder.type)(p.decoder)
-            handler = self.registry.get("handler", p.handler.type)(p.handler)
-            processor = Processor(
-                p, decoder, handler, id_prefix=f"{cfg.agent.id}-{self.boot}-{p.name}-"
-            )
-            processor.load()
-            self.log.info(
-                "model_loaded",
-                pipeline=p.name,
-                model=str(getattr(handler, "path", "")),
-                sha256=getattr(handler, "sha256", ""),
-            )
-            intake = Intake(p.source.queue, p.source.overflow)
-            source = MqttSource(
-                p.source.broker,
-                cfg.brokers[p.source.broker],
-                p.source,
-                intake,
-                cfg.brokers[p.source.broker].client_id or f"{cfg.agent.id}-{p.name}-in",
-            )
-            pipeline = Pipeline(
-                processor,
-                intake,
-                self._emitter(sink_names),
-                self._dead_letter(source, p.source.dead_letter, p.name),
-            )
+            pipeline, source, forwarders = self.build_pipeline(p)
+            self.forwarders += forwarders
             self.pipelines.append(pipeline)
             self.sources.append(source)
         if cfg.agent.status_topic and self._status_broker():
             conn = self.connection(self._status_broker())
             conn.on_connected.append(lambda client, _: self._publish_status(client, "online"))
+
+    def make_processor(self, p: PipelineConfig) -> Processor:
+        """A pipeline's decoder, handler and processor, its model loaded, checked, warmed up."""
+        processor = build_processor(
+            p, self.registry, id_prefix=f"{self.config.agent.id}-{self.boot}-{p.name}-"
+        )
+        handler = processor.handler
+        self.log.info(
+            "model_loaded",
+            pipeline=p.name,
+            model=str(getattr(handler, "path", "")),
+            sha256=getattr(handler, "sha256", ""),
+        )
+        return processor
+
+    def build_pipeline(self, p: PipelineConfig) -> tuple[Pipeline, MqttSource, list[Forwarder]]:
+        """One pipeline with its source and sink forwarders, not started."""
+        cfg = self.config
+        sink_names, forwarders = [], []
+        for j, s in enumerate(p.sinks):
+            name = f"{p.name}.{j}"
+            sink = self.registry.get("sink", s.type)(s, self)
+            forwarders.append(
+                Forwarder(name, sink, self.spool, cfg.spool.batch, cfg.spool.replay_rate)
+            )
+            sink_names.append(name)
+        processor = self.make_processor(p)
+        intake = Intake(p.source.queue, p.source.overflow)
+        source = MqttSource(
+            p.source.broker,
+            cfg.brokers[p.source.broker],
+            p.source,
+            intake,
+            cfg.brokers[p.source.broker].client_id or f"{cfg.agent.id}-{p.name}-in",
+        )
+        pipeline = Pipeline(
+            processor,
+            intake,
+            self._emitter(sink_names),
+            self._dead_letter(source, p.source.dead_letter, p.name),
+            self._control(source),
+            ack=source.acknowledge if source.deferred else None,
+            stats=self.spool_stats,
+        )
+        return pipeline, source, forwarders
+
+    def check_models(self) -> None:
+        """Log (once per change) a model file that no longer matches its loaded model."""
+        for p in self.pipelines:
+            check = getattr(p.processor.handler, "check_file", None)
+            problem = check() if check else None
+            if problem and problem != self._model_problems.get(p.processor.name):
+                self.log.error("model_file_changed", pipeline=p.processor.name, error=problem)
+            self._model_problems[p.processor.name] = problem
+
+    def spool_stats(self) -> dict:
+        """Spool depth and drops, for stats records and the status heartbeat."""
+        return {"spool": self.spool.stats()} if self.spool else {}
 
     def _emitter(self, sinks: list[str]):
         spool = self.spool
@@ -139,6 +168,16 @@ class Agent:
 
         return forward
 
+    def _control(self, source: MqttSource):
+        """Publish what a decoder asks for (e.g. a Sparkplug rebirth) on the source broker."""
+
+        def publish(messages: list[tuple[str, bytes]]) -> None:
+            for topic, payload in messages:
+                source.conn.client.publish(topic, payload, qos=0)
+            self.log.info("control_published", topics=sorted({t for t, _ in messages}))
+
+        return publish
+
     def _publish_status(self, client, state: str) -> None:
         body = {
             "agent": self.config.agent.id,
@@ -146,6 +185,7 @@ class Agent:
             "ts": time.time(),
             "boot": self.boot,
             "pipelines": self.status(),
+            **self.spool_stats(),
         }
         client.publish(self.config.agent.status_topic, orjson.dumps(body), qos=1, retain=True)
 
@@ -166,6 +206,33 @@ class Agent:
             }
         return out
 
+    def connection_states(self) -> list[tuple[str, str, bool]]:
+        """(broker, role, connected) of every MQTT connection: sources and upstream."""
+        out = [
+            (s.conn.name, f"source:{n}", s.conn.connected.is_set())
+            for n, s in zip([p.processor.name for p in self.pipelines], self.sources)
+        ]
+        out += [(name, "upstream", c.connected.is_set()) for name, c in self._connections.items()]
+        return out
+
+    def schedule_summaries(self, p: Pipeline) -> None:
+        """(Re)schedule ``p``'s summary flush at its period."""
+        self.scheduler.add_job(
+            p.request_flush,
+            "interval",
+            seconds=p.processor.config.summary.every,
+            id=f"summary-{p.processor.name}",
+            max_instances=1,
+            coalesce=True,
+            replace_existing=True,
+        )
+
+    def reload(self, path: str | None = None) -> bool:
+        """Re-read the config and apply it pipeline by pipeline; keep it running if invalid."""
+        from .reload import reload_from
+
+        return reload_from(self, path or self.config_path)
+
     def start(self) -> None:
         if not self.pipelines:
             self.build()
@@ -175,14 +242,7 @@ class Agent:
             f.start()
         for p in self.pipelines:
             p.start()
-            self.scheduler.add_job(
-                p.request_flush,
-                "interval",
-                seconds=p.processor.config.summary.every,
-                id=f"summary-{p.processor.name}",
-                max_instances=1,
-                coalesce=True,
-            )
+            self.schedule_summaries(p)
         if self.config.agent.status_topic and self._status_broker():
             conn = self.connection(self._status_broker())
             self.scheduler.add_job(
@@ -191,10 +251,18 @@ class Agent:
                 seconds=self.config.agent.heartbeat,
                 id="heartbeat",
             )
+        self.scheduler.add_job(
+            self.check_models, "interval", seconds=self.config.agent.model_check, id="models"
+        )
         self.scheduler.start()
         for s in self.sources:
             s.start()
         self.started = True
+        if self.config.metrics is not None:
+            from .metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, self.config.metrics)
+            self.metrics.start()
         self.log.info("agent_started", pipelines=[p.processor.name for p in self.pipelines])
 
     def stop(self) -> None:
@@ -202,11 +270,15 @@ class Agent:
         if not self.started:
             return
         self.started = False
+        if self.metrics is not None:
+            self.metrics.stop()
         for s in self.sources:
-            s.stop()
+            s.pause()  # connected still: the worker acknowledges what it drains
         self.scheduler.shutdown(wait=False)
         for p in self.pipelines:
             p.stop()
+        for s in self.sources:
+            s.stop()
         for f in self.forwarders:
             f.stop()
         if self.config.agent.status_topic and self._status_broker():

@@ -105,7 +105,7 @@ class CountWindows:
         n = len(slots)
         if n == 0:
             return np.empty(0, np.int64), np.empty((0, self.size, self.channels), np.float32)
-        rank = _rank_within(slots)
+        rank = rank_within(slots)
         pos = self.count[slots] + rank
         self.count += np.bincount(slots, minlength=len(self.count))
         max_rank = int(rank.max())
@@ -133,7 +133,7 @@ class CountWindows:
         return where[due], self.buf[slots[due, None], rows]
 
 
-def _rank_within(slots: np.ndarray) -> np.ndarray:
+def rank_within(slots: np.ndarray) -> np.ndarray:
     """For each element, how many earlier elements share its value (stable)."""
     n = len(slots)
     order = np.argsort(slots, kind="stable")

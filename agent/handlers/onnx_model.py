@@ -21,7 +21,11 @@ class OnnxHandlerConfig(ComponentConfig):
     )
     input: str | None = Field(None, description="input name; default: the model's only input")
     output: str = Field("score", description="output holding one score per window")
-    threshold: float = Field(1.5, description="a window scoring above this is an anomaly")
+    threshold: float | Literal["auto"] = Field(
+        1.5,
+        description="a window scoring above this is an anomaly; `auto`: per device from its "
+        "warm-up (needs a `calibration:` section)",
+    )
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
 
 
@@ -50,7 +54,7 @@ class OnnxHandler:
 
     def __init__(self, config: OnnxHandlerConfig) -> None:
         self.config = config
-        self.threshold = config.threshold
+        self.threshold = float("nan") if config.threshold == "auto" else config.threshold
         self.path = resolve_model(config.model)
         self.sha256 = ""
         self._session = None
@@ -118,6 +122,31 @@ class OnnxHandler:
         warm = self.infer(np.zeros((2, window_size, channels), np.float32))
         if warm.shape != (2,):
             raise ModelError(f"{path}: output {out.name!r} gave shape {warm.shape} for 2 windows")
+
+    def check_file(self) -> str | None:
+        """Compare the model file on disk with the loaded model; never touches the session.
+
+        Returns None while the file still has the loaded sha256, else a message saying why
+        the file is refused (missing, pin mismatch) or that it changed and needs a reload.
+        The running model stays in service either way; a reload re-runs :meth:`load`,
+        which refuses a pin mismatch or an unloadable (e.g. truncated) file.
+        """
+        try:
+            digest = sha256_of(self.path)
+        except OSError as e:
+            return f"{self.path}: model file unreadable ({e.strerror}); running model kept"
+        if digest == self.sha256:
+            return None
+        pin = (self.config.sha256 or "").lower()
+        if pin and digest != pin:
+            return (
+                f"{self.path}: replaced on disk with sha256 {digest}, which does not match "
+                f"the pinned {pin}; refused, the running model stays in service"
+            )
+        return (
+            f"{self.path}: changed on disk (sha256 {digest}, running {self.sha256}); "
+            "the running model stays in service until a reload"
+        )
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Scores of ``batch`` [n, size, channels]: one onnxruntime call."""

@@ -3,14 +3,17 @@ reference, with device churn, out-of-order seq and any batch size."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import orjson
 import pytest
 
 from agent.config import parse_config
-from agent.pipeline import Processor
+from agent.pipeline import Processor, build_processor
 from agent.records import Message
-from agent.registry import Registry
+
+T0 = float(int(time.time()))  # within the default max_clock_skew
 
 
 def w1_config(model: str, max_devices: int = 100_000) -> dict:
@@ -31,10 +34,7 @@ def w1_config(model: str, max_devices: int = 100_000) -> dict:
 
 def make_processor(model: str) -> Processor:
     cfg = parse_config(w1_config(model), "test")
-    p, reg = cfg.pipelines[0], Registry()
-    proc = Processor(p, reg.get("decoder", "json")(p.decoder), reg.get("handler", "onnx")(p.handler))
-    proc.load()
-    return proc
+    return build_processor(cfg.pipelines[0])
 
 
 def stream(seed: int = 5, n: int = 6000):
@@ -47,7 +47,7 @@ def stream(seed: int = 5, n: int = 6000):
         if rng.random() < 0.01:
             v += 10
         seq = int(rng.integers(0, 1000))  # out of order: the window keeps arrival order
-        body = orjson.dumps({"ts": 1000.0 + i, "seq": seq, "v": v.tolist()})
+        body = orjson.dumps({"ts": T0 + i, "seq": seq, "v": v.tolist()})
         out.append(Message(f"plant/line1/{d}/telemetry", body, 0.0))
     return out
 

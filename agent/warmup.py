@@ -1,0 +1,110 @@
+"""Online calibration: each device's first samples fit its normaliser and threshold.
+
+A device's first ``samples`` values are its warm-up. When they are complete the stage fits
+the device's :class:`agent.calibration.Normaliser`, scores every hop-1 window inside the
+warm-up (one handler call for all devices finishing in the batch) and sets the device's
+threshold with :func:`agent.calibration.auto_threshold`; both are then frozen. Windows that
+end inside the warm-up are not scored, so the warm-up never raises events. Windows are kept
+raw and normalised when they are scored.
+
+A handler with ``fit_devices(slots, warmup)`` (a per-device baseline) is fitted on the
+warm-up too and scores with ``infer_devices(slots, windows)``.
+
+Memory: ``devices x samples x channels x 4`` bytes for the warm-up buffer, allocated only when
+calibration is configured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .calibration import auto_threshold, fit_normaliser
+from .config import CalibrationConfig
+from .windows import DeviceIndex, rank_within
+
+
+class Warmup:
+    """Per-device warm-up buffers, normalisers and thresholds, indexed by device slot."""
+
+    def __init__(
+        self,
+        index: DeviceIndex,
+        config: CalibrationConfig,
+        window: int,
+        channels: int,
+        auto: bool,
+        fixed_threshold: float,
+    ) -> None:
+        self.config, self.window, self.auto = config, window, auto
+        self.n, self.channels = config.warmup, channels
+        self.fixed = fixed_threshold
+        self._alloc(index.capacity)
+        index.on_grow.append(self._grow)
+        index.on_evict.append(self._evict)
+
+    def _alloc(self, cap: int) -> None:
+        self.count = np.zeros(cap, np.int64)
+        self.buf = np.zeros((cap, self.n, self.channels), np.float32)
+        self.mean = np.zeros((cap, self.channels), np.float64)
+        self.scale = np.ones((cap, self.channels), np.float64)
+        self.threshold = np.full(cap, self.fixed, np.float64)
+
+    def _grow(self, cap: int) -> None:
+        old = (self.count, self.buf, self.mean, self.scale, self.threshold)
+        self._alloc(cap)
+        for new, prev in zip((self.count, self.buf, self.mean, self.scale, self.threshold), old):
+            new[: len(prev)] = prev
+
+    def _evict(self, slots: np.ndarray) -> None:
+        self.count[slots] = 0
+        self.mean[slots], self.scale[slots], self.threshold[slots] = 0, 1, self.fixed
+
+    def push(self, slots: np.ndarray, values: np.ndarray, handler) -> np.ndarray:
+        """Record warm-up samples; fit devices that complete it. Returns, per sample,
+        whether its device was calibrated before it (its windows may be scored)."""
+        pos = self.count[slots] + rank_within(slots)
+        self.count += np.bincount(slots, minlength=len(self.count))
+        warm = pos < self.n
+        if warm.any():
+            self.buf[slots[warm], pos[warm]] = values[warm]
+            done = np.unique(slots[pos == self.n - 1])
+            if len(done):
+                self._fit(done, handler)
+        return ~warm
+
+    def _fit(self, slots: np.ndarray, handler) -> None:
+        rows = self.buf[slots]  # [k, n, C]
+        for i, s in enumerate(slots.tolist()):
+            norm = fit_normaliser(rows[i], rel_floor=self.config.rel_floor)
+            self.mean[s], self.scale[s] = norm.mean, norm.scale
+        if hasattr(handler, "fit_devices"):
+            handler.fit_devices(slots, self.normalise(slots, rows))
+        if not self.auto:
+            return
+        span = self.n - self.window + 1  # hop-1 windows inside the warm-up, per device
+        starts = np.arange(span)[:, None] + np.arange(self.window)
+        windows = rows[:, starts]  # [k, span, window, C]
+        owner = np.repeat(slots, span)
+        flat = self.normalise(owner, windows.reshape(-1, self.window, self.channels))
+        scores = np.asarray(_score(handler, owner, flat), np.float64).reshape(len(slots), span)
+        for i, s in enumerate(slots.tolist()):
+            self.threshold[s] = auto_threshold(
+                scores[i], quantile=self.config.quantile, factor=self.config.factor
+            )
+
+    def normalise(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """``(windows - mean) / scale`` with each window's device parameters."""
+        if not self.config.normalise:
+            return windows
+        return ((windows - self.mean[slots, None, :]) / self.scale[slots, None, :]).astype(
+            np.float32
+        )
+
+    def score(self, handler, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Scores of calibrated devices' windows, normalised per device."""
+        return _score(handler, slots, self.normalise(slots, windows))
+
+
+def _score(handler, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    per_device = getattr(handler, "infer_devices", None)
+    return per_device(slots, windows) if per_device else handler.infer(windows)
