@@ -3,14 +3,20 @@
 BUILTINS: dict[str, dict[str, str]] = {
     "decoder": {
         "json": "agent.decoders.json_fields:JsonDecoder",
+        "deepstream_full": "agent.decoders.camera:DeepStreamFullDecoder",
+        "deepstream_minimal": "agent.decoders.camera:DeepStreamMinimalDecoder",
+        "detections_json": "agent.decoders.camera:DetectionsJsonDecoder",
+        "sparkplug_b": "agent.decoders.sparkplug:SparkplugDecoder",
     },
     "handler": {
         "onnx": "agent.handlers.onnx_model:OnnxHandler",
         "onnx_autoencoder": "agent.handlers.onnx_model:OnnxHandler",
+        "baseline": "agent.handlers.baseline:BaselineHandler",
     },
     "sink": {
         "mqtt": "agent.sinks.mqtt:MqttSink",
         "file": "agent.sinks.file:FileSink",
         "stdout": "agent.sinks.file:StdoutSink",
+        "sparkplug_b": "agent.sinks.sparkplug:SparkplugSink",
     },
 }

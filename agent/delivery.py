@@ -30,6 +30,7 @@ class Forwarder:
         self._thread = threading.Thread(target=self._run, name=f"forward-{name}", daemon=True)
 
     def start(self) -> None:
+        self.sink.start()
         self._thread.start()
 
     def stop(self, drain_timeout: float = 10) -> None:
@@ -41,6 +42,7 @@ class Forwarder:
         self._stop.set()
         self._wake.set()
         self._thread.join(drain_timeout + 5)
+        self.sink.close()
 
     def _run(self) -> None:
         backoff = 0.0

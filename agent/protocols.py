@@ -1,8 +1,18 @@
 """Contracts every component honours; plugins implement the same Protocols.
 
 Data flows one way: source -> decoder -> window -> handler -> rules -> aggregator -> sink.
+
 Every component class has a ``config_model`` attribute: a pydantic model (subclass of
-:class:`agent.config.ComponentConfig`) with a ``type: Literal[...]`` field naming it.
+:class:`agent.config.ComponentConfig`, frozen, ``extra="forbid"``, every field described)
+with a ``type: Literal[...]`` field naming it. Built-ins are listed in
+:mod:`agent.builtins`; a plugin registers the class under the entry-point group
+``edge_agent.decoders``, ``edge_agent.handlers`` or ``edge_agent.sinks`` with the same name
+as its ``type``. The registry imports a plugin only when a config names it, validates the
+config section with ``config_model`` and builds the component with it.
+
+Threads: decoders and handlers are built and loaded at start-up, then called from one
+pipeline's worker thread only, never concurrently; sinks from one forwarder thread each.
+:mod:`agent.testing.conformance` checks these contracts; run it in a plugin's own tests.
 """
 
 from __future__ import annotations
@@ -17,11 +27,16 @@ from .records import Message, Record, SampleBatch
 
 @runtime_checkable
 class Decoder(Protocol):
-    """Turns payloads into samples. Pure: no I/O, no state shared between calls.
+    """Turns payloads into samples. Pure: no I/O; never raises on bad input.
 
-    ``channels`` is the width of ``SampleBatch.values``. A payload that cannot be decoded
-    is counted in ``SampleBatch.errors`` under a short kind (``json``, ``schema``,
-    ``values``, ``too_large``...) and never raises.
+    ``channels`` is the width of ``SampleBatch.values``. ``decode_many(messages)`` returns
+    the samples of every message in arrival order (a message may give zero, one or many
+    samples). A payload that cannot be decoded is counted in ``SampleBatch.errors`` under a
+    short kind (``json``, ``schema``, ``values``...) with a ``rejects`` entry, and the rest
+    of the batch is kept. Decoding ``a + b`` gives the same samples as decoding ``a`` then
+    ``b``. A decoder keeps no state between calls, except a protocol session that the
+    payloads require (Sparkplug B alias tables and sequence numbers); such a decoder asks
+    the runtime for actions through ``SampleBatch.control`` instead of doing I/O.
     """
 
     config_model: ClassVar[type]
@@ -36,11 +51,17 @@ class Decoder(Protocol):
 class ModelHandler(Protocol):
     """Scores windows in batches; keeps no per-device state.
 
-    ``load(window_size, channels)`` opens the model, checks its input and output against
-    the window (raising :class:`agent.errors.ModelError` naming both), verifies a pinned
-    sha256 and warms up. ``infer(batch)`` takes ``[n, window_size, channels]`` float32 and
-    returns ``[n]`` float scores; it is called once per batch from the pipeline's worker
-    thread only. ``threshold`` is the score above which a window is an anomaly.
+    ``__init__(config)`` only stores settings (no file access). ``load(window_size,
+    channels)`` opens the model, checks its input and output against the window (raising
+    :class:`agent.errors.ModelError` naming both), verifies a pinned sha256 and warms up.
+    ``infer(batch)`` takes ``[n, window_size, channels]`` float32 and returns ``[n]`` float
+    scores; it is called once per batch, from the pipeline's worker thread only, and row
+    ``i`` of the result depends on row ``i`` of the batch only (one call for N windows gives
+    the N results of N calls). ``threshold`` is the score above which a window is an
+    anomaly.
+
+    Optional: ``describe(hits)`` returns one dict of extra event fields (e.g. a class label)
+    for each index in ``hits`` of the last ``infer`` call.
     """
 
     config_model: ClassVar[type]
@@ -54,11 +75,41 @@ class ModelHandler(Protocol):
 
 
 @runtime_checkable
+class StreamHandler(Protocol):
+    """A stateful handler: consumes decoded samples directly instead of fixed windows.
+
+    The documented exception to "no per-device state", for analytics that need the
+    history of each device (tracks of a camera, dwell times): the handler owns that state,
+    bounds it (idle devices expire after ``ttl`` seconds of their own timestamps) and is
+    called only from the worker thread. ``stateful`` is ``True``; the pipeline then skips
+    windows and calls ``update(batch)`` once per decoded batch (returns event payloads,
+    each with a ``device``) and ``flush()`` once per summary period (returns per-device
+    summary payloads, each with a ``device``). ``load(window_size, channels)`` checks the
+    config against the decoder (e.g. that it gives detections).
+    """
+
+    config_model: ClassVar[type]
+    stateful: ClassVar[bool]
+
+    def __init__(self, config: Any) -> None: ...
+
+    def load(self, window_size: int, channels: int) -> None: ...
+
+    def update(self, batch: SampleBatch) -> list[dict]: ...
+
+    def flush(self) -> list[dict]: ...
+
+
+@runtime_checkable
 class Sink(Protocol):
     """Delivers records upstream.
 
-    ``write_many`` returns once every record is acknowledged, or raises
-    :class:`agent.errors.NotConnectedError` (the spool keeps them and retries).
+    ``__init__(config, context)`` does no I/O; ``context.connection(broker)`` gives the
+    runtime's shared connection to a named broker. ``start()`` opens what the sink owns.
+    ``write_many(records)`` returns once every record is acknowledged, or raises
+    :class:`agent.errors.NotConnectedError` (the spool keeps them and retries the same
+    records later, so a sink must tolerate seeing a record twice: ``Record.id`` is stable).
+    ``close()`` releases what ``start`` opened and may be called once.
     """
 
     config_model: ClassVar[type]

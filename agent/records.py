@@ -13,11 +13,17 @@ STATS = "stats"
 
 @dataclass(slots=True)
 class Message:
-    """One MQTT message as received."""
+    """One MQTT message as received.
+
+    ``ack`` is set by a source that acknowledges QoS 1 messages only once they are
+    processed: an opaque token the worker hands back to the source (see
+    :meth:`agent.source.MqttSource.acknowledge`).
+    """
 
     topic: str
     payload: bytes
     received: float = 0.0
+    ack: tuple[int, tuple[int, ...]] | None = None
 
 
 @dataclass(slots=True)
@@ -27,7 +33,10 @@ class SampleBatch:
     ``values`` is ``[n, channels]`` float32; ``devices`` has n device ids; ``ts`` (float64
     unix seconds) and ``seq`` (int64, -1 when absent) are per sample. ``errors`` counts
     rejected payloads by kind and ``rejects`` keeps ``(message, kind, reason)`` for
-    dead-lettering.
+    dead-lettering. Optional extras: ``detections`` (camera decoders), ``control``
+    (``(topic, payload)`` messages the runtime publishes on the source broker, such as a
+    Sparkplug rebirth request) and ``states`` (``(device, "online"|"offline", ts)``
+    changes, sent upstream as events).
     """
 
     devices: list[str]
@@ -36,9 +45,45 @@ class SampleBatch:
     values: np.ndarray
     errors: dict[str, int] = field(default_factory=dict)
     rejects: list[tuple[Message, str, str]] = field(default_factory=list)
+    detections: Detections | None = None
+    control: list[tuple[str, bytes]] = field(default_factory=list)
+    states: list[tuple[str, str, float]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.devices)
+
+
+@dataclass(slots=True)
+class Detections:
+    """Object detections of the frames in a :class:`SampleBatch`, one row per object.
+
+    Camera decoders emit one sample per frame (its object count) and the objects here:
+    ``frame[i]`` is the sample (frame) row ``i`` belongs to; ``track`` is the tracker id
+    (-1 when untracked); ``boxes`` is ``[n, 4]`` float32 ``left, top, right, bottom`` in
+    pixels; ``confidence`` is -1 when absent; ``labels`` holds the class names.
+    """
+
+    frame: np.ndarray
+    track: np.ndarray
+    boxes: np.ndarray
+    confidence: np.ndarray
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take_frames(self, keep: np.ndarray, frames: int) -> Detections:
+        """The detections of frames ``keep`` (sorted row indices), renumbered."""
+        new = np.full(frames, -1, np.int64)
+        new[keep] = np.arange(len(keep))
+        rows = np.flatnonzero(new[self.frame] >= 0)
+        return Detections(
+            new[self.frame[rows]],
+            self.track[rows],
+            self.boxes[rows],
+            self.confidence[rows],
+            [self.labels[i] for i in rows.tolist()],
+        )
 
 
 @dataclass(slots=True)

@@ -1,0 +1,255 @@
+"""Sparkplug B (protobuf over MQTT): births, aliases, sequence numbers, deaths.
+
+Topics are ``spBv1.0/<group>/<TYPE>/<edge node>[/<device>]``. The decoder keeps the
+session state Sparkplug needs (alias tables, last values, ``seq`` of each edge node) and is
+otherwise pure: it never publishes. A rebirth request (``NCMD`` with ``Node Control/Rebirth``)
+goes into ``SampleBatch.control`` and the runtime publishes it on the source broker.
+
+A ``DDATA`` (or ``NDATA``) gives one sample for its device (``<group>/<node>/<device>``, or
+``<group>/<node>`` for node data): the configured metrics in order, each its value in this
+message or, report-by-exception, its last known value. Births only set values; ``NDEATH``
+and ``DDEATH`` mark devices offline (``SampleBatch.states``).
+
+Error kinds: ``protobuf`` (payload does not parse), ``topic`` (not a Sparkplug topic),
+``no_birth`` (data before a birth, or after a death), ``unknown_alias``, ``seq_gap``,
+``incomplete`` (a configured metric has no value yet). The last four ask for a rebirth.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from google.protobuf.message import DecodeError
+from pydantic import Field
+
+from ..config import ComponentConfig, Duration
+from ..proto.sparkplug_b_pb2 import Payload
+from ..records import Message, SampleBatch
+
+NAMESPACE = "spBv1.0"
+REBIRTH = "Node Control/Rebirth"
+# Sparkplug B datatypes
+INT8, INT16, INT32, INT64 = 1, 2, 3, 4
+UINT8, UINT16, UINT32, UINT64 = 5, 6, 7, 8
+FLOAT, DOUBLE, BOOLEAN, STRING, DATETIME = 9, 10, 11, 12, 13
+_SIGNED_BITS = {INT8: 32, INT16: 32, INT32: 32, INT64: 64}  # two's complement in the field
+
+
+class SparkplugDecoderConfig(ComponentConfig):
+    type: Literal["sparkplug_b"]
+    metrics: list[str] = Field(
+        min_length=1, description="metric names, in channel order (e.g. 'Pump/Pressure')"
+    )
+    rebirth: bool = Field(
+        True, description="ask the edge node for a rebirth (NCMD) on a gap or unknown alias"
+    )
+    rebirth_holdoff: Duration = Field(
+        10, description="at most one rebirth request per edge node in this time"
+    )
+
+
+def metric_value(m: Payload.Metric) -> float | None:
+    """A metric's value as a float (booleans 0/1); None for null, text or bytes."""
+    if m.is_null:
+        return None
+    kind = m.WhichOneof("value")
+    if kind in ("int_value", "long_value"):
+        v = getattr(m, kind)
+        bits = _SIGNED_BITS.get(m.datatype)
+        if bits and v >= 1 << (bits - 1):
+            v -= 1 << bits
+        return float(v)
+    if kind in ("float_value", "double_value"):
+        return float(getattr(m, kind))
+    if kind == "boolean_value":
+        return 1.0 if m.boolean_value else 0.0
+    return None
+
+
+def rebirth_request(group: str, node: str, now: float | None = None) -> tuple[str, bytes]:
+    """The ``NCMD`` topic and payload asking edge node ``node`` to rebirth."""
+    ms = int((time.time() if now is None else now) * 1000)
+    p = Payload(timestamp=ms)
+    p.metrics.add(name=REBIRTH, timestamp=ms, datatype=BOOLEAN, boolean_value=True)
+    return f"{NAMESPACE}/{group}/NCMD/{node}", p.SerializeToString()
+
+
+@dataclass
+class _Node:
+    """What an edge node's births said: aliases, last values, sequence number."""
+
+    aliases: dict[int, str] = field(default_factory=dict)
+    seq: int = -1
+    bd_seq: int | None = None
+    online: bool = False
+    values: dict[str, dict[str, float]] = field(default_factory=dict)  # entity -> name -> v
+    devices_online: set[str] = field(default_factory=set)
+    rebirth_at: float = -math.inf
+
+
+class SparkplugDecoder:
+    """Decodes Sparkplug B payloads into samples; keeps each edge node's session."""
+
+    config_model = SparkplugDecoderConfig
+
+    def __init__(self, config: SparkplugDecoderConfig) -> None:
+        self.config = config
+        self.channels = len(config.metrics)
+        self._index = {name: i for i, name in enumerate(config.metrics)}
+        self.nodes: dict[tuple[str, str], _Node] = {}
+
+    def decode_many(self, messages: Sequence[Message]) -> SampleBatch:
+        self._out: dict = {
+            "devices": [],
+            "ts": [],
+            "seq": [],
+            "rows": [],
+            "errors": {},
+            "rejects": [],
+            "control": [],
+            "states": [],
+        }
+        for msg in messages:
+            self._one(msg)
+        o = self._out
+        return SampleBatch(
+            o["devices"],
+            np.asarray(o["ts"], np.float64),
+            np.asarray(o["seq"], np.int64),
+            np.asarray(o["rows"], np.float32).reshape(len(o["rows"]), self.channels),
+            o["errors"],
+            o["rejects"],
+            control=o["control"],
+            states=o["states"],
+        )
+
+    # -- helpers -------------------------------------------------------------------------
+    def _reject(self, msg: Message, kind: str, reason: str) -> None:
+        errors = self._out["errors"]
+        errors[kind] = errors.get(kind, 0) + 1
+        self._out["rejects"].append((msg, kind, reason))
+
+    def _rebirth(self, group: str, name: str, node: _Node, msg: Message) -> None:
+        now = msg.received or time.time()
+        if not self.config.rebirth or now - node.rebirth_at < self.config.rebirth_holdoff:
+            return
+        node.rebirth_at = now
+        self._out["control"].append(rebirth_request(group, name, now))
+
+    def _state(self, entity: str, state: str, ts: float) -> None:
+        self._out["states"].append((entity, state, ts))
+
+    # -- one message ---------------------------------------------------------------------
+    def _one(self, msg: Message) -> None:
+        parts = msg.topic.split("/")
+        if len(parts) < 3 or parts[0] != NAMESPACE:
+            self._reject(msg, "topic", "not a spBv1.0 topic")
+            return
+        if parts[1] == "STATE" or parts[2] in ("NCMD", "DCMD"):
+            return  # host state and commands are not telemetry
+        if len(parts) not in (4, 5):
+            self._reject(msg, "topic", "expected spBv1.0/group/TYPE/node[/device]")
+            return
+        group, mtype, name = parts[1], parts[2], parts[3]
+        device = parts[4] if len(parts) == 5 else None
+        try:
+            p = Payload.FromString(msg.payload)
+        except DecodeError as e:
+            self._reject(msg, "protobuf", f"not a Sparkplug B payload ({e})")
+            return
+        ts = p.timestamp / 1000 if p.HasField("timestamp") else (msg.received or time.time())
+        key = (group, name)
+        node_id = f"{group}/{name}"
+        if mtype == "NBIRTH":
+            node = self.nodes[key] = _Node(seq=p.seq, online=True)
+            node.values[node_id] = {}
+            self._learn(node, node_id, p, birth=True)
+            bd = [metric_value(m) for m in p.metrics if m.name == "bdSeq"]
+            node.bd_seq = int(bd[0]) if bd and bd[0] is not None else None
+            self._state(node_id, "online", ts)
+            return
+        node = self.nodes.get(key)
+        if mtype == "NDEATH":
+            if node is None or not node.online:
+                return
+            bd = [metric_value(m) for m in p.metrics if m.name == "bdSeq"]
+            if bd and node.bd_seq is not None and bd[0] is not None and int(bd[0]) != node.bd_seq:
+                return  # the will of an older session
+            node.online = False
+            for d in sorted(node.devices_online):
+                self._state(d, "offline", ts)
+            node.devices_online.clear()
+            self._state(node_id, "offline", ts)
+            return
+        if node is None or not node.online:
+            self._reject(msg, "no_birth", f"{mtype} before NBIRTH of {node_id}")
+            self._rebirth(group, name, node or self.nodes.setdefault(key, _Node()), msg)
+            return
+        expected = (node.seq + 1) % 256
+        node.seq = p.seq
+        if p.seq != expected:
+            self._reject(msg, "seq_gap", f"{node_id}: seq {p.seq}, expected {expected}")
+            self._rebirth(group, name, node, msg)
+        entity = f"{node_id}/{device}" if device is not None else node_id
+        if mtype == "DBIRTH" and device is not None:
+            node.values[entity] = {}
+            if not self._learn(node, entity, p, birth=True):
+                self._reject(msg, "unknown_alias", f"{entity}: DBIRTH metric without a name")
+            node.devices_online.add(entity)
+            self._state(entity, "online", ts)
+        elif mtype == "DDEATH" and device is not None:
+            if entity in node.devices_online:
+                node.devices_online.discard(entity)
+                self._state(entity, "offline", ts)
+        elif mtype in ("DDATA", "NDATA"):
+            if device is not None and entity not in node.devices_online:
+                self._reject(msg, "no_birth", f"DDATA before DBIRTH of {entity}")
+                self._rebirth(group, name, node, msg)
+                return
+            if not self._learn(node, entity, p, birth=False):
+                self._reject(msg, "unknown_alias", f"{entity}: an alias not in any birth")
+                self._rebirth(group, name, node, msg)
+            self._sample(node, entity, ts, p.seq, msg, group, name)
+        else:
+            self._reject(msg, "topic", f"unknown message type {mtype}")
+
+    def _learn(self, node: _Node, entity: str, p: Payload, birth: bool) -> bool:
+        """Apply a payload's metrics to ``entity``; False if an alias was unknown."""
+        values = node.values.setdefault(entity, {})
+        ok = True
+        for m in p.metrics:
+            if m.HasField("name"):
+                metric = m.name
+                if birth and m.HasField("alias"):
+                    node.aliases[m.alias] = metric
+            elif m.HasField("alias") and m.alias in node.aliases:
+                metric = node.aliases[m.alias]
+            else:
+                ok = False
+                continue
+            if m.is_historical or metric not in self._index:
+                continue
+            v = metric_value(m)
+            if v is not None and math.isfinite(v):
+                values[metric] = v
+        return ok
+
+    def _sample(
+        self, node: _Node, entity: str, ts: float, seq: int, msg: Message, group: str, name: str
+    ) -> None:
+        values = node.values.get(entity, {})
+        missing = [m for m in self.config.metrics if m not in values]
+        if missing:
+            self._reject(msg, "incomplete", f"{entity}: no value yet for {missing[:3]}")
+            self._rebirth(group, name, node, msg)
+            return
+        o = self._out
+        o["devices"].append(entity)
+        o["ts"].append(ts)
+        o["seq"].append(seq)
+        o["rows"].append([values[m] for m in self.config.metrics])

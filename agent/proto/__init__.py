@@ -1,0 +1,1 @@
+"""Protobuf code generated from the .proto files here (see each file for how)."""

@@ -1,0 +1,1 @@
+"""edge-agent plugin: people flow over camera detection metadata."""
