@@ -267,7 +267,12 @@ def _cross_checks(cfg: Config) -> list[str]:
                 "samples and windows would split; partition by topic filter instead, or "
                 "make the pipeline stateless with `window: none`"
             )
-        if getattr(p.handler, "threshold", None) == "auto" and p.calibration is None:
+        if getattr(p.handler, "needs_calibration", False) and p.calibration is None:
+            errors.append(
+                f"pipelines[{i}].handler: the {p.handler.type} handler is fitted per device on "
+                "a warm-up: add a `calibration:` section (e.g. {warmup: 400})"
+            )
+        elif getattr(p.handler, "threshold", None) == "auto" and p.calibration is None:
             errors.append(
                 f"pipelines[{i}].handler.threshold: 'auto' is learned during a warm-up: add a "
                 "`calibration:` section (e.g. {warmup: 400})"

@@ -91,3 +91,47 @@ def test_auto_threshold_needs_calibration(w1_models):
     }
     with pytest.raises(ConfigError, match=r"pipelines\[0\].handler.threshold: 'auto'"):
         parse_config(cfg, "t.yaml")
+
+
+def test_baseline_handler_finds_a_broken_correlation():
+    """No model: per-device PCA on the warm-up flags a fault that keeps every channel in
+    its normal range but breaks how channels move together; 5 channels, hop 4."""
+    cfg = parse_config(
+        {
+            "brokers": {"local": {}},
+            "pipelines": [
+                {
+                    "name": "base",
+                    "source": {"broker": "local", "topics": ["p/+/t"]},
+                    "decoder": {"type": "json", "device": "topic[1]", "channels": 5},
+                    "window": {"size": 16, "hop": 4},
+                    "calibration": {"warmup": 200, "factor": 1.5},
+                    "handler": {"type": "baseline"},
+                    "sinks": [{"type": "stdout"}],
+                }
+            ],
+        },
+        "test",
+    )
+    proc = build_processor(cfg.pipelines[0])
+    rng = np.random.default_rng(2)
+    n, fault = 400, 300
+    msgs, scored_seqs = [], []
+    for d, level in (("a", 1.0), ("b", 900.0)):
+        load = rng.normal(0, 1, n)
+        v = level * (10 + np.stack([load, 2 * load, -load, load, 0.5 * load], 1))
+        v += rng.normal(0, level * 0.05, (n, 5))
+        v[fault:, 1] = level * (10 - 2 * load[fault:])  # same range, opposite sign
+        msgs += [
+            Message(f"p/{d}/t", orjson.dumps({"ts": T0 + i, "seq": i, "v": v[i].tolist()}), 0)
+            for i in range(n)
+        ]
+    events = []
+    for lo in range(0, len(msgs), 50):
+        evs, scored = proc.process(msgs[lo : lo + 50])
+        events += evs
+        if scored is not None:
+            scored_seqs += scored.seq.tolist()
+    assert min(scored_seqs) >= 200  # warm-up windows are not scored
+    late = {(e.device, e.payload["seq"] >= fault) for e in events}
+    assert late == {("a", True), ("b", True)}  # every event is after the fault, on both
