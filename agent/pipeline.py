@@ -52,6 +52,7 @@ class Scored:
     seq: np.ndarray
     scores: np.ndarray
     anomalous: np.ndarray
+    details: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Processor:
@@ -179,6 +180,7 @@ class Processor:
             batch.seq[due],
             scores,
             anomalous,
+            dict(getattr(self.handler, "last_details", {})),
         )
         hits = np.flatnonzero(anomalous)
         if len(hits):

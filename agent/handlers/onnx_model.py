@@ -21,6 +21,9 @@ class OnnxHandlerConfig(ComponentConfig):
     )
     input: str | None = Field(None, description="input name; default: the model's only input")
     output: str = Field("score", description="output holding one score per window")
+    details: list[str] = Field(
+        [], description="more outputs (one value per window) added to each event, e.g. mode"
+    )
     threshold: float | Literal["auto"] = Field(
         1.5,
         description="a window scoring above this is an anomaly; `auto`: per device from its "
@@ -59,6 +62,7 @@ class OnnxHandler:
         self.sha256 = ""
         self._session = None
         self._flat = True
+        self.last_details: dict[str, np.ndarray] = {}
 
     def load(self, window_size: int, channels: int) -> None:
         import onnxruntime as ort
@@ -117,8 +121,11 @@ class OnnxHandler:
             raise ModelError(
                 f"{path}: output {out.name!r} has shape {_dims(oshape)}, expected [N] scores"
             )
+        missing = [d for d in self.config.details if d not in outputs]
+        if missing:
+            raise ModelError(f"{path}: no output {missing}; it has {sorted(outputs)}")
         self._session, self._input = session, inp.name
-        self._outputs = [out.name]
+        self._outputs = [out.name, *self.config.details]
         warm = self.infer(np.zeros((2, window_size, channels), np.float32))
         if warm.shape != (2,):
             raise ModelError(f"{path}: output {out.name!r} gave shape {warm.shape} for 2 windows")
@@ -151,5 +158,14 @@ class OnnxHandler:
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """Scores of ``batch`` [n, size, channels]: one onnxruntime call."""
         x = batch.reshape(len(batch), -1) if self._flat else batch
-        (scores,) = self._session.run(self._outputs, {self._input: x})
+        scores, *details = self._session.run(self._outputs, {self._input: x})
+        self.last_details = {
+            name: d.reshape(len(batch)) for name, d in zip(self.config.details, details)
+        }
         return scores.reshape(len(batch))
+
+    def describe(self, hits: np.ndarray) -> list[dict]:
+        """The ``details`` outputs of the last call for windows ``hits``, for their events."""
+        return [
+            {name: d[i].item() for name, d in self.last_details.items()} for i in hits.tolist()
+        ]
