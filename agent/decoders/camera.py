@@ -3,8 +3,9 @@
 Each decoder gives one sample per frame, ``values = [objects, objects of classes[0], ...]``
 so a windowed handler can score counts, and the frame's objects in
 ``SampleBatch.detections`` (boxes, tracker ids, labels) for handlers that need them.
-Consecutive messages of one camera with the same timestamp (the full schema sends one
-object per message) form one frame.
+The full schema sends one object per message, so each of its messages is a one-object
+"frame" (merging messages by timestamp would make samples depend on batching); handlers
+that need occupancy count live tracks instead (see the people-flow plugin).
 
 Error kinds: ``json`` (not a JSON object), ``schema`` (no camera id, timestamp or object
 list), ``object`` (one malformed object: that object is dropped, the rest of the frame kept).
@@ -80,17 +81,19 @@ class _Frames:
         if msg is not None:
             self.rejects.append((msg, kind, reason))
 
-    def start(self, device: str, ts: float, seq: int, merge: bool = False) -> None:
-        """Open a frame; with ``merge``, continue the last one if it is the same frame."""
-        if merge and self.devices and self.devices[-1] == device and self.ts[-1] == ts:
-            return
+    def start(self, device: str, ts: float, seq: int) -> None:
+        """Open a frame; objects added next belong to it."""
         self.devices.append(device)
         self.ts.append(ts)
         self.seq.append(seq)
 
-    def add(self, track: int, box: tuple[float, float, float, float], label: str, conf: float):
+    @staticmethod
+    def check(box: tuple[float, float, float, float]) -> None:
         if not all(math.isfinite(v) for v in box) or box[2] < box[0] or box[3] < box[1]:
             raise ValueError(f"bad box {box}")
+
+    def add(self, track: int, box: tuple[float, float, float, float], label: str, conf: float):
+        self.check(box)
         self.frame.append(len(self.devices) - 1)
         self.track.append(track)
         self.boxes.append(box)
@@ -193,16 +196,9 @@ class DeepStreamFullDecoder(_CameraDecoder):
         conf = block.get("confidence", o.get("confidence", -1.0))
         track = _track(o.get("id"))
         conf = float(conf) if isinstance(conf, (int, float)) else -1.0
-        frames_before = len(out.devices)
-        out.start(camera, ts, int(obj.get("frameId", -1) or -1), merge=True)
-        try:
-            out.add(track, box, label, conf)
-        except ValueError:
-            if len(out.devices) > frames_before:  # the message's only object: no frame
-                out.devices.pop()
-                out.ts.pop()
-                out.seq.pop()
-            raise
+        out.check(box)
+        out.start(camera, ts, -1)
+        out.add(track, box, label, conf)
 
 
 class DeepStreamMinimalDecoder(_CameraDecoder):

@@ -15,6 +15,7 @@ Device metrics: ``event/score``, ``event/threshold`` (Double), ``event/anomaly``
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -198,10 +199,8 @@ class SparkplugSink:
             raise NotConnectedError(f"publish to {self.conn.name} failed")
         deadline = time.monotonic() + self.config.ack_timeout
         for info in infos:
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(max(deadline - time.monotonic(), 0.001))
-            except (RuntimeError, ValueError):
-                pass
             if not info.is_published():
                 raise NotConnectedError(f"no acknowledgement from {self.conn.name}")
 
@@ -210,8 +209,6 @@ class SparkplugSink:
         if self.conn.connected.is_set():
             topic, body = self._will()
             info = self.conn.client.publish(topic, body, qos=1)
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):
                 info.wait_for_publish(self.config.ack_timeout)
-            except (RuntimeError, ValueError):
-                pass
         self.conn.stop()

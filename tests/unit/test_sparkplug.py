@@ -1,0 +1,92 @@
+"""Sparkplug B decoder on real encoded payloads: births, aliases, gaps, deaths, bad input."""
+
+from __future__ import annotations
+
+from agent.decoders.sparkplug import (
+    DOUBLE,
+    REBIRTH,
+    SparkplugDecoder,
+    SparkplugDecoderConfig,
+)
+from agent.proto.sparkplug_b_pb2 import Payload
+from agent.records import Message
+from tests.support.payloads import T0, births, ddata, spb
+
+
+def decoder(**kw) -> SparkplugDecoder:
+    cfg = {"type": "sparkplug_b", "metrics": ["Pressure", "Temp", "Running"], **kw}
+    return SparkplugDecoder(SparkplugDecoderConfig.model_validate(cfg))
+
+
+def test_ddata_with_aliases_fills_channels_by_name():
+    """DDATA by alias updates its metric; the others keep their birth values."""
+    d = decoder()
+    b = d.decode_many([*births(), ddata(2, 3.5, ts=T0 + 1), ddata(3, 4.5, ts=T0 + 2)])
+    assert b.devices == ["g1/n1/pump1"] * 2
+    assert b.values.tolist() == [[3.5, -5.0, 1.0], [4.5, -5.0, 1.0]]
+    assert b.ts.tolist() == [T0 + 1, T0 + 2] and b.seq.tolist() == [2, 3]
+    assert not b.errors and not b.control
+    assert b.states == [("g1/n1", "online", T0), ("g1/n1/pump1", "online", T0)]
+
+
+def test_seq_gap_counted_and_rebirth_requested_once():
+    """A gap is counted, the data kept, and one NCMD rebirth is asked for."""
+    d = decoder()
+    b = d.decode_many([*births(), ddata(2, 1.0), ddata(5, 2.0), ddata(9, 3.0)])
+    assert b.errors == {"seq_gap": 2} and len(b) == 3
+    ((topic, payload),) = b.control  # held off: one request per node
+    assert topic == "spBv1.0/g1/NCMD/n1"
+    (m,) = Payload.FromString(payload).metrics
+    assert m.name == REBIRTH and m.boolean_value is True
+
+
+def test_seq_wraps_at_256():
+    d = decoder()
+    b = d.decode_many([*births(seq0=254), ddata(0, 1.0), ddata(1, 2.0)])
+    assert not b.errors and len(b) == 2
+
+
+def test_data_before_birth_and_unknown_alias_counted():
+    """DDATA before any birth, and an alias no birth declared: counted, rebirth asked."""
+    d = decoder()
+    b = d.decode_many([ddata(0, 1.0)])
+    assert b.errors == {"no_birth": 1} and len(b) == 0 and len(b.control) == 1
+    d = decoder()
+    alias99 = spb(
+        "spBv1.0/g1/DDATA/n1/pump1", 2, [{"alias": 99, "datatype": DOUBLE, "double_value": 1.0}]
+    )
+    b = d.decode_many([*births(), alias99])
+    assert b.errors == {"unknown_alias": 1} and len(b.control) == 1
+    assert b.values.tolist() == [[1.0, -5.0, 1.0]]  # known values still make a sample
+
+
+def test_deaths_mark_offline_and_block_data():
+    """DDEATH and NDEATH mark devices offline; data after a death needs a new birth."""
+    d = decoder()
+    ddeath = spb("spBv1.0/g1/DDEATH/n1/pump1", 2, [])
+    b = d.decode_many([*births(), ddeath, ddata(3, 1.0)])
+    assert ("g1/n1/pump1", "offline", T0) in b.states
+    assert b.errors == {"no_birth": 1} and len(b) == 0
+    d = decoder()
+    ndeath = spb("spBv1.0/g1/NDEATH/n1", None, [{"name": "bdSeq", "datatype": 4, "long_value": 0}])
+    b = d.decode_many([*births(), ndeath, ddata(2, 1.0)])
+    assert b.states[-2:] == [("g1/n1/pump1", "offline", T0), ("g1/n1", "offline", T0)]
+    assert b.errors == {"no_birth": 1}
+    stale = spb("spBv1.0/g1/NDEATH/n1", None, [{"name": "bdSeq", "datatype": 4, "long_value": 7}])
+    d = decoder()
+    b = d.decode_many([*births(), stale, ddata(2, 1.0)])
+    assert len(b) == 1, "an NDEATH of an older session does not kill the node"
+
+
+def test_unparsable_and_foreign_messages_never_raise():
+    d = decoder()
+    bad = [Message("spBv1.0/g1/DDATA/n1/pump1", b"\xff\xff\xff"), Message("other/t", b"")]
+    b = d.decode_many([*births(), *bad, Message("spBv1.0/STATE/host", b"{}")])
+    assert b.errors == {"protobuf": 1, "topic": 1} and len(b) == 0
+
+
+def test_incomplete_metrics_counted():
+    """A configured metric no birth or data has given yet: no sample, counted."""
+    d = decoder(metrics=["Pressure", "Missing"])
+    b = d.decode_many([*births(), ddata(2, 1.0)])
+    assert b.errors == {"incomplete": 1} and len(b) == 0
