@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import orjson
 
 from agent.decoders.sparkplug import BOOLEAN, DOUBLE, INT32, INT64
 from agent.proto.sparkplug_b_pb2 import Payload
 from agent.records import Message
 
-T0 = 1_700_000_000.0
+# the last full hour: recent (the pipeline rejects samples a day off) and hour-aligned
+T0 = float(int(time.time()) // 3600 * 3600)
 
 
 def spb(topic: str, seq: int | None, metrics: list[dict], ts: float = T0) -> Message:
