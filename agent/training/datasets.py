@@ -1,0 +1,145 @@
+"""Load SKAB and AI4I 2020 from the shared data folder as plain numpy arrays (no pandas).
+
+The data root is ``$EDGE_AGENT_DATA`` if set, else ``../shared/data`` next to the repository.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SKAB_CHANNELS = (
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+)
+SKAB_WARMUP = 400
+AI4I_TYPES = {"L": 0, "M": 1, "H": 2}
+AI4I_FEATURES = (
+    "Type",
+    "Air temperature [K]",
+    "Process temperature [K]",
+    "Rotational speed [rpm]",
+    "Torque [Nm]",
+    "Tool wear [min]",
+)
+AI4I_MODES = ("TWF", "HDF", "PWF", "OSF", "RNF")
+AI4I_SEED = 42
+AI4I_TEST_FRACTION = 0.2
+
+
+def data_root(path: str | os.PathLike[str] | None = None) -> Path:
+    """The data folder: ``path``, else ``$EDGE_AGENT_DATA``, else ``<repo>/../shared/data``."""
+    if path is not None:
+        return Path(path)
+    env = os.environ.get("EDGE_AGENT_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found (expected {what}; set EDGE_AGENT_DATA)")
+    return path
+
+
+@dataclass(frozen=True)
+class SkabFile:
+    """One SKAB experiment: ``values[n, 8]`` in ``SKAB_CHANNELS`` order, epoch-second times."""
+
+    name: str
+    values: np.ndarray
+    ts: np.ndarray
+    anomaly: np.ndarray
+    changepoint: np.ndarray
+
+
+def read_skab_file(path: Path, name: str) -> SkabFile:
+    """Parse one semicolon-separated SKAB CSV; files without labels get zero labels."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    header, body = rows[0], rows[1:]
+    if tuple(header[1:9]) != SKAB_CHANNELS:
+        raise ValueError(f"{path}: expected columns datetime;{';'.join(SKAB_CHANNELS)}")
+    ts = np.array([r[0] for r in body], dtype="datetime64[s]").astype(np.int64)
+    values = np.array([r[1:9] for r in body], dtype=np.float64)
+    labels = (
+        np.array([r[9:11] for r in body], dtype=np.float64).astype(np.int8)
+        if len(header) >= 11
+        else np.zeros((len(body), 2), np.int8)
+    )
+    return SkabFile(name, values, ts, labels[:, 0], labels[:, 1])
+
+
+def skab_files(root: str | os.PathLike[str] | None = None) -> list[SkabFile]:
+    """The 34 labelled SKAB files (valve1, valve2, other), sorted by folder and number."""
+    base = _require(data_root(root) / "skab" / "data", "the SKAB data folder")
+    out = []
+    for folder in ("valve1", "valve2", "other"):
+        paths = sorted((base / folder).glob("*.csv"), key=lambda p: int(p.stem))
+        out += [read_skab_file(p, f"{folder}/{p.name}") for p in paths]
+    return out
+
+
+def skab_anomaly_free(root: str | os.PathLike[str] | None = None) -> SkabFile:
+    """The anomaly-free SKAB recording (labels all zero)."""
+    path = data_root(root) / "skab" / "data" / "anomaly-free" / "anomaly-free.csv"
+    return read_skab_file(_require(path, "SKAB anomaly-free.csv"), "anomaly-free/anomaly-free.csv")
+
+
+def read_skab_predictions(path: Path) -> dict[str, np.ndarray]:
+    """Per-file binary predictions from a ``file,datetime,predicted_anomaly`` CSV."""
+    preds: dict[str, list[int]] = {}
+    with open(_require(path, "a SKAB predictions CSV"), newline="") as f:
+        for row in csv.DictReader(f):
+            preds.setdefault(row["file"], []).append(int(row["predicted_anomaly"]))
+    return {k: np.array(v, np.int8) for k, v in preds.items()}
+
+
+@dataclass(frozen=True)
+class Ai4i:
+    """AI4I 2020: raw features ``x[n, 6]`` in ``AI4I_FEATURES`` order, labels and the split."""
+
+    x: np.ndarray
+    failure: np.ndarray
+    modes: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+
+
+def stratified_split(
+    y: np.ndarray, test_fraction: float = AI4I_TEST_FRACTION, seed: int = AI4I_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, test) indices; each class keeps ``round(test_fraction * count)`` rows out."""
+    rng = np.random.default_rng(seed)
+    test = []
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        test.append(idx[: round(test_fraction * len(idx))])
+    test_idx = np.sort(np.concatenate(test))
+    return np.setdiff1d(np.arange(len(y)), test_idx), test_idx
+
+
+def ai4i(root: str | os.PathLike[str] | None = None) -> Ai4i:
+    """Load AI4I 2020; ``Type`` is encoded L=0, M=1, H=2; UDI and Product ID are dropped."""
+    path = _require(data_root(root) / "ai4i2020" / "ai4i2020.csv", "ai4i2020.csv")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    x = np.array(
+        [[AI4I_TYPES[r["Type"]], *(float(r[c]) for c in AI4I_FEATURES[1:])] for r in rows],
+        dtype=np.float32,
+    )
+    failure = np.array([int(r["Machine failure"]) for r in rows], np.int64)
+    modes = np.array([[int(r[m]) for m in AI4I_MODES] for r in rows], np.int64)
+    train, test = stratified_split(failure)
+    return Ai4i(x, failure, modes, train, test)

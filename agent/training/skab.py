@@ -1,0 +1,239 @@
+"""Build the SKAB pump anomaly autoencoder (fp32 + int8 ONNX) and measure it on the benchmark.
+
+Dense autoencoder 256-64-8-64-256 (tanh), trained with scikit-learn on normal data only: the
+anomaly-free recording and the 400-row warm-up of each labelled file, every segment normalised
+by ``agent.calibration.fit_normaliser`` of its own first 400 rows, as the runtime does per
+device. ONNX input ``input`` [N, 32, 8] float32 (oldest sample first, normalised); output
+``score`` [N] = mean squared reconstruction error of the window, attributed to its newest sample.
+
+    python -m agent.training.skab --out agent/models [--data DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from agent.calibration import (
+    REL_FLOOR,
+    THRESHOLD_FACTOR,
+    THRESHOLD_QUANTILE,
+    auto_threshold,
+    fit_normaliser,
+)
+from agent.training import datasets, metrics
+from agent.training.shipping import update_manifest
+
+WINDOW = 32
+CHANNELS = len(datasets.SKAB_CHANNELS)
+HIDDEN = (64, 8, 64)
+SEED = 0
+EPOCHS = 30
+FP32, INT8 = "skab_pump_ae_fp32", "skab_pump_ae_int8"
+
+
+def windows(z: np.ndarray, size: int = WINDOW) -> np.ndarray:
+    """Hop-1 windows ``[n - size + 1, size, C]`` of ``z[n, C]``; window i ends at row i+size-1."""
+    return np.ascontiguousarray(sliding_window_view(z, (size, z.shape[1]))[:, 0])
+
+
+def training_windows(
+    files: Sequence[datasets.SkabFile], free: datasets.SkabFile, warmup: int = datasets.SKAB_WARMUP
+) -> np.ndarray:
+    """Normal windows, flattened: anomaly-free segments (every 50 rows, 400 warm-up + 600 rows,
+    each 5th window) and each labelled file's warm-up (each 2nd window)."""
+    out = []
+    v = free.values
+    for start in range(0, len(v) - warmup - 200, 50):
+        seg = v[start : start + warmup + 600]
+        out.append(windows(fit_normaliser(seg[:warmup]).apply(seg))[::5])
+    for f in files:
+        w = f.values[:warmup]
+        out.append(windows(fit_normaliser(w).apply(w))[::2])
+    return np.concatenate(out).reshape(-1, WINDOW * CHANNELS)
+
+
+def train(x: np.ndarray, seed: int = SEED):  # -> MLPRegressor (sklearn is a training extra)
+    """Fit the dense autoencoder ``x -> x``."""
+    from sklearn.neural_network import MLPRegressor
+
+    return MLPRegressor(
+        hidden_layer_sizes=HIDDEN,
+        activation="tanh",
+        max_iter=EPOCHS,
+        batch_size=256,
+        random_state=seed,
+    ).fit(x, x)
+
+
+def export(ae, path: Path) -> Path:
+    """Write the fitted autoencoder as ONNX: input [N, 32, 8] -> score [N] (mean squared error)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    size = WINDOW * CHANNELS
+    inits = [numpy_helper.from_array(np.array([-1, size], np.int64), "flat_shape")]
+    nodes = [helper.make_node("Reshape", ["input", "flat_shape"], ["x"])]
+    h = "x"
+    last = len(ae.coefs_) - 1
+    for i, (w, b) in enumerate(zip(ae.coefs_, ae.intercepts_)):
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"W{i}"),
+            numpy_helper.from_array(b.astype(np.float32), f"B{i}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [h, f"W{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"]),
+        ]
+        h = f"a{i}"
+        if i < last:
+            nodes.append(helper.make_node("Tanh", [h], [f"t{i}"]))
+            h = f"t{i}"
+    nodes += [
+        helper.make_node("Sub", [h, "x"], ["diff"]),
+        helper.make_node("Mul", ["diff", "diff"], ["sq"]),
+        helper.make_node("ReduceMean", ["sq"], ["score"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "skab_pump_ae",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", WINDOW, CHANNELS])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def quantize_int8(fp32: Path, path: Path) -> Path:
+    """Dynamic int8 quantization of the MatMul weights (activations quantized per batch)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
+    return path
+
+
+def predict_file(
+    score_fn, values: np.ndarray, warmup: int = datasets.SKAB_WARMUP, **threshold: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Runtime protocol for one device: (test scores, test predictions, threshold).
+
+    Normaliser and threshold come from the first ``warmup`` rows; every later row is scored by
+    the window that ends on it.
+    """
+    z = fit_normaliser(values[:warmup]).apply(values)
+    scores = score_fn(windows(z))
+    cut = warmup - WINDOW + 1
+    thr = auto_threshold(scores[:cut], **threshold)
+    return scores[cut:], (scores[cut:] > thr).astype(np.int8), thr
+
+
+def onnx_scorer(path: Path):
+    """``windows[N, 32, 8] -> scores[N]`` through an onnxruntime session on ``path``."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lambda w: sess.run(["score"], {"input": w.astype(np.float32)})[0]
+
+
+def evaluate(
+    model: Path,
+    files: Sequence[datasets.SkabFile],
+    warmup: int = datasets.SKAB_WARMUP,
+    **threshold: float,
+) -> dict[str, float]:
+    """SKAB benchmark metrics of an ONNX window scorer under the per-device warm-up protocol."""
+    score_fn = onnx_scorer(model)
+    preds = [predict_file(score_fn, f.values, warmup, **threshold)[1] for f in files]
+    return metrics.skab_all(
+        [f.ts[warmup:] for f in files],
+        [f.anomaly[warmup:] for f in files],
+        [f.changepoint[warmup:] for f in files],
+        preds,
+    )
+
+
+def manifest_entry(file: str, measured: dict[str, float], quantization: str) -> dict:
+    """The manifest record of one SKAB model file."""
+    return {
+        "file": file,
+        "task": "anomaly score of a window of pump telemetry (higher = more anomalous)",
+        "input": {
+            "name": "input",
+            "shape": ["N", WINDOW, CHANNELS],
+            "dtype": "float32",
+            "layout": "NWC: window of 32 samples oldest first, 8 channels",
+        },
+        "output": {
+            "name": "score",
+            "shape": ["N"],
+            "dtype": "float32",
+            "meaning": "mean squared reconstruction error; attributed to newest sample",
+        },
+        "window": {"size": WINDOW, "channels": CHANNELS, "rate_hz": 1},
+        "channels": list(datasets.SKAB_CHANNELS),
+        "normalisation": {
+            "kind": "per-device warm-up",
+            "function": "agent.calibration.fit_normaliser",
+            "params": {"warmup_samples": datasets.SKAB_WARMUP, "rel_floor": REL_FLOOR},
+        },
+        "threshold": {
+            "rule": "auto",
+            "function": "agent.calibration.auto_threshold",
+            "params": {"quantile": THRESHOLD_QUANTILE, "factor": THRESHOLD_FACTOR},
+            "anomaly_if": "score > threshold",
+        },
+        "quantization": quantization,
+        "training": {
+            "data": "SKAB v0.9 (waico/SKAB @ b2c0d46): anomaly-free.csv and the first 400 rows "
+            "of each of the 34 labelled files; no labels used",
+            "licence": "GPL-3.0 (see LICENSE-SKAB)",
+            "command": "python -m agent.training.skab --out agent/models",
+            "seed": SEED,
+        },
+        "metrics": {
+            "protocol": "SKAB: 34 files, first 400 rows warm-up, rest scored, pooled; hop 1",
+            **measured,
+        },
+    }
+
+
+def build(out: Path, root: Path | None = None) -> dict[str, dict[str, float]]:
+    """Train, export, quantize and evaluate; write both models and their manifest entries."""
+    files = datasets.skab_files(root)
+    ae = train(training_windows(files, datasets.skab_anomaly_free(root)))
+    fp32 = export(ae, out / f"{FP32}.onnx")
+    int8 = quantize_int8(fp32, out / f"{INT8}.onnx")
+    results = {FP32: evaluate(fp32, files), INT8: evaluate(int8, files)}
+    update_manifest(
+        out,
+        {
+            FP32: manifest_entry(fp32.name, results[FP32], "none (fp32)"),
+            INT8: manifest_entry(
+                int8.name, results[INT8], "onnxruntime quantize_dynamic, int8 weights"
+            ),
+        },
+    )
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("agent/models"))
+    p.add_argument("--data", type=Path, default=None, help="data root (default: shared data)")
+    args = p.parse_args(argv)
+    for name, result in build(args.out, args.data).items():
+        print(name, result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Shipped models: manifest integrity, builtin: names, ONNX contracts and held-out metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from agent import models
+from agent.training import ai4i, datasets, shipping, skab
+
+DATA = datasets.data_root()
+
+
+def session(name: str) -> ort.InferenceSession:
+    return ort.InferenceSession(str(models.resolve(name)), providers=["CPUExecutionProvider"])
+
+
+def test_manifest_sha256_matches_files():
+    """Every manifest entry names an existing file whose sha256 is recorded."""
+    entries = models.manifest()
+    assert {"skab_pump_ae_int8", "skab_pump_ae_fp32", "ai4i_pdm"} <= set(entries)
+    for entry in entries.values():
+        assert shipping.sha256(models.HERE / entry["file"]) == entry["sha256"]
+    assert (models.HERE / "LICENSE-SKAB").is_file()
+
+
+def test_resolve_builtin_names():
+    """builtin:NAME and NAME resolve; an unknown name is a KeyError listing the known ones."""
+    assert models.resolve("builtin:ai4i_pdm") == models.resolve("ai4i_pdm")
+    with pytest.raises(KeyError, match="builtin:skab_pump_ae_int8"):
+        models.resolve("builtin:nope")
+
+
+@pytest.mark.parametrize("name", ["skab_pump_ae_int8", "skab_pump_ae_fp32"])
+def test_skab_contract(name):
+    """input [N, 32, 8] float32 -> score [N] float32; small for normal data, large when shifted."""
+    entry = models.manifest()[name]
+    sess = session(name)
+    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    assert (inp.name, inp.shape[1:], inp.type) == ("input", [32, 8], "tensor(float)")
+    assert entry["input"]["shape"] == ["N", 32, 8] and out.name == entry["output"]["name"]
+    x = np.random.default_rng(0).normal(size=(64, 32, 8)).astype(np.float32)
+    (score,) = sess.run(["score"], {"input": x})
+    assert score.shape == (64,) and score.dtype == np.float32
+    (shifted,) = sess.run(["score"], {"input": x + 5})
+    assert shifted.min() > score.max()
+
+
+def test_int8_agrees_with_fp32():
+    """The int8 autoencoder's scores stay close to the fp32 scores and the file is smaller."""
+    x = np.random.default_rng(1).normal(size=(64, 32, 8)).astype(np.float32)
+    a = session("skab_pump_ae_fp32").run(["score"], {"input": x})[0]
+    b = session("skab_pump_ae_int8").run(["score"], {"input": x})[0]
+    np.testing.assert_allclose(a, b, rtol=0.1, atol=0.05)
+    size = models.resolve("skab_pump_ae_int8").stat().st_size
+    assert size <= 200 * 1024 < models.resolve("skab_pump_ae_fp32").stat().st_size * 2
+
+
+def test_ai4i_contract():
+    """input [N, 6] raw features -> score [N] probability and mode [N] class index."""
+    sess = session("ai4i_pdm")
+    assert [i.name for i in sess.get_inputs()] == ["input"]
+    assert [o.name for o in sess.get_outputs()] == ["score", "mode"]
+    ok = [1, 298.1, 308.6, 1551, 42.8, 0]  # a normal reading
+    power_fail = [0, 298.9, 309.1, 2861, 4.6, 143]  # power ~1.4 kW < 3.5 kW: PWF
+    score, mode = sess.run(None, {"input": np.array([ok, power_fail], np.float32)})
+    assert score.dtype == np.float32 and score.shape == (2,)
+    assert score[0] < 0.5 < score[1]
+    assert ai4i.MODE_CLASSES[mode[0]] == "none" and ai4i.MODE_CLASSES[mode[1]] == "PWF"
+
+
+@pytest.mark.skipif(not (DATA / "ai4i2020").is_dir(), reason=f"AI4I data not at {DATA}")
+def test_ai4i_heldout_metrics_match_manifest():
+    """The shipped classifier reaches F1 >= 0.90 on the held-out 20 %, as the manifest says."""
+    got = ai4i.evaluate(models.resolve("ai4i_pdm"), datasets.ai4i())
+    recorded = models.manifest()["ai4i_pdm"]["metrics"]
+    assert got["f1"] >= 0.90
+    assert all(got[k] == recorded[k] for k in got)
+
+
+@pytest.mark.skipif(not (DATA / "skab").is_dir(), reason=f"SKAB data not at {DATA}")
+def test_skab_metrics_match_manifest():
+    """Replaying SKAB through the int8 model reproduces the manifest metrics."""
+    got = skab.evaluate(models.resolve("skab_pump_ae_int8"), datasets.skab_files())
+    assert got == {
+        k: v
+        for k, v in models.manifest()["skab_pump_ae_int8"]["metrics"].items()
+        if k != "protocol"
+    }
