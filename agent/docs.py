@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from .builtins import BUILTINS
 from .config import ComponentConfig, Config
 from .registry import KINDS, Registry
 
@@ -101,7 +102,11 @@ def _table(model: type[BaseModel], prefix: str = "") -> str:
 
 
 def config_markdown(registry: Registry | None = None) -> str:
-    """The whole reference: the sections, then every registered component's keys."""
+    """The whole reference: the sections, then every built-in component's keys.
+
+    Plugins are left out so the file does not depend on what is installed; `edge-agent
+    components` lists them and `edge-agent schema` includes their keys.
+    """
     reg = registry or Registry()
     parts = [HEADER, "\n## Sections\n\n", _table(Config)]
     titles = {"decoder": "Decoders", "handler": "Model handlers", "sink": "Sinks"}
@@ -113,12 +118,13 @@ def config_markdown(registry: Registry | None = None) -> str:
     for kind in KINDS:
         parts.append(f"\n## {titles.get(kind, kind)} (`{slots.get(kind, kind)}`)\n")
         done: set = set()
-        for name in reg.names(kind):
+        builtin = sorted(BUILTINS.get(kind, {}))
+        for name in builtin:
             model = reg.get(kind, name).config_model
             if model in done:
                 continue
             done.add(model)
-            aliases = [n for n in reg.names(kind) if reg.get(kind, n).config_model is model]
+            aliases = [n for n in builtin if reg.get(kind, n).config_model is model]
             parts.append(f"\n### `type: {' | '.join(aliases)}` ({reg.origin(kind, name)})\n\n")
             parts.append(_table(model))
     return "".join(parts)

@@ -29,9 +29,24 @@ def test_demo_headless_produces_events_and_final_table(data, tmp_path):
         pytest.skip("SKAB data not present")
     args = ["--data", str(SKAB)] if data == "skab" else ["--simulate"]
     proc = subprocess.run(
-        [sys.executable, "-m", "agent", "demo", "--headless", "--duration", "6",
-         "--rate", "50", "--devices", "4", *args],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "demo",
+            "--headless",
+            "--duration",
+            "6",
+            "--rate",
+            "50",
+            "--devices",
+            "4",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
