@@ -1,0 +1,152 @@
+"""Child processes of the bench: a JSON-lines request channel, CPU time and peak RSS from /proc."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+REPO = Path(__file__).resolve().parent.parent
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def reply(obj: dict[str, Any]) -> None:
+    """Child side: write one JSON line to stdout."""
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def serve(commands: dict[str, Callable[[], dict[str, Any]]]) -> None:
+    """Child side: answer each command line on stdin with one JSON line; return on EOF."""
+    for line in sys.stdin:
+        reply(commands[line.strip()]())
+
+
+class Child:
+    """A bench process started from this repo; stderr goes to ``log``.
+
+    With ``channel`` it is driven by JSON lines: ``request(cmd)`` writes a command to its stdin
+    and returns the next line it prints; closing stdin asks it to stop.
+    """
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log: Path,
+        env: dict[str, str] | None = None,
+        channel: bool = False,
+    ) -> None:
+        self.log = log
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p
+        )
+        pipe = subprocess.PIPE if channel else subprocess.DEVNULL
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                list(argv),
+                cwd=REPO,
+                env=full_env,
+                stdin=pipe,
+                stdout=pipe,
+                stderr=err,
+                text=True,
+            )
+        self.pid = self.proc.pid
+        self._lines: queue.Queue[str] = queue.Queue()
+        if channel:
+            threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+
+    def _read(self, stream: TextIO) -> None:
+        for line in stream:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def expect(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line the child prints."""
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"pid {self.pid}: no answer in {timeout} s") from None
+        if not line:
+            raise RuntimeError(f"pid {self.pid} exited: {self.tail()}")
+        return dict(json.loads(line))
+
+    def request(self, cmd: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Send ``cmd`` and return the child's answer."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        return self.expect(timeout)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """Ask the child to stop (EOF on stdin, else SIGTERM); kill it after ``timeout``."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return -signal.SIGKILL
+
+    def tail(self, lines: int = 15) -> str:
+        """The end of the child's stderr log."""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def python(module: str, *args: object) -> list[str]:
+    """argv running ``python -m module args`` with this interpreter."""
+    return [sys.executable, "-m", module, *map(str, args)]
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (/proc/<pid>/stat)."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / _TICK
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Sum of VmHWM (peak resident set) of ``pid`` and its live descendants, in MB."""
+    kb = 0
+    for p in _tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+        except OSError:
+            continue
+        kb += next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")), 0)
+    return kb / 1024

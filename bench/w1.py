@@ -1,0 +1,459 @@
+"""W1 end-to-end benchmark (../shared/WORKLOAD.md, docs/performance.md).
+
+Starts a private mosquitto, builds the W1 fp32 and int8 models, and for each processor under
+test (the agent, the naive reference agent, a stock paho subscriber that only counts) runs
+trials: a fresh collector and processor, a multi-process load generator at a fixed rate, then
+a drain. A trial *holds* its rate when the load generator reached it and every sample is
+counted (summary ``count``s per device, or the counter's count) within a grace period after
+the last publish, and the processor exits 0. Per processor: one trial at 1,000 msg/s, a
+doubling ramp and a bisection for the highest rate held. Prints one table and one JSON line.
+
+    python -m bench.w1 [--devices 100] [--duration 5] [--quick] [--only naive] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any, Literal
+
+from . import connect, loadgen, mqtt_client
+from .broker import MOSQUITTO, mosquitto
+from .collector import PROBE
+from .proc import REPO, Child, cpu_seconds, peak_rss_mb, python
+
+AGENT_CONFIG = REPO / "configs" / "w1.yaml"
+AGENT_ARGV = [
+    sys.executable,
+    "-c",
+    "import sys; from agent.cli import main; sys.exit(main())",
+    "run",
+    "-c",
+    str(AGENT_CONFIG),
+]
+# s after the last publish for every sample to be counted: 0.5 s, plus the 1 s summary period
+GRACE = {"counter": 0.5, "naive": 1.5, "agent": 1.5}
+RATE_SLACK = 0.95  # a trial whose load generator fell short of this share of its target fails
+MIN_1K_DURATION = 10.0  # s; at 1,000 msg/s over 100 devices the first windows fill after 3.2 s
+
+
+@dataclass(frozen=True)
+class Processor:
+    """A processor under test."""
+
+    name: str
+    kind: Literal["agent", "naive", "counter"]
+    qos: int
+    model: Literal["fp32", "int8"] | None = None
+
+
+PROCESSORS = (
+    Processor("agent-fp32-q0", "agent", 0, "fp32"),
+    Processor("agent-int8-q0", "agent", 0, "int8"),
+    Processor("agent-fp32-q1", "agent", 1, "fp32"),
+    Processor("agent-int8-q1", "agent", 1, "int8"),
+    Processor("naive-fp32-q0", "naive", 0, "fp32"),
+    Processor("naive-fp32-q1", "naive", 1, "fp32"),
+    Processor("counter-q0", "counter", 0),
+    Processor("counter-q1", "counter", 1),
+)
+
+
+@dataclass
+class Trial:
+    """One processor at one target rate."""
+
+    target: float
+    rate: float = 0.0
+    sent: int = 0
+    counted: int = 0  # within the grace period
+    final: int = 0  # after the processor exited
+    per_device_ok: bool = False  # every device's count equals its sent count
+    events: int = 0
+    anomalies: int = 0  # sum of the summaries' "anomalies"
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    cpu_s_per_1k: float | None = None
+    rss_mb: float | None = None
+    exit_code: int | None = None
+    why: list[str] = field(default_factory=list)
+
+    @property
+    def held(self) -> bool:
+        return not self.why
+
+
+@dataclass
+class Row:
+    """The figures of one processor."""
+
+    name: str
+    skipped: str | None = None
+    trials: list[Trial] = field(default_factory=list)
+    best: Trial | None = None  # highest rate held
+    at_1k: Trial | None = None
+    lower_bound: bool = False  # the ramp ended on the load generator or the cap, not the processor
+
+    def summary(self) -> dict[str, Any]:
+        b, k = self.best, self.at_1k
+        return {
+            "name": self.name,
+            "skipped": self.skipped,
+            "max_rate": round(b.rate) if b else None,
+            "max_rate_is_lower_bound": self.lower_bound,
+            "p50_ms": b.p50_ms if b else None,
+            "p99_ms": b.p99_ms if b else None,
+            "p50_1k_ms": k.p50_ms if k else None,
+            "p99_1k_ms": k.p99_ms if k else None,
+            "cpu_s_per_1k": b.cpu_s_per_1k if b else None,
+            "rss_mb": b.rss_mb if b else None,
+            "trials": [{**asdict(t), "held": t.held} for t in self.trials],
+        }
+
+
+@dataclass
+class Settings:
+    """One run's broker, models and load shape."""
+
+    port: int
+    workdir: Path
+    models: dict[str, Path]
+    devices: int = 100
+    duration: float = 5.0
+    duration_1k: float = MIN_1K_DURATION
+    loadgen_procs: int = 2
+    ramp: tuple[float, float] = (2000.0, 256_000.0)  # first rate, cap; doubling
+    bisect_steps: int = 3
+
+
+def agent_missing() -> str | None:
+    """Why the agent cannot run yet, or None."""
+    if importlib.util.find_spec("agent.cli") is None:
+        return "agent.cli not found (the agent runtime is not written yet)"
+    if not AGENT_CONFIG.exists():
+        return f"{AGENT_CONFIG.relative_to(REPO)} not found"
+    return None
+
+
+def start(s: Settings, proc: Processor, log: Path) -> Child:
+    """Start the processor's process."""
+    if proc.kind == "counter":
+        return Child(
+            python("bench.paho_counter", "--port", s.port, "--qos", proc.qos), log, channel=True
+        )
+    assert proc.model is not None
+    model = s.models[proc.model]
+    if proc.kind == "naive":
+        argv = python("bench.naive_agent", "--port", s.port, "--model", model, "--qos", proc.qos)
+        return Child(argv, log)
+    env = {"MQTT_PORT": str(s.port), "W1_MODEL": str(model), "W1_QOS": str(proc.qos)}
+    return Child(AGENT_ARGV, log, env=env)
+
+
+def wait_probe(port: int, collector: Child, child: Child, timeout: float = 30.0) -> None:
+    """Publish probe samples until the processor's summary for them reaches the collector."""
+    client = mqtt_client(f"w1-probe-{os.getpid()}")
+    connect(client, port)
+    client.loop_start()
+    try:
+        deadline = time.monotonic() + timeout
+        seq = 0
+        while not collector.request("stats")["probe"]:
+            if child.proc.poll() is not None:
+                raise RuntimeError(f"exited with {child.proc.returncode}: {child.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no summary for the probe in {timeout} s: {child.tail()}")
+            sample = {"ts": time.time(), "seq": seq, "v": [0.0] * 8}
+            client.publish(f"plant/line1/{PROBE}/telemetry", json.dumps(sample))
+            seq += 1
+            time.sleep(0.1)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def wait_count(count: Callable[[], int], target: int, deadline: float) -> int:
+    """Poll ``count`` until it reaches ``target`` or the deadline passes; return the last value."""
+    while True:
+        n = count()
+        if n >= target or time.time() > deadline:
+            return n
+        time.sleep(0.05)
+
+
+def settle(count: Callable[[], int], target: int, quiet: float = 1.5, limit: float = 60.0) -> int:
+    """Poll ``count`` until it reaches ``target`` or stays unchanged for ``quiet`` s."""
+    last, since, deadline = -1, time.time(), time.time() + limit
+    while (n := count()) < target and time.time() < min(since + quiet, deadline):
+        if n != last:
+            last, since = n, time.time()
+        time.sleep(0.05)
+    return n
+
+
+def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> Trial:
+    """Run ``proc`` at ``target`` msg/s for ``duration`` seconds."""
+    trial = Trial(target)
+    log = s.workdir / f"{proc.name}.log"
+    collector = None
+    child = None
+    try:
+        if proc.kind != "counter":
+            collector = Child(python("bench.collector", "--port", s.port), log, channel=True)
+            collector.expect(20)
+        child = start(s, proc, log)
+        if collector is None:
+            child.expect(20)
+            count, cmd, key = child, "count", "count"
+        else:
+            wait_probe(s.port, collector, child)
+            count, cmd, key = collector, "stats", "total"
+        cpu0 = cpu_seconds(child.pid)
+        load = loadgen.run(s.port, s.devices, target, duration, proc.qos, s.loadgen_procs)
+        trial.rate, trial.sent = round(load.rate, 1), load.total
+        trial.counted = wait_count(
+            lambda: int(count.request(cmd)[key]), load.total, load.t_end + GRACE[proc.kind]
+        )
+        trial.cpu_s_per_1k = round((cpu_seconds(child.pid) - cpu0) / load.total * 1000, 5)
+        trial.rss_mb = round(peak_rss_mb(child.pid), 1)
+        if collector is None:
+            trial.final = settle(lambda: int(child.request("count")["count"]), load.total)
+            trial.exit_code = child.stop()
+            trial.per_device_ok = trial.final == load.total
+        else:
+            trial.exit_code = child.stop()
+            settle(lambda: int(collector.request("stats")["total"]), load.total)
+            res = collector.request("result")
+            trial.final, trial.events = res["total"], res["events"]
+            trial.anomalies = res["anomalies"]
+            trial.p50_ms, trial.p99_ms = res["p50_ms"], res["p99_ms"]
+            trial.per_device_ok = res["counts"] == load.sent
+            if trial.anomalies != trial.events:
+                trial.why.append(
+                    f"summaries report {trial.anomalies} anomalies, {trial.events} events arrived"
+                )
+        if load.rate < RATE_SLACK * target:
+            trial.why.append(f"load generator reached only {load.rate:.0f}/s")
+        if trial.counted < load.total:
+            trial.why.append(
+                f"{load.total - trial.counted} of {load.total} not counted within "
+                f"{GRACE[proc.kind]} s"
+            )
+        if not trial.per_device_ok:
+            trial.why.append(f"counted {trial.final} of {load.total} in the end")
+        if trial.exit_code != 0:
+            trial.why.append(f"exit code {trial.exit_code}")
+    except (RuntimeError, TimeoutError, OSError) as e:
+        trial.why.append(f"{type(e).__name__}: {e}")
+    finally:
+        for c in (child, collector):
+            if c is not None and c.proc.poll() is None:
+                c.stop()
+    return trial
+
+
+def measure(s: Settings, proc: Processor) -> Row:
+    """Trials at 1,000 msg/s, a doubling ramp and a bisection for the highest rate held."""
+    row = Row(proc.name)
+    if proc.kind == "agent" and (why := agent_missing()):
+        row.skipped = why
+        print(f"{proc.name}: skipped, {why}", file=sys.stderr)
+        return row
+
+    def step(rate: float, duration: float = s.duration) -> Trial:
+        t = run_trial(s, proc, rate, duration)
+        row.trials.append(t)
+        verdict = "held" if t.held else "; ".join(t.why)
+        print(
+            f"{proc.name} @ {rate:,.0f}/s: sent {t.sent:,} at {t.rate:,.0f}/s, p50/p99 "
+            f"{t.p50_ms}/{t.p99_ms} ms, {t.cpu_s_per_1k} CPU s/1k: {verdict}",
+            file=sys.stderr,
+        )
+        return t
+
+    row.at_1k = step(1000.0, max(s.duration, s.duration_1k))
+    if not row.at_1k.held:
+        return row
+    row.best = row.at_1k
+    rate, cap = s.ramp
+    failed = None
+    while rate <= cap:
+        t = step(rate)
+        if not t.held:
+            failed = t
+            break
+        row.best = t
+        rate *= 2
+    if failed is None or all(w.startswith("load generator") for w in failed.why):
+        row.lower_bound = True
+        return row
+    hi = failed.target
+    for _ in range(s.bisect_steps):
+        t = step((row.best.target + hi) / 2)
+        if t.held:
+            row.best = t
+        else:
+            hi = t.target
+    return row
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model and versions of everything in the loop."""
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mosq = subprocess.run([MOSQUITTO, "-h"], capture_output=True, text=True).stdout.split()
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "paho_mqtt": version("paho-mqtt"),
+        "onnxruntime": version("onnxruntime"),
+        "numpy": version("numpy"),
+        "mosquitto": mosq[2] if len(mosq) > 2 else "?",
+    }
+
+
+def _ms(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{a:.2f} / {b:.2f}"
+
+
+def table(rows: list[Row]) -> str:
+    """The result table, one line per processor."""
+    lines = [
+        (
+            "processor",
+            "max rate held/s",
+            "p50/p99 ms @max",
+            "p50/p99 ms @1k",
+            "CPU s/1k",
+            "peak RSS MB",
+        )
+    ]
+    notes = []
+    for r in rows:
+        if r.skipped:
+            notes.append(f"{r.name}: skipped, {r.skipped}")
+            continue
+        if r.best is None and r.trials:
+            why = "; ".join(r.trials[0].why).splitlines()
+            notes.append(f"{r.name}: failed at 1,000/s, {why[0]} ... {why[-1]}"[:200])
+        d = r.summary()
+        rate = "none" if d["max_rate"] is None else f"{d['max_rate']:,}"
+        lines.append(
+            (
+                r.name,
+                (">=" if r.lower_bound else "") + rate,
+                _ms(d["p50_ms"], d["p99_ms"]),
+                _ms(d["p50_1k_ms"], d["p99_1k_ms"]),
+                "-" if d["cpu_s_per_1k"] is None else f"{d['cpu_s_per_1k']:.4f}",
+                "-" if d["rss_mb"] is None else f"{d['rss_mb']:.0f}",
+            )
+        )
+    widths = [max(len(ln[i]) for ln in lines) for i in range(len(lines[0]))]
+    out = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(ln, widths, strict=True))
+        )
+        for ln in lines
+    ]
+    return "\n".join(out + notes)
+
+
+def build_models(out: Path) -> dict[str, Path]:
+    """Build the W1 fp32 and int8 models in ``out``."""
+    from agent.training.w1 import build
+
+    logging.disable(logging.WARNING)  # onnxruntime.quantization advises pre-processing
+    try:
+        fp32, int8 = build(out)
+    finally:
+        logging.disable(logging.NOTSET)
+    return {"fp32": fp32, "int8": int8}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--devices", type=int, default=100)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per trial")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run (< 60 s): QoS 0, 20 devices, 2-3 s trials at 1,000 and 4,000 msg/s",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="processors whose name contains NAME (repeatable): "
+        + ", ".join(x.name for x in PROCESSORS),
+    )
+    p.add_argument("--loadgen-procs", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--json-out", type=Path, help="also write the JSON result here")
+    args = p.parse_args(argv)
+
+    procs = [x for x in PROCESSORS if not args.only or any(o in x.name for o in args.only)]
+    if args.quick:
+        procs = [x for x in procs if x.qos == 0]
+    if not procs:
+        p.error(f"--only matches none of {[x.name for x in PROCESSORS]}")
+
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="w1-bench-") as tmp, mosquitto(Path(tmp)) as broker:
+        s = Settings(
+            broker.port,
+            Path(tmp),
+            build_models(Path(tmp)),
+            devices=args.devices,
+            duration=args.duration,
+            loadgen_procs=args.loadgen_procs,
+        )
+        if args.quick:
+            s.devices, s.duration, s.duration_1k = 20, 2.0, 3.0
+            s.ramp, s.bisect_steps = (4000.0, 4000.0), 0
+        rows = [measure(s, x) for x in procs]
+
+    result = {
+        "bench": "w1",
+        "command": "python -m bench.w1 " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "devices": s.devices,
+        "duration_s": s.duration,
+        "machine": machine(),
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],  # start, end
+        "results": [r.summary() for r in rows],
+    }
+    line = json.dumps(result)
+    m = result["machine"]
+    print(table(rows))
+    print(
+        f"{m['cores']} cores {m['cpu']}, Python {m['python']}, paho-mqtt {m['paho_mqtt']}, "
+        f"onnxruntime {m['onnxruntime']}, mosquitto {m['mosquitto']}; load average "
+        f"{result['load_avg_1m'][0]} at start, {result['load_avg_1m'][1]} at end"
+    )
+    print(line)
+    if args.json_out:
+        args.json_out.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

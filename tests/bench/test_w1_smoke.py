@@ -1,0 +1,48 @@
+"""Smoke test of the W1 bench: at a low rate nothing is lost (correctness only, never timings)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.broker import MOSQUITTO, mosquitto
+from bench.w1 import PROCESSORS, Processor, Settings, build_models, run_trial
+
+pytestmark = [
+    pytest.mark.mosquitto,
+    pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason=f"{MOSQUITTO} not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    work = tmp_path_factory.mktemp("w1")
+    with mosquitto(work) as broker:
+        yield Settings(broker.port, work, build_models(work), devices=10)
+
+
+def by_name(name: str) -> Processor:
+    return next(p for p in PROCESSORS if p.name == name)
+
+
+@pytest.mark.parametrize("name", ["naive-fp32-q0", "naive-fp32-q1"])
+def test_naive_agent_counts_every_sample(settings: Settings, name: str) -> None:
+    """Each sample sent is in exactly one summary; each anomaly summed arrived as one event."""
+    trial = run_trial(settings, by_name(name), target=500.0, duration=3.0)
+    assert trial.sent == 1500
+    assert trial.final == trial.sent
+    assert trial.per_device_ok
+    assert trial.events > 0  # every device's first 200 samples hold a spike
+    assert trial.anomalies == trial.events
+    assert trial.exit_code == 0
+
+
+@pytest.mark.parametrize("name", ["counter-q0", "counter-q1"])
+def test_counter_counts_every_sample(settings: Settings, name: str) -> None:
+    """The stock paho subscriber receives every sample sent."""
+    trial = run_trial(settings, by_name(name), target=500.0, duration=3.0)
+    assert trial.sent == 1500
+    assert trial.final == trial.sent
+    assert trial.exit_code == 0
