@@ -5,10 +5,10 @@ devices (``--data``), or a simulator of the same eight channels with injected fa
 agent in-process on a generated config; a live view; a final table with the data reduction
 (bytes of telemetry in / bytes sent upstream, counted by a subscriber on the upstream topics).
 
-Model: the shipped ``builtin:skab_pump_ae_int8`` with online calibration when it is installed
-and accepted by the handler (see :func:`choose_model`); until then the W1 autoencoder, with
-the same per-device calibration (normaliser and auto threshold from each device's warm-up)
-done by the demo's publisher instead of the agent.
+Model: the shipped ``builtin:skab_pump_ae_int8`` with the agent's online calibration (each
+device's first 400 samples fit its normaliser and ``threshold: auto``). Should it be missing
+(a trimmed install) the W1 autoencoder is used instead, with the same per-device calibration
+done by the demo's publisher (see :func:`choose_model`).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, help="SKAB directory (default: ../shared/data/skab)")
     p.add_argument("--simulate", action="store_true", help="use the simulator, not SKAB files")
     p.add_argument("--devices", type=int, default=8, help="pumps to replay (default 8)")
-    p.add_argument("--rate", type=float, default=10, help="samples/s per device (default 10)")
+    p.add_argument("--rate", type=float, default=20, help="samples/s per device (default 20)")
     p.add_argument("--duration", type=float, default=60, help="seconds (default 60)")
     p.add_argument("--headless", action="store_true", help="no live view; final table only")
     p.add_argument("--seed", type=int, default=7)
@@ -164,7 +164,8 @@ class DemoModel:
 
     handler: dict
     label: str
-    calibrate_at_source: bool  # True: the publisher normalises (no online calibration yet)
+    calibrate_at_source: bool  # True: the publisher normalises (W1 fallback)
+    calibration: dict | None = None  # the pipeline's `calibration:` section (online)
 
 
 def _fit(devices: list[Device]) -> None:
@@ -188,14 +189,16 @@ def choose_model(workdir: Path, devices: list[Device]) -> DemoModel:
         from .models import resolve
 
         resolve(SHIPPED_MODEL)
-        shipped = {
-            "type": "onnx_autoencoder",
-            "model": f"builtin:{SHIPPED_MODEL}",
-            "threshold": "auto",
-        }
-        parse_config(_config(1883, "3.1.1", workdir, shipped), "demo")
-        return DemoModel(shipped, f"{SHIPPED_MODEL} (int8, online calibration)", False)
-    except Exception:
+        handler = {"type": "onnx_autoencoder", "model": f"builtin:{SHIPPED_MODEL}"}
+        model = DemoModel(
+            {**handler, "threshold": "auto"},
+            f"{SHIPPED_MODEL} (int8, online calibration from {WARMUP} samples per device)",
+            False,
+            {"warmup": WARMUP},
+        )
+        parse_config(_config(1883, "3.1.1", workdir, model), "demo")
+        return model
+    except Exception:  # not shipped, or not accepted by this version: the W1 fallback
         pass
     import onnxruntime as ort
     from numpy.lib.stride_tricks import sliding_window_view
@@ -216,7 +219,8 @@ def choose_model(workdir: Path, devices: list[Device]) -> DemoModel:
     return DemoModel(handler, "W1 autoencoder (int8), calibrated by the demo publisher", True)
 
 
-def _config(port: int, protocol: str, workdir: Path, handler: dict, host: str = "127.0.0.1"):
+def _config(port: int, protocol: str, workdir: Path, model: DemoModel, host: str = "127.0.0.1"):
+    online = {"calibration": model.calibration} if model.calibration else {}
     return {
         "agent": {"id": "demo"},
         "brokers": {"local": {"host": host, "port": port, "protocol": protocol}},
@@ -235,7 +239,8 @@ def _config(port: int, protocol: str, workdir: Path, handler: dict, host: str = 
                     "channels": 8,
                 },
                 "window": {"size": WINDOW, "hop": HOP},
-                "handler": handler,
+                "handler": model.handler,
+                **online,
                 "summary": {"every": "5s"},
                 "sinks": [
                     {
@@ -419,7 +424,7 @@ def run_demo(args: argparse.Namespace) -> int:
     sub = _client(host, port, "upstream")
     sub.on_message = up.on_message
     sub.subscribe(f"{UP}/#", qos=1)
-    cfg = parse_config(_config(port, protocol, workdir, model.handler, host), "demo")
+    cfg = parse_config(_config(port, protocol, workdir, model, host), "demo")
     agent = Agent(cfg)
     agent.build()
     agent.start()
@@ -471,7 +476,7 @@ def run_demo(args: argparse.Namespace) -> int:
         broker.stop()
     rows = [
         ("data", source),
-        ("model", model.label.split(",")[0]),
+        ("model", model.label.split(" (")[0]),
         ("devices", len(devices)),
         ("seconds", f"{elapsed:.1f}"),
         ("samples published", pub.sent),

@@ -36,11 +36,11 @@ def test_demo_headless_produces_events_and_final_table(data, tmp_path):
             "demo",
             "--headless",
             "--duration",
-            "6",
+            "9",
             "--rate",
-            "50",
+            "80",
             "--devices",
-            "4",
+            "3",
             *args,
         ],
         capture_output=True,
@@ -51,6 +51,7 @@ def test_demo_headless_produces_events_and_final_table(data, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = _final(proc.stdout)
+    assert table["model"] == "skab_pump_ae_int8"  # the shipped model, calibrated online
     assert int(table["events upstream"]) > 0
     assert int(table["samples in summaries"]) == int(table["samples received by agent"])
     assert int(table["samples received by agent"]) == int(table["samples published"])
