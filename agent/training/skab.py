@@ -34,6 +34,11 @@ HIDDEN = (64, 8, 64)
 SEED = 0
 EPOCHS = 30
 FP32, INT8 = "skab_pump_ae_fp32", "skab_pump_ae_int8"
+INT8_QUANTIZATION = (
+    "static int8 (onnxruntime quantize_static, QOperator, MinMax over the training windows; "
+    "uint8 activations and int8 weights, per tensor) of the two 256-wide layers as QGemm with "
+    "float output; the 8-wide bottleneck layers stay float; batch-invariant"
+)
 
 
 def windows(z: np.ndarray, size: int = WINDOW) -> np.ndarray:
@@ -113,12 +118,18 @@ def export(ae, path: Path) -> Path:
     return path
 
 
-def quantize_int8(fp32: Path, path: Path) -> Path:
-    """Dynamic int8 quantization of the MatMul weights (activations quantized per batch)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantize_int8(fp32: Path, path: Path, calibration: np.ndarray) -> Path:
+    """Static int8 quantization of the two 256-wide layers, calibrated on normal windows.
 
-    quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
-    return path
+    Activation scales are fixed from ``calibration`` (windows ``[n, 32, 8]`` or flattened), so a
+    window's score does not depend on the windows batched with it. The 8-wide bottleneck layers
+    (2 x 512 weights) stay float: quantizing them too saves 1.5 KB and raised the FAR from 13.0
+    to 14.3 %.
+    """
+    from agent.quantize import quantize_static_int8
+
+    x = np.asarray(calibration, np.float32).reshape(-1, WINDOW, CHANNELS)
+    return quantize_static_int8(fp32, path, "input", x, min_weights=WINDOW * CHANNELS * 16)
 
 
 def predict_file(
@@ -161,6 +172,14 @@ def evaluate(
     )
 
 
+def evaluate_runtime(model: Path, root: Path | None = None) -> dict[str, float]:
+    """The same metrics through the runtime: ``edge-agent evaluate skab --model MODEL`` replays
+    every file through the Processor (warm-up calibration, batches of 1024 messages)."""
+    from agent.evaluate import evaluate_skab
+
+    return evaluate_skab(str(model), None if root is None else str(root))["metrics"]
+
+
 def manifest_entry(file: str, measured: dict[str, float], quantization: str) -> dict:
     """The manifest record of one SKAB model file."""
     return {
@@ -200,26 +219,27 @@ def manifest_entry(file: str, measured: dict[str, float], quantization: str) -> 
             "seed": SEED,
         },
         "metrics": {
-            "protocol": "SKAB: 34 files, first 400 rows warm-up, rest scored, pooled; hop 1",
+            "protocol": "SKAB: 34 files, first 400 rows warm-up, rest scored, pooled; hop 1; "
+            "through the runtime (python -m agent evaluate skab --json)",
             **measured,
         },
     }
 
 
 def build(out: Path, root: Path | None = None) -> dict[str, dict[str, float]]:
-    """Train, export, quantize and evaluate; write both models and their manifest entries."""
+    """Train, export, quantize and evaluate (through the runtime); write both models and their
+    manifest entries."""
     files = datasets.skab_files(root)
-    ae = train(training_windows(files, datasets.skab_anomaly_free(root)))
+    x = training_windows(files, datasets.skab_anomaly_free(root))
+    ae = train(x)
     fp32 = export(ae, out / f"{FP32}.onnx")
-    int8 = quantize_int8(fp32, out / f"{INT8}.onnx")
-    results = {FP32: evaluate(fp32, files), INT8: evaluate(int8, files)}
+    int8 = quantize_int8(fp32, out / f"{INT8}.onnx", x)
+    results = {FP32: evaluate_runtime(fp32, root), INT8: evaluate_runtime(int8, root)}
     update_manifest(
         out,
         {
             FP32: manifest_entry(fp32.name, results[FP32], "none (fp32)"),
-            INT8: manifest_entry(
-                int8.name, results[INT8], "onnxruntime quantize_dynamic, int8 weights"
-            ),
+            INT8: manifest_entry(int8.name, results[INT8], INT8_QUANTIZATION),
         },
     )
     return results

@@ -24,9 +24,10 @@ def rows(tmp_path):
     return tmp_path
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic"])
+@pytest.mark.parametrize("mode", ["static", "dynamic", None])
 def test_quantize_happy_path(rows, capsys, mode):
-    """A model is written that loads, and the report has size, latency, difference and metric."""
+    """A model is written that loads; the report has size, latency, difference, batch check and
+    metric. Static (the default) is batch-invariant; dynamic is not, and says so."""
     out = rows / "q.onnx"
     argv = [
         str(FP32),
@@ -38,15 +39,47 @@ def test_quantize_happy_path(rows, capsys, mode):
         str(rows / "labels.npy"),
         "--out",
         str(out),
-        "--mode",
-        mode,
+        *(["--mode", mode] if mode else []),
     ]
     assert main(argv) == 0
-    report = capsys.readouterr().out
-    for word in ("size", "latency", "max |fp32 - int8|", "pr_auc", "wrote"):
+    captured = capsys.readouterr()
+    report = captured.out
+    for word in ("size", "latency", "max |fp32 - int8|", "batch ", "pr_auc", "wrote"):
         assert word in report
+    if mode == "dynamic":
+        assert "NOT batch-invariant" in report
+        assert "depends on the other windows batched with it" in captured.err
+    else:
+        assert "(batch-invariant)" in report and captured.err == ""
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert sess.run(["score"], {"input": np.zeros((2, 32, 8), np.float32)})[0].shape == (2,)
+    x = np.random.default_rng(2).normal(size=(16, 32, 8)).astype(np.float32)
+    x[::4] += 6
+    whole = sess.run(["score"], {"input": x})[0]
+    each = np.concatenate([sess.run(["score"], {"input": x[i : i + 1]})[0] for i in range(16)])
+    if mode != "dynamic":
+        np.testing.assert_allclose(whole, each, rtol=1e-5, atol=1e-6)
+
+
+def test_static_quantization_keeps_scores_float(tmp_path):
+    """Static: weight layers become QGemm with float outputs, the score stays float (an
+    anomalous window's score is not clipped to the calibrated range)."""
+    import onnx
+
+    from agent.quantize import quantize_static_int8
+
+    x = np.random.default_rng(0).normal(size=(256, 32, 8)).astype(np.float32)
+    out = quantize_static_int8(FP32, tmp_path / "q.onnx", "input", x)
+    model = onnx.load(str(out))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QGemm") == 4 and "DynamicQuantizeLinear" not in ops
+    assert all(len(n.input) == 7 for n in model.graph.node if n.op_type == "QGemm")
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    ref = ort.InferenceSession(str(FP32), providers=["CPUExecutionProvider"])
+    far = x[:4] + 50
+    np.testing.assert_allclose(
+        sess.run(["score"], {"input": far})[0], ref.run(["score"], {"input": far})[0], rtol=0.1
+    )
 
 
 def test_quantize_refuses_metric_drop(rows, capsys):
