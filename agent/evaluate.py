@@ -94,10 +94,12 @@ def evaluate_skab(model: str, root: str | None, handler: str = "onnx") -> dict:
     files = _dataset(lambda: datasets.skab_files(root))
     warm = datasets.SKAB_WARMUP
     spec = {"type": handler, "threshold": "auto"}
+    size, calibration = 32, {"warmup": warm}
     if handler != "baseline":
         spec["model"] = model
+        size, calibration = _manifest_settings(model, size, calibration)
     cfg = parse_config(
-        _pipeline({"channels": 8}, {"size": 32, "hop": 1}, spec, {"warmup": warm}), "evaluate"
+        _pipeline({"channels": 8}, {"size": size, "hop": 1}, spec, calibration), "evaluate"
     )
     proc = build_processor(cfg.pipelines[0])
     names = [f"f{i}" for i in range(len(files))]
@@ -118,6 +120,23 @@ def evaluate_skab(model: str, root: str | None, handler: str = "onnx") -> dict:
     )
     plot = {"scores": scores, "thresholds": thresholds, "labels": [f.anomaly[warm:] for f in files]}
     return {"metrics": result, "plot": plot}
+
+
+def _manifest_settings(model: str, size: int, calibration: dict) -> tuple[int, dict]:
+    """A shipped model's window size and calibration parameters from its manifest entry."""
+    from .models import manifest
+
+    entry = manifest().get(model.removeprefix("builtin:")) if model.startswith("builtin:") else None
+    if not entry:
+        return size, calibration
+    norm = entry.get("normalisation", {}).get("params", {})
+    thr = entry.get("threshold", {}).get("params", {})
+    calibration = {
+        **calibration,
+        **{k: norm[k] for k in ("rel_floor",) if k in norm},
+        **{k: thr[k] for k in ("quantile", "factor") if k in thr},
+    }
+    return int(entry.get("window", {}).get("size", size)), calibration
 
 
 def evaluate_ai4i(model: str, root: str | None) -> dict:
