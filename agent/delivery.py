@@ -36,7 +36,8 @@ class Forwarder:
     def stop(self, drain_timeout: float = 10) -> None:
         """Try to deliver what is spooled for up to ``drain_timeout`` s, then stop.
 
-        Anything undelivered stays in the spool for the next start.
+        A sink that is not connected ends the drain at once. Anything undelivered stays in
+        the spool for the next start.
         """
         self._deadline = time.monotonic() + drain_timeout
         self._stop.set()
@@ -61,13 +62,14 @@ class Forwarder:
             try:
                 self.sink.write_many([r for _, r in rows])
             except NotConnectedError as e:
+                if stopping:  # the rows stay on disk for the next start
+                    self.log.info("sink_unavailable_at_stop", spooled=self.spool.depth(self.name))
+                    return
                 self.failures += 1
-                backoff = min(max(backoff * 2, 0.2), 15.0)
+                backoff = min(max(backoff * 2, 0.2), 5.0)
                 if self.failures == 1 or self.failures % 20 == 0:
                     self.log.warning("sink_unavailable", error=str(e), backlog=len(rows))
-                self._stop.wait(backoff * random.uniform(0.5, 1.0)) if not stopping else (
-                    time.sleep(0.2)
-                )
+                self._stop.wait(backoff * random.uniform(0.5, 1.0))
                 continue
             except Exception:
                 self.failures += 1

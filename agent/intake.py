@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 from .records import Message
 
@@ -27,6 +28,12 @@ class Intake:
         self._wake = threading.Event()
         self._space = threading.Condition()
         self.closed = False
+        self.on_drop: Callable[[Message], None] | None = None  # e.g. acknowledge it anyway
+
+    def _dropped(self, msg: Message) -> None:
+        self.dropped += 1
+        if self.on_drop is not None and msg.ack is not None:
+            self.on_drop(msg)
 
     def __len__(self) -> int:
         return len(self._q)
@@ -36,11 +43,10 @@ class Intake:
         self.received += 1
         if len(q) >= self.bound:
             if self.policy == "drop_newest":
-                self.dropped += 1
+                self._dropped(msg)
                 return
             if self.policy == "drop_oldest":
-                q.popleft()
-                self.dropped += 1
+                self._dropped(q.popleft())
             else:
                 with self._space:
                     while len(q) >= self.bound and not self.closed:
@@ -60,12 +66,15 @@ class Intake:
                 return
             self.received += len(msgs)
             over = len(msgs) - max(room, 0)
-            self.dropped += over
             if self.policy == "drop_newest":
+                for m in msgs[max(room, 0) :]:
+                    self._dropped(m)
                 msgs = msgs[: max(room, 0)]
             else:
                 for _ in range(min(over, len(q))):
-                    q.popleft()
+                    self._dropped(q.popleft())
+                for m in msgs[: -self.bound]:
+                    self._dropped(m)
                 msgs = msgs[-self.bound :]
         else:
             self.received += len(msgs)

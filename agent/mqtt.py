@@ -33,6 +33,18 @@ def tls_context(broker: BrokerConfig) -> ssl.SSLContext:
     return ctx
 
 
+def _lost_hint(broker: BrokerConfig) -> str:
+    """Why a broker may close a connection before its CONNACK."""
+    if broker.tls is not None and broker.tls.cert is None:
+        return (
+            "the broker closed the TLS connection before CONNACK: it may require a client "
+            "certificate (tls.cert, tls.key)"
+        )
+    if broker.tls is not None:
+        return "the broker closed the TLS connection before CONNACK: client certificate refused?"
+    return "the broker closed the connection before CONNACK"
+
+
 class Connection:
     """One paho client with reconnect/backoff in paho's network thread.
 
@@ -103,7 +115,14 @@ class Connection:
         if reason.is_failure:
             self.last_error = str(reason)
             self._delay_set, delay = True, self._backoff()
-            self.log.error("mqtt_connect_refused", reason=str(reason), retry_in=round(delay, 2))
+            self.log.error(
+                "mqtt_connect_refused",
+                reason=str(reason),
+                retry_in=round(delay, 2),
+                hint="check username, password (from the environment) and the broker's ACL"
+                if reason.value in (0x04, 0x05, 0x86, 0x87)
+                else None,
+            )
             return
         sock = client.socket()
         if isinstance(sock, socket.socket) or hasattr(sock, "setsockopt"):
@@ -130,9 +149,16 @@ class Connection:
         delay = None if self._delay_set else self._backoff()
         self._delay_set = False
         if was:
-            self.log.warning("mqtt_disconnected", reason=str(reason), retry_in=delay)
+            self.log.warning(
+                "mqtt_disconnected", reason=str(reason), retry_in=delay and round(delay, 2)
+            )
         elif delay is not None:  # lost before CONNACK: e.g. a TLS alert after the handshake
-            self.log.error("mqtt_connection_lost", reason=str(reason), retry_in=round(delay, 2))
+            self.log.error(
+                "mqtt_connection_lost",
+                reason=str(reason),
+                retry_in=round(delay, 2),
+                hint=_lost_hint(self.broker),
+            )
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with backoff until :meth:`stop`."""

@@ -13,7 +13,13 @@ from .records import Message
 
 
 class MqttSource:
-    """Feeds one pipeline's intake from a broker; no decoding in the network thread."""
+    """Feeds one pipeline's intake from a broker; no decoding in the network thread.
+
+    With QoS 1 and a persistent session (``clean_start: false``) a message is acknowledged
+    to the broker only after the worker processed it (its sample counted, its events in
+    the spool): the worker calls :meth:`acknowledge`. Until then the broker keeps it in
+    the session and redelivers it after a crash, so a SIGKILL loses nothing accepted.
+    """
 
     def __init__(
         self, name: str, broker: BrokerConfig, config: SourceConfig, intake: Intake, client_id: str
@@ -25,6 +31,11 @@ class MqttSource:
         self.conn.on_connected.append(self._subscribe)
         self.conn.client.on_message = self._on_message
         self.conn.client.on_subscribe = self._on_subscribe
+        self.deferred = config.qos == 1 and not broker.clean_start
+        if self.deferred:
+            self.conn.client.manual_ack_set(True)
+            intake.on_drop = lambda m: self.acknowledge([m])  # counted as dropped
+        self.paused = False
 
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
         client.subscribe([(t, self.config.qos) for t in self.config.topics])
@@ -37,19 +48,46 @@ class MqttSource:
             self.conn.log.info("source_subscribed", topics=self.config.topics)
 
     def _on_message(self, client, userdata, msg) -> None:
-        self.intake.put(Message(msg.topic, msg.payload, time.time()))
+        if self.paused:  # not acknowledged: the broker redelivers it to the next session
+            return
+        token = (self.conn.connects, (msg.mid,)) if self.deferred and msg.qos == 1 else None
+        self.intake.put(Message(msg.topic, msg.payload, time.time(), token))
 
     def _on_publish_batch(self, msgs: list[Message], acks: list[int]) -> None:
         """Fast path: a chunk of PUBLISHes split from the socket (network thread)."""
+        if self.paused:
+            return
+        if self.deferred:  # the chunk's last message carries its acks: FIFO does the rest
+            if acks:
+                msgs[-1].ack = (self.conn.connects, tuple(acks))
+            self.intake.put_many(msgs)
+            return
         self.intake.put_many(msgs)
         ack = self.conn.client.ack
         for mid in acks:
             ack(mid, 1)
 
+    def acknowledge(self, msgs: list[Message]) -> None:
+        """Send the PUBACKs of processed messages (worker thread).
+
+        Packet ids belong to one connection: after a reconnect the broker redelivers what
+        was not acknowledged, so tokens of an earlier connection are skipped.
+        """
+        client, current = self.conn.client, self.conn.connects
+        for m in msgs:
+            if m.ack is not None and m.ack[0] == current:
+                for mid in m.ack[1]:
+                    client.ack(mid, 1)
+
     def start(self) -> None:
         self.conn.start()
 
+    def pause(self) -> None:
+        """Stop taking messages; stay connected so the worker can still acknowledge."""
+        self.paused = True
+        self.intake.close()
+
     def stop(self) -> None:
         """Stop intake: unsubscribe-free disconnect; queued messages stay for the worker."""
-        self.intake.close()
+        self.pause()
         self.conn.stop()

@@ -1,8 +1,10 @@
 """SQLite store-and-forward outbox for upstream records (WAL, one file).
 
 A record is written here before any attempt to send it, and deleted only after the sink
-confirmed delivery. Events (priority 0) leave before summaries and stats. A size cap and a
-TTL drop the oldest rows; drops are counted.
+confirmed delivery. Events (priority 0) leave before summaries and stats. A size cap drops
+the oldest rows (by insertion order) and a TTL drops rows older than it; both are counted
+(``dropped``, ``expired``) and reported in stats records and the status heartbeat.
+Commits are ``synchronous=FULL``: a committed row survives a power loss, not only a crash.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from . import log
 from .records import EVENT, Record
 
 _SCHEMA = """
@@ -38,17 +41,21 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.ttl = ttl
+        self.stored = 0
         self.dropped = 0
         self.expired = 0
+        self._next_expiry = 0.0
+        self.log = log.get(component="spool")
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
         self._bytes = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
         ).fetchone()[0]
         self._wake: dict[str, threading.Event] = {}
+        self._limit = log.RateLimit(5.0)
 
     def wake_event(self, sink: str) -> threading.Event:
         """An event set whenever rows for ``sink`` are added."""
@@ -74,22 +81,29 @@ class Spool:
             )
             self._db.execute("COMMIT")
             self._bytes += sum(len(r[3]) + 40 for r in rows)
+            self.stored += len(rows)
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
         self.wake_event(sink).set()
 
     def _enforce_cap(self) -> None:
-        """Drop the oldest rows (summaries first) until under the cap; caller holds the lock."""
+        """Drop the oldest rows until under 90% of the cap; caller holds the lock."""
+        dropped = 0
         while self._bytes > self.max_bytes * 0.9:
             victims = self._db.execute(
-                "SELECT id, LENGTH(body) FROM outbox ORDER BY prio DESC, id LIMIT 500"
+                "SELECT id, LENGTH(body) FROM outbox ORDER BY id LIMIT 100"
             ).fetchall()
             if not victims:
                 self._bytes = 0
-                return
+                break
             self._delete([v[0] for v in victims])
             self._bytes -= sum(v[1] + 40 for v in victims)
-            self.dropped += len(victims)
+            dropped += len(victims)
+        self.dropped += dropped
+        if dropped and self._limit.allow("cap"):
+            self.log.warning(
+                "spool_full_dropped", dropped=dropped, total=self.dropped, max_bytes=self.max_bytes
+            )
 
     def _delete(self, ids: Sequence[int]) -> None:
         self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
@@ -97,7 +111,8 @@ class Spool:
     def take(self, sink: str, limit: int) -> list[tuple[int, Record]]:
         """The next ``limit`` rows for ``sink``: events first, then oldest first."""
         with self._lock:
-            if self.ttl:
+            if self.ttl and time.monotonic() >= self._next_expiry:
+                self._next_expiry = time.monotonic() + min(self.ttl / 10, 10.0)
                 self._expire()
             rows = self._db.execute(
                 "SELECT id, body FROM outbox WHERE sink = ? ORDER BY prio, id LIMIT ?",
@@ -113,6 +128,7 @@ class Spool:
         cur = self._db.execute("DELETE FROM outbox WHERE created < ?", (time.time() - self.ttl,))
         if cur.rowcount > 0:
             self.expired += cur.rowcount
+            self.log.warning("spool_expired", expired=cur.rowcount, total=self.expired)
             self._bytes = self._db.execute(
                 "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
             ).fetchone()[0]
@@ -139,6 +155,16 @@ class Spool:
             return self._db.execute(
                 "SELECT COUNT(*) FROM outbox WHERE sink = ?", (sink,)
             ).fetchone()[0]
+
+    def stats(self) -> dict:
+        """Rows stored since start, waiting now, approximate bytes, dropped (cap), expired."""
+        return {
+            "stored": self.stored,
+            "depth": self.depth(),
+            "bytes": self._bytes,
+            "dropped": self.dropped,
+            "expired": self.expired,
+        }
 
     def close(self) -> None:
         with self._lock:
