@@ -6,6 +6,7 @@ with Mosquitto() as broker:
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,9 @@ log_dest file {dir}/mosquitto.log
 log_type error
 log_type warning
 """
+# Started as root, mosquitto drops to user `mosquitto`, which cannot write a private temp
+# dir: no log, and no persistence file, so sessions would not survive a restart.
+ROOT_USER = "user root\n"
 
 
 def free_port() -> int:
@@ -85,6 +89,7 @@ class Mosquitto:
                 persistence="true" if self.persistence else "false",
                 anonymous="true" if self.anonymous else "false",
             )
+            + (ROOT_USER if os.geteuid() == 0 else "")
             + self.extra
         )
 

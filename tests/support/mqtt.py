@@ -16,6 +16,8 @@ import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,19 +38,25 @@ def client(port: int, name: str = "") -> mqtt.Client:
 class Collector:
     """Subscribes to topic filters and keeps every message (decoded JSON)."""
 
-    def __init__(self, port: int, topics: list[str], qos: int = 1) -> None:
+    def __init__(
+        self, port: int, topics: list[str], qos: int = 1, session: str | None = None
+    ) -> None:
+        """``session``: a client id with a persistent session, kept across broker restarts."""
         self.messages: list[tuple[str, dict]] = []
         self.raw: list[tuple[str, bytes, object]] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self.c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=f"col-{uuid.uuid4().hex[:8]}",
+            client_id=session or f"col-{uuid.uuid4().hex[:8]}",
             protocol=mqtt.MQTTv5,
         )
+        self.c.reconnect_delay_set(0.2, 1)
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda *a: self._subscribed.set()
-        self.c.connect("127.0.0.1", port, 30)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600 if session else 0
+        self.c.connect("127.0.0.1", port, 30, clean_start=not session, properties=props)
         self.c.subscribe([(t, qos) for t in topics])
         self.c.loop_start()
         assert self._subscribed.wait(10), "collector not subscribed"

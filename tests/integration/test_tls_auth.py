@@ -1,0 +1,236 @@
+"""TLS (mutual) and username/password against real mosquitto listeners; secrets never logged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from agent.testing.mosquitto import Mosquitto, free_port
+from tests.support.faults import write_config
+from tests.support.mqtt import AgentProcess, Collector, publish, w1_payloads
+
+pytestmark = pytest.mark.mosquitto
+
+
+def _cert(name, key, issuer=None, issuer_key=None, *, ca=False, server=False):
+    now = dt.datetime.now(dt.timezone.utc)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer.subject if issuer else subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        b = b.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return b.sign(issuer_key or key, hashes.SHA256())
+
+
+def _write(path: Path, cert, key=None) -> Path:
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    if key is not None:
+        path.with_suffix(".key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> dict[str, Path]:
+    """A CA, a server and a client certificate signed by it, and an unrelated CA."""
+    d = tmp_path_factory.mktemp("pki")
+    d.chmod(0o755)
+    out = {}
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("test-ca", ca_key, ca=True)
+    out["ca"] = _write(d / "ca.pem", ca)
+    for name, server in (("server", True), ("client", False)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        out[name] = _write(d / f"{name}.pem", _cert(name, key, ca, ca_key, server=server), key)
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    out["other_ca"] = _write(d / "other-ca.pem", _cert("other-ca", other_key, ca=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tls_broker(pki, tmp_path_factory):
+    """mosquitto with a plain listener (for the test's own clients) and a mutual-TLS one."""
+    port = free_port()
+    extra = (
+        f"listener {port} 127.0.0.1\n"
+        f"cafile {pki['ca']}\ncertfile {pki['server']}\n"
+        f"keyfile {pki['server'].with_suffix('.key')}\n"
+        "require_certificate true\ntls_version tlsv1.2\n"
+    )
+    with Mosquitto(extra=extra, workdir=tmp_path_factory.mktemp("tlsmq")) as b:
+        b.tls_port = port
+        yield b
+
+
+def _agent(tmp_path, local_port: int, upstream_port: int, model, **broker_extra) -> AgentProcess:
+    cfg = write_config(
+        tmp_path / f"agent-{uuid.uuid4().hex[:6]}.yaml",
+        local=local_port,
+        upstream=upstream_port,
+        model=model,
+        spool=tmp_path / "spool.db",
+        qos=0,
+        persistent=False,
+        agent={"id": f"tls-{uuid.uuid4().hex[:6]}"},
+        local_extra=broker_extra.get("local"),
+        upstream_extra=broker_extra.get("upstream"),
+    )
+    return AgentProcess(cfg, broker_extra.get("env", {}))
+
+
+def _wait_event(agent: AgentProcess, name: str, count: int = 1, timeout: float = 20) -> list:
+    deadline = time.monotonic() + timeout
+    while len(agent.events(name)) < count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return agent.events(name)
+
+
+def test_mutual_tls_to_both_brokers(tls_broker, pki, w1_models, tmp_path):
+    """Source and sink over mutual TLS (hostname checked): samples in, summaries out."""
+    tls = {
+        "tls": {
+            "ca": str(pki["ca"]),
+            "cert": str(pki["client"]),
+            "key": str(pki["client"].with_suffix(".key")),
+        }
+    }
+    col = Collector(tls_broker.port, ["summary/#"])
+    agent = _agent(
+        tmp_path,
+        tls_broker.tls_port,
+        tls_broker.tls_port,
+        w1_models[1],
+        local={"host": "localhost", **tls},
+        upstream={"host": "127.0.0.1", **tls},
+    )
+    try:
+        agent.wait_ready()
+        items = w1_payloads(devices=10, samples=40)
+        publish(tls_broker.port, "plant/tls/{device}/telemetry", items, qos=1)
+        assert col.wait_for(lambda: sum(s["count"] for s in col.of("summary/")) >= 400, 30)
+        assert agent.stop() == 0
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+        col.close()
+    print(f"\nFIGURES mutual_tls: samples=400, in_summaries={sum(s['count'] for s in col.of(''))}")
+
+
+@pytest.mark.parametrize(
+    ("case", "tls", "expect"),
+    [
+        ("wrong_ca", {"ca": "other_ca", "cert": "client"}, "CERTIFICATE_VERIFY_FAILED"),
+        ("no_client_cert", {"ca": "ca"}, "certificate"),
+    ],
+)
+def test_tls_refusals_are_clear_errors_with_backoff(
+    tls_broker, pki, w1_models, tmp_path, case, tls, expect
+):
+    """A wrong CA or a missing client certificate: logged errors naming it, retried, alive."""
+    conf = {"ca": str(pki[tls["ca"]])}
+    if "cert" in tls:
+        conf |= {"cert": str(pki["client"]), "key": str(pki["client"].with_suffix(".key"))}
+    agent = _agent(
+        tmp_path, tls_broker.tls_port, tls_broker.port, w1_models[1], local={"tls": conf}
+    )
+    try:
+
+        def errors() -> list[dict]:
+            found = agent.events("mqtt_connect_failed") + agent.events("mqtt_connection_lost")
+            return [e for e in found if e.get("broker") == "local"]
+
+        deadline = time.monotonic() + 20
+        while len(errors()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert agent.proc.poll() is None, "the agent must keep running and retrying"
+    finally:
+        agent.proc.kill()
+        agent.proc.wait()
+    texts = [str(e.get("error") or e.get("hint")) for e in errors()]
+    print(f"\nFIGURES tls_{case}: attempts_logged={len(texts)}, first={texts[:1]}")
+    assert len(texts) >= 2 and all(expect.lower() in t.lower() for t in texts), texts
+    delays = [e["retry_in"] for e in errors()]
+    assert max(delays) > min(delays)  # backing off, not a tight loop
+
+
+@pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto_passwd missing")
+def test_username_password(w1_models, tmp_path):
+    """Right password connects; a wrong one is a clear, backed-off error and never logged."""
+    pwfile = tmp_path / "passwd"
+    subprocess.run(
+        ["mosquitto_passwd", "-b", "-c", str(pwfile), "agent", "s3cret-right"], check=True
+    )
+    (tmp_path / "mq").mkdir()
+    with Mosquitto(
+        extra=f"password_file {pwfile}\n", anonymous=False, workdir=tmp_path / "mq"
+    ) as b:
+        creds = {"username": "agent", "password": "${MQTT_PASS}"}
+        good = _agent(
+            tmp_path,
+            b.port,
+            b.port,
+            w1_models[1],
+            local=creds,
+            upstream=creds,
+            env={"MQTT_PASS": "s3cret-right"},
+        )
+        try:
+            good.wait_ready()
+            assert good.stop() == 0
+        finally:
+            if good.proc.poll() is None:
+                good.proc.kill()
+        bad = _agent(
+            tmp_path,
+            b.port,
+            b.port,
+            w1_models[1],
+            local=creds,
+            upstream=creds,
+            env={"MQTT_PASS": "s3cret-wrong"},
+        )
+        try:
+            refused = _wait_event(bad, "mqtt_connect_refused", 6)
+            assert bad.proc.poll() is None
+        finally:
+            bad.proc.kill()
+            bad.proc.wait()
+    local = [e for e in refused if e["broker"] == "local"]
+    print(f"\nFIGURES wrong_password: refusals_logged={len(refused)}, reason={local[0]['reason']}")
+    assert local and all(
+        e["reason"] in ("Not authorized", "Bad user name or password") for e in local
+    )
+    assert all("password" in e["hint"] for e in local)
+    delays = [e["retry_in"] for e in local]
+    assert max(delays) > min(delays)
+    for logs in (good.logs, bad.logs):
+        assert not any("s3cret" in str(rec) for rec in logs)

@@ -1,0 +1,61 @@
+"""The SQLite outbox: rows leave only when acknowledged, in order, within a cap and a TTL."""
+
+from __future__ import annotations
+
+from agent.records import EVENT, STATS, SUMMARY, Record
+from agent.spool import Spool
+
+
+def rec(kind: str, i: int) -> Record:
+    return Record(kind, "p", f"d{i % 5}", {"i": i, "pad": "x" * 100}, f"id-{kind}-{i}")
+
+
+def test_row_leaves_only_after_ack(tmp_path):
+    """Taking is not deleting: unacknowledged rows come back; acknowledged ones are gone."""
+    s = Spool(tmp_path / "s.db")
+    s.put_many("a", [rec(EVENT, i) for i in range(3)])
+    first = s.take("a", 10)
+    assert [r.id for _, r in s.take("a", 10)] == [r.id for _, r in first]
+    s.ack([rid for rid, _ in first[:2]])
+    assert [r.id for _, r in s.take("a", 10)] == ["id-event-2"]
+    assert s.depth("a") == 1 and s.depth("other") == 0
+
+
+def test_events_before_summaries_each_in_order(tmp_path):
+    """Events leave first; within a kind, the order of insertion."""
+    s = Spool(tmp_path / "s.db")
+    s.put_many("a", [rec(SUMMARY, 1), rec(STATS, 2), rec(EVENT, 3)])
+    s.put_many("a", [rec(SUMMARY, 4), rec(EVENT, 5)])
+    ids = [r.id for _, r in s.take("a", 10)]
+    assert ids == ["id-event-3", "id-event-5", "id-summary-1", "id-stats-2", "id-summary-4"]
+
+
+def test_rows_survive_a_reopen(tmp_path):
+    """What was committed is there after the process is gone (the file is the outbox)."""
+    s = Spool(tmp_path / "s.db")
+    s.put_many("a", [rec(EVENT, i) for i in range(50)])
+    del s  # no close(): as after a crash
+    again = Spool(tmp_path / "s.db")
+    assert [r.payload["i"] for _, r in again.take("a", 100)] == list(range(50))
+
+
+def test_cap_drops_the_oldest_counted_and_reported(tmp_path):
+    """Past the cap the oldest rows go (of any kind); the newest stay; every drop counted."""
+    s = Spool(tmp_path / "s.db", max_bytes=20_000)
+    n = 1000
+    for i in range(0, n, 10):
+        s.put_many("a", [rec(EVENT if j % 2 else SUMMARY, j) for j in range(i, i + 10)])
+    kept = [r.payload["i"] for _, r in s.take("a", n)]
+    stats = s.stats()
+    print(f"\nspool cap: put {n}, kept {len(kept)}, dropped {stats['dropped']}")
+    assert stats["dropped"] > 0 and stats["dropped"] + len(kept) == n
+    assert stats["depth"] == len(kept) and stats["bytes"] <= 20_000
+    assert sorted(kept) == list(range(n - len(kept), n))  # exactly the newest survive
+
+
+def test_ttl_expires_rows_counted(tmp_path):
+    """Rows older than the TTL are dropped on the next take, and counted."""
+    s = Spool(tmp_path / "s.db", ttl=1e-6)
+    s.put_many("a", [rec(EVENT, i) for i in range(7)])
+    assert s.take("a", 10) == []
+    assert s.stats()["expired"] == 7 and s.depth() == 0
