@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .windows import DeviceIndex
+from .windows import DeviceIndex, Groups
 
 
 class Summaries:
@@ -30,14 +30,13 @@ class Summaries:
             getattr(self, k)[: len(v)] = v
         self.score_max[: len(old_max)] = old_max
 
-    def add_samples(self, slots: np.ndarray) -> None:
-        self.count += np.bincount(slots, minlength=len(self.count))
+    def add_samples(self, groups: Groups) -> None:
+        self.count[groups.slots] += groups.counts
 
     def add_scores(self, slots: np.ndarray, scores: np.ndarray, anomalous: np.ndarray) -> None:
-        n = len(self.count)
-        self.windows += np.bincount(slots, minlength=n)
-        self.anomalies += np.bincount(slots, weights=anomalous, minlength=n).astype(np.int64)
-        self.score_sum += np.bincount(slots, weights=scores, minlength=n)
+        np.add.at(self.windows, slots, 1)
+        np.add.at(self.anomalies, slots, anomalous.astype(np.int64))
+        np.add.at(self.score_sum, slots, scores)
         np.maximum.at(self.score_max, slots, scores)
 
     def flush(self) -> list[dict]:

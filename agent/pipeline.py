@@ -25,7 +25,7 @@ from .protocols import Decoder, ModelHandler, StreamHandler
 from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from .registry import Registry
 from .warmup import Warmup
-from .windows import CountWindows, DeviceIndex
+from .windows import CountWindows, DeviceIndex, Groups
 
 
 @dataclass
@@ -91,7 +91,11 @@ class Processor:
         if config.calibration is not None:
             auto = getattr(getattr(handler, "config", None), "threshold", None) == "auto"
             self.warmup = Warmup(
-                self.index, config.calibration, w.size, decoder.channels, auto,
+                self.index,
+                config.calibration,
+                w.size,
+                decoder.channels,
+                auto,
                 float(handler.threshold),
             )
 
@@ -149,15 +153,18 @@ class Processor:
         self.counters.decoded += len(slots)
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
-        self.summaries.add_samples(slots)
+        groups = Groups.of(slots)
+        self.summaries.add_samples(groups)
         if self.stateful:  # a StreamHandler keeps its own per-device state: no windows
             found = self.handler.update(batch)
             self.counters.anomalies += len(found)
             for payload in found:
                 events.append(self._record(EVENT, {**payload, "pipeline": self.name}))
             return events, None
-        calibrated = self.warmup.push(slots, batch.values, self.handler) if self.warmup else None
-        due, windows = self.windows.push(slots, batch.values)
+        calibrated = (
+            self.warmup.push(slots, batch.values, groups, self.handler) if self.warmup else None
+        )
+        due, windows = self.windows.push(slots, batch.values, groups)
         if calibrated is not None:  # windows ending inside a device's warm-up are not scored
             keep = calibrated[due]
             due, windows = due[keep], windows[keep]

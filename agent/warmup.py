@@ -20,7 +20,7 @@ import numpy as np
 
 from .calibration import auto_threshold, fit_normaliser
 from .config import CalibrationConfig
-from .windows import DeviceIndex, rank_within
+from .windows import DeviceIndex, Groups
 
 
 class Warmup:
@@ -59,11 +59,11 @@ class Warmup:
         self.count[slots] = 0
         self.mean[slots], self.scale[slots], self.threshold[slots] = 0, 1, self.fixed
 
-    def push(self, slots: np.ndarray, values: np.ndarray, handler) -> np.ndarray:
+    def push(self, slots: np.ndarray, values: np.ndarray, groups: Groups, handler) -> np.ndarray:
         """Record warm-up samples; fit devices that complete it. Returns, per sample,
         whether its device was calibrated before it (its windows may be scored)."""
-        pos = self.count[slots] + rank_within(slots)
-        self.count += np.bincount(slots, minlength=len(self.count))
+        pos = self.count[slots] + groups.rank
+        self.count[groups.slots] += groups.counts
         warm = pos < self.n
         if warm.any():
             self.buf[slots[warm], pos[warm]] = values[warm]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -100,14 +101,17 @@ class CountWindows:
     def _evict(self, slots: np.ndarray) -> None:
         self.count[slots] = 0
 
-    def push(self, slots: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def push(
+        self, slots: np.ndarray, values: np.ndarray, groups: Groups | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Append samples; return (indices into the batch of due samples, their windows)."""
         n = len(slots)
         if n == 0:
             return np.empty(0, np.int64), np.empty((0, self.size, self.channels), np.float32)
-        rank = rank_within(slots)
+        g = groups or Groups.of(slots)
+        rank = g.rank
         pos = self.count[slots] + rank
-        self.count += np.bincount(slots, minlength=len(self.count))
+        self.count[g.slots] += g.counts
         max_rank = int(rank.max())
         if max_rank < self.size:  # common case: one pass
             return self._write_and_gather(slots, pos, values, np.arange(n))
@@ -133,13 +137,26 @@ class CountWindows:
         return where[due], self.buf[slots[due, None], rows]
 
 
-def rank_within(slots: np.ndarray) -> np.ndarray:
-    """For each element, how many earlier elements share its value (stable)."""
-    n = len(slots)
-    order = np.argsort(slots, kind="stable")
-    s = slots[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    lengths = np.diff(np.r_[starts, n])
-    rank = np.empty(n, np.int64)
-    rank[order] = np.arange(n) - np.repeat(starts, lengths)
-    return rank
+@dataclass(slots=True)
+class Groups:
+    """A batch's samples grouped by device slot, computed once and shared by the stages."""
+
+    rank: np.ndarray  # per sample: how many earlier samples of the batch share its slot
+    slots: np.ndarray  # the distinct slots
+    counts: np.ndarray  # samples per distinct slot
+
+    @classmethod
+    def of(cls, slots: np.ndarray) -> Groups:
+        n = len(slots)
+        if n == 1:
+            return cls(np.zeros(1, np.int64), slots, np.ones(1, np.int64))
+        order = np.argsort(slots, kind="stable")
+        s = slots[order]
+        first = np.empty(n, bool)
+        first[0] = True
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+        starts = np.flatnonzero(first)
+        counts = np.diff(starts, append=n)
+        rank = np.empty(n, np.int64)
+        rank[order] = np.arange(n) - np.repeat(starts, counts)
+        return cls(rank, s[starts], counts)
