@@ -13,10 +13,13 @@ from .spool import Spool
 
 
 class Forwarder:
-    """One thread per sink: take a batch, deliver it, acknowledge it in the spool.
+    """Moves one sink's records: take a batch, deliver it, acknowledge it in the spool.
 
-    On ``NotConnectedError`` it waits with jittered exponential backoff; a backlog drains
-    at no more than ``rate`` records per second.
+    A sink that may be called from two threads (``concurrent = True``, like the MQTT sink)
+    gets two lanes, so an event never waits behind a round of summaries being acknowledged;
+    other sinks get one lane, events first. On ``NotConnectedError`` a lane waits with
+    jittered exponential backoff; a backlog drains at no more than ``rate`` records per
+    second per lane.
     """
 
     def __init__(self, name: str, sink: Sink, spool: Spool, batch: int, rate: float) -> None:
@@ -25,13 +28,22 @@ class Forwarder:
         self.delivered = 0
         self.failures = 0
         self.log = log.get(component="forwarder", sink=name)
-        self._wake = spool.wake_event(name)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"forward-{name}", daemon=True)
+        lanes = (0, 1) if getattr(sink, "concurrent", False) else (None,)
+        self._threads = [
+            threading.Thread(
+                target=self._run,
+                args=(prio, spool.wake_event(name, prio)),
+                name=f"forward-{name}" + ("" if prio is None else f"-{prio}"),
+                daemon=True,
+            )
+            for prio in lanes
+        ]
 
     def start(self) -> None:
         self.sink.start()
-        self._thread.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self, drain_timeout: float = 10) -> None:
         """Try to deliver what is spooled for up to ``drain_timeout`` s, then stop.
@@ -41,22 +53,24 @@ class Forwarder:
         """
         self._deadline = time.monotonic() + drain_timeout
         self._stop.set()
-        self._wake.set()
-        self._thread.join(drain_timeout + 5)
+        for prio in (None, 0, 1):
+            self.spool.wake_event(self.name, prio).set()
+        for t in self._threads:
+            t.join(drain_timeout + 5)
         self.sink.close()
 
-    def _run(self) -> None:
+    def _run(self, prio: int | None, wake: threading.Event) -> None:
         backoff = 0.0
         while True:
             stopping = self._stop.is_set()
             if stopping and time.monotonic() > self._deadline:
                 return
-            rows = self.spool.take(self.name, self.batch)
+            wake.clear()
+            rows = self.spool.take(self.name, self.batch, prio)
             if not rows:
                 if stopping:
                     return
-                self._wake.wait(1.0)
-                self._wake.clear()
+                wake.wait(1.0)
                 continue
             started = time.monotonic()
             try:

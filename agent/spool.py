@@ -57,9 +57,9 @@ class Spool:
         self._wake: dict[str, threading.Event] = {}
         self._limit = log.RateLimit(5.0)
 
-    def wake_event(self, sink: str) -> threading.Event:
-        """An event set whenever rows for ``sink`` are added."""
-        return self._wake.setdefault(sink, threading.Event())
+    def wake_event(self, sink: str, prio: int | None = None) -> threading.Event:
+        """An event set whenever rows for ``sink`` (of priority ``prio``) are added."""
+        return self._wake.setdefault((sink, prio), threading.Event())
 
     def put_many(self, sink: str, records: Sequence[Record]) -> None:
         if not records:
@@ -85,6 +85,8 @@ class Spool:
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
         self.wake_event(sink).set()
+        for prio in {row[1] for row in rows}:
+            self.wake_event(sink, prio).set()
 
     def _enforce_cap(self) -> None:
         """Drop the oldest rows until under 90% of the cap; caller holds the lock."""
@@ -108,16 +110,23 @@ class Spool:
     def _delete(self, ids: Sequence[int]) -> None:
         self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
 
-    def take(self, sink: str, limit: int) -> list[tuple[int, Record]]:
-        """The next ``limit`` rows for ``sink``: events first, then oldest first."""
+    def take(self, sink: str, limit: int, prio: int | None = None) -> list[tuple[int, Record]]:
+        """The next ``limit`` rows for ``sink``: events first, then oldest first
+        (only priority ``prio``, 0 events and 1 the rest, when given)."""
         with self._lock:
             if self.ttl and time.monotonic() >= self._next_expiry:
                 self._next_expiry = time.monotonic() + min(self.ttl / 10, 10.0)
                 self._expire()
-            rows = self._db.execute(
-                "SELECT id, body FROM outbox WHERE sink = ? ORDER BY prio, id LIMIT ?",
-                (sink, limit),
-            ).fetchall()
+            if prio is None:
+                rows = self._db.execute(
+                    "SELECT id, body FROM outbox WHERE sink = ? ORDER BY prio, id LIMIT ?",
+                    (sink, limit),
+                ).fetchall()
+            else:
+                rows = self._db.execute(
+                    "SELECT id, body FROM outbox WHERE sink = ? AND prio = ? ORDER BY id LIMIT ?",
+                    (sink, prio, limit),
+                ).fetchall()
         out = []
         for rid, body in rows:
             kind, pipeline, device, record_id, payload = orjson.loads(body)

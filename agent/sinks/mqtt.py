@@ -29,6 +29,7 @@ class MqttSink:
     """Publishes to a broker connection shared through the runtime."""
 
     config_model = MqttSinkConfig
+    concurrent = True  # write_many may run in two forwarder lanes (events, the rest) at once
 
     def __init__(self, config: MqttSinkConfig, context) -> None:
         self.config = config
