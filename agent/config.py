@@ -87,6 +87,12 @@ class SpoolConfig(Model):
     ttl: Duration = Field(7 * 86400, description="rows older than this are dropped")
     replay_rate: float = Field(1000, gt=0, description="messages/s when draining a backlog")
     batch: int = Field(200, gt=0, le=10000, description="records per publish round")
+    sync: Literal["full", "normal"] = Field(
+        "full",
+        description="full: every commit is fsynced (a spooled record survives a power cut); "
+        "normal: WAL without fsync per commit, ~0.5-1 ms less per event on a slow disk, "
+        "survives a crash of the agent but a power cut may lose the last commits",
+    )
 
 
 class SourceConfig(Model):

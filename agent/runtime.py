@@ -70,7 +70,9 @@ class Agent:
     def build(self) -> None:
         """Create and load everything (models included) without connecting."""
         cfg = self.config
-        self.spool = Spool(cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl)
+        self.spool = Spool(
+            cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl, cfg.spool.sync
+        )
         for p in cfg.pipelines:
             pipeline, source, forwarders = self.build_pipeline(p)
             self.forwarders += forwarders

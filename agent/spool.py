@@ -4,7 +4,9 @@ A record is written here before any attempt to send it, and deleted only after t
 confirmed delivery. Events (priority 0) leave before summaries and stats. A size cap drops
 the oldest rows (by insertion order) and a TTL drops rows older than it; both are counted
 (``dropped``, ``expired``) and reported in stats records and the status heartbeat.
-Commits are ``synchronous=FULL``: a committed row survives a power loss, not only a crash.
+Commits are ``synchronous=FULL`` by default: a committed row survives a power loss, not only
+a crash (``sync: normal`` trades that for lower latency: a crash of the agent loses nothing,
+a power cut may lose the last commits).
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ CREATE INDEX IF NOT EXISTS outbox_order ON outbox (sink, prio, id);
 class Spool:
     """Thread-safe outbox; one connection guarded by a lock."""
 
-    def __init__(self, path: Path | str, max_bytes: int = 256 << 20, ttl: float = 7 * 86400):
+    def __init__(
+        self,
+        path: Path | str,
+        max_bytes: int = 256 << 20,
+        ttl: float = 7 * 86400,
+        sync: str = "full",
+    ):
         self.path = Path(path)
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +57,7 @@ class Spool:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(f"PRAGMA synchronous={'NORMAL' if sync == 'normal' else 'FULL'}")
         self._db.executescript(_SCHEMA)
         self._bytes = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
