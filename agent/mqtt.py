@@ -131,7 +131,9 @@ class Connection:
         self.connects += 1
         self.last_error = None
         self._attempts = 0
-        self.log.info("mqtt_connected", session_present=bool(flags.session_present))
+        self.log.info(
+            "mqtt_connected", session_present=bool(flags.session_present), fast_path=self.fast
+        )
         for cb in self.on_connected:
             cb(client, bool(flags.session_present))
         self.connected.set()

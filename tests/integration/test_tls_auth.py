@@ -101,6 +101,7 @@ def _agent(tmp_path, local_port: int, upstream_port: int, model, **broker_extra)
         qos=0,
         persistent=False,
         agent={"id": f"tls-{uuid.uuid4().hex[:6]}"},
+        source_extra=broker_extra.get("source"),
         local_extra=broker_extra.get("local"),
         upstream_extra=broker_extra.get("upstream"),
     )
@@ -114,8 +115,10 @@ def _wait_event(agent: AgentProcess, name: str, count: int = 1, timeout: float =
     return agent.events(name)
 
 
-def test_mutual_tls_to_both_brokers(tls_broker, pki, w1_models, tmp_path):
-    """Source and sink over mutual TLS (hostname checked): samples in, summaries out."""
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "stock-paho"])
+def test_mutual_tls_to_both_brokers(tls_broker, pki, w1_models, tmp_path, fast):
+    """Source and sink over mutual TLS (hostname checked): samples in, summaries out; the
+    source's fast path splits PUBLISH packets from the TLS socket like from plain TCP."""
     tls = {
         "tls": {
             "ca": str(pki["ca"]),
@@ -131,6 +134,7 @@ def test_mutual_tls_to_both_brokers(tls_broker, pki, w1_models, tmp_path):
         w1_models[1],
         local={"host": "localhost", **tls},
         upstream={"host": "127.0.0.1", **tls},
+        source={"fast_path": fast},
     )
     try:
         agent.wait_ready()
@@ -138,6 +142,8 @@ def test_mutual_tls_to_both_brokers(tls_broker, pki, w1_models, tmp_path):
         publish(tls_broker.port, "plant/tls/{device}/telemetry", items, qos=1)
         assert col.wait_for(lambda: sum(s["count"] for s in col.of("summary/")) >= 400, 30)
         assert agent.stop() == 0
+        source = [e for e in agent.events("mqtt_connected") if e["client_id"].endswith("-in")]
+        assert source and all(e["fast_path"] is fast for e in source)
     finally:
         if agent.proc.poll() is None:
             agent.proc.kill()
