@@ -157,11 +157,14 @@ class Spool:
         with self._lock:
             self._db.execute("BEGIN")
             freed = 0
-            for i in ids:
-                row = self._db.execute(
-                    "DELETE FROM outbox WHERE id = ? RETURNING LENGTH(body)", (i,)
-                ).fetchone()
-                freed += row[0] if row else 0
+            for lo in range(0, len(ids), 500):
+                chunk = list(ids[lo : lo + 500])
+                marks = ",".join("?" * len(chunk))
+                freed += self._db.execute(
+                    f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox WHERE id IN ({marks})",
+                    chunk,
+                ).fetchone()[0]
+                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
             self._db.execute("COMMIT")
             self._bytes = max(0, self._bytes - freed - 40 * len(ids))
 

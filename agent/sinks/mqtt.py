@@ -58,7 +58,10 @@ class MqttSink:
                 raise NotConnectedError(f"publish to {self.conn.name} failed: rc={info.rc}")
             infos.append(info)
         deadline = time.monotonic() + self.config.ack_timeout
-        for info in infos:
+        # PUBACKs come back about in order: sleep once on the last, then check the rest
+        for info in reversed(infos):
+            if info.is_published():
+                continue
             left = deadline - time.monotonic()
             if left <= 0 or not _wait(info, left):
                 raise NotConnectedError(f"no acknowledgement from {self.conn.name}")
