@@ -41,7 +41,7 @@ class DeviceIndex:
         if not self._free:
             if self.capacity >= self.max_devices:
                 return -1
-            self._grow(min(self.capacity * 2, self.max_devices))
+            self._grow(min(max(self.capacity * 3 // 2, self.capacity + 1), self.max_devices))
         slot = self._free.pop()
         self.slot_of[device] = slot
         self.names[slot] = device
@@ -76,7 +76,9 @@ class DeviceIndex:
 class CountWindows:
     """The last ``size`` samples of every device; a window is due every ``hop`` samples.
 
-    Each device has a ring of ``2 * size`` rows in one ``[devices, 2*size, channels]`` array.
+    Each device has a ring of ``size + chunk - 1`` rows (``chunk = max(hop, 16)``) in one
+    ``[devices, ring, channels]`` array: a batch is written ``chunk`` samples per device at a
+    time, so every window that falls due is still whole when it is gathered.
     :meth:`push` writes a batch of samples (any devices, any order) and returns every window
     that became due, as one ``[k, size, channels]`` array, oldest sample first. A device's
     first window is due at its ``size``-th sample, then at every ``hop``-th one.
@@ -85,7 +87,8 @@ class CountWindows:
     def __init__(self, index: DeviceIndex, size: int, hop: int, channels: int) -> None:
         self.index = index
         self.size, self.hop, self.channels = size, hop, channels
-        self.ring = 2 * size
+        self.chunk = max(hop, 16)
+        self.ring = size + self.chunk - 1
         self.buf = np.zeros((index.capacity, self.ring, channels), np.float32)
         self.count = np.zeros(index.capacity, np.int64)
         self._offsets = np.arange(size, dtype=np.int64) - size + 1
@@ -113,11 +116,11 @@ class CountWindows:
         pos = self.count[slots] + rank
         self.count[g.slots] += g.counts
         max_rank = int(rank.max())
-        if max_rank < self.size:  # common case: one pass
+        if max_rank < self.chunk:  # common case: one pass
             return self._write_and_gather(slots, pos, values, np.arange(n))
         due_parts, win_parts = [], []
-        for lo in range(0, max_rank + 1, self.size):  # each chunk adds <= size per device
-            sel = np.flatnonzero((rank >= lo) & (rank < lo + self.size))
+        for lo in range(0, max_rank + 1, self.chunk):  # <= chunk new samples per device
+            sel = np.flatnonzero((rank >= lo) & (rank < lo + self.chunk))
             d, w = self._write_and_gather(slots[sel], pos[sel], values[sel], sel)
             due_parts.append(d)
             win_parts.append(w)
