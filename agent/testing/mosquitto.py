@@ -96,20 +96,16 @@ class Mosquitto:
     def start(self) -> Mosquitto:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(self.config_text)
-        self.proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        with open(self.dir / "mosquitto.stderr", "ab") as err:  # never a full, unread pipe
+            self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=err, stderr=err)
         if self.ready_check:
             try:
                 wait_for_connack(self.port)
             except TimeoutError:
                 self.stop()
-                log = self.dir / "mosquitto.log"
-                raise RuntimeError(
-                    f"mosquitto did not start: {log.read_text() if log.exists() else ''}"
-                ) from None
+                logs = [self.dir / "mosquitto.log", self.dir / "mosquitto.stderr"]
+                text = "".join(p.read_text() for p in logs if p.exists())
+                raise RuntimeError(f"mosquitto did not start: {text}") from None
         return self
 
     def stop(self) -> None:
