@@ -166,6 +166,4 @@ class OnnxHandler:
 
     def describe(self, hits: np.ndarray) -> list[dict]:
         """The ``details`` outputs of the last call for windows ``hits``, for their events."""
-        return [
-            {name: d[i].item() for name, d in self.last_details.items()} for i in hits.tolist()
-        ]
+        return [{name: d[i].item() for name, d in self.last_details.items()} for i in hits.tolist()]
