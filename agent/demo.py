@@ -14,7 +14,6 @@ done by the demo's publisher (see :func:`choose_model`).
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import signal
 import tempfile
@@ -29,20 +28,11 @@ import numpy as np
 import orjson
 
 from . import log
+from .training import datasets
 
-CHANNELS = (
-    "Accelerometer1RMS",
-    "Accelerometer2RMS",
-    "Current",
-    "Pressure",
-    "Temperature",
-    "Thermocouple",
-    "Voltage",
-    "Volume Flow RateRMS",
-)
 SHIPPED_MODEL = "skab_pump_ae_int8"
 WINDOW, HOP = 32, 8
-WARMUP = 400  # rows a device's calibration is fitted on (SKAB's normal start of each file)
+WARMUP = datasets.SKAB_WARMUP  # rows a device's calibration is fitted on
 TOPIC = "plant/pumps/{device}/telemetry"
 UP = "demo/up"
 
@@ -92,21 +82,6 @@ def find_data(arg: Path | None) -> Path | None:
     return None
 
 
-def read_skab(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One SKAB CSV (';', datetime first, 8 channels, optional anomaly column)."""
-    with path.open(newline="") as f:
-        rows = list(csv.reader(f, delimiter=";"))
-    header, body = rows[0], [r for r in rows[1:] if r]
-    cols = [header.index(c) for c in CHANNELS]
-    values = np.array([[float(r[c]) for c in cols] for r in body], np.float64)
-    if "anomaly" in header:
-        a = header.index("anomaly")
-        labels = np.array([float(r[a]) > 0 for r in body])
-    else:
-        labels = np.zeros(len(body), bool)
-    return values, labels
-
-
 def skab_devices(root: Path, n: int) -> list[Device]:
     """The labelled SKAB files (valve1, valve2, other) as ``n`` pumps."""
     files = sorted(
@@ -119,9 +94,9 @@ def skab_devices(root: Path, n: int) -> list[Device]:
     )
     devices = []
     for f in files:
-        values, labels = read_skab(f)
-        if len(values) > WARMUP + WINDOW:
-            devices.append(Device(f"{f.parent.name}-{f.stem}", values, labels))
+        rec = datasets.read_skab_file(f, f.name)
+        if len(rec.values) > WARMUP + WINDOW:
+            devices.append(Device(f"{f.parent.name}-{f.stem}", rec.values, rec.anomaly > 0))
         if len(devices) == n:
             break
     return devices
