@@ -1,6 +1,6 @@
 """``edge-agent evaluate skab|ai4i``: replay a labelled dataset through the pipeline code.
 
-The rows become JSON messages and go through the same :class:`agent.pipeline.Processor` as
+The rows become JSON messages and go through the same :class:`agent.processor.Processor` as
 ``run`` (decoder, windows, warm-up calibration, handler, threshold rule), then the scored
 windows are compared with the labels.
 
@@ -26,7 +26,7 @@ import orjson
 from .config import parse_config
 from .errors import AgentError, ConfigError
 from .handlers.onnx_model import resolve_model, sha256_of
-from .pipeline import Processor, build_processor
+from .processor import Processor, build_processor
 from .records import Message
 
 DEFAULT_MODELS = {"skab": "builtin:skab_pump_ae_int8", "ai4i": "builtin:ai4i_pdm"}

@@ -22,7 +22,8 @@ from .config import Config, PipelineConfig, load_config
 from .errors import AgentError, ConfigError
 
 if TYPE_CHECKING:
-    from .pipeline import Pipeline, Processor
+    from .pipeline import Pipeline
+    from .processor import Processor
     from .runtime import Agent
 
 RESTART_SECTIONS = ("agent", "brokers", "spool", "metrics")

@@ -17,7 +17,8 @@ from .config import Config, PipelineConfig
 from .delivery import Forwarder
 from .intake import Intake
 from .mqtt import Connection
-from .pipeline import Pipeline, Processor, build_processor
+from .pipeline import Pipeline
+from .processor import Processor, build_processor
 from .records import Message, Record
 from .registry import Registry
 from .source import MqttSource

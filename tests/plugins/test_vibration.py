@@ -12,7 +12,7 @@ from edge_agent_vibration.features import feature_count, features
 
 from agent.config import load_config
 from agent.errors import ModelError
-from agent.pipeline import build_processor
+from agent.processor import build_processor
 from agent.records import Message
 from tests.conftest import ROOT
 

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from agent.config import parse_config
-from agent.pipeline import Processor, build_processor
+from agent.processor import Processor, build_processor
 from agent.records import Message
 
 T0 = float(int(time.time()))  # within the default max_clock_skew

@@ -11,7 +11,7 @@ import pytest
 from agent.calibration import auto_threshold, fit_normaliser
 from agent.config import parse_config
 from agent.errors import ConfigError
-from agent.pipeline import Processor, build_processor
+from agent.processor import Processor, build_processor
 from agent.records import Message
 
 T0 = float(int(time.time()))
