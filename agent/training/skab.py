@@ -26,6 +26,7 @@ from agent.calibration import (
     fit_normaliser,
 )
 from agent.training import datasets, metrics
+from agent.training.onnx_graph import save_autoencoder
 from agent.training.shipping import update_manifest
 
 WINDOW = 32
@@ -77,8 +78,7 @@ def train(x: np.ndarray, seed: int = SEED):  # -> MLPRegressor (sklearn is a tra
 
 def export(ae, path: Path) -> Path:
     """Write the fitted autoencoder as ONNX: input [N, 32, 8] -> score [N] (mean squared error)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     size = WINDOW * CHANNELS
     inits = [numpy_helper.from_array(np.array([-1, size], np.int64), "flat_shape")]
@@ -98,24 +98,7 @@ def export(ae, path: Path) -> Path:
         if i < last:
             nodes.append(helper.make_node("Tanh", [h], [f"t{i}"]))
             h = f"t{i}"
-    nodes += [
-        helper.make_node("Sub", [h, "x"], ["diff"]),
-        helper.make_node("Mul", ["diff", "diff"], ["sq"]),
-        helper.make_node("ReduceMean", ["sq"], ["score"], axes=[1], keepdims=0),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "skab_pump_ae",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", WINDOW, CHANNELS])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_autoencoder(path, "skab_pump_ae", nodes, inits, h, "x", ["N", WINDOW, CHANNELS])
 
 
 def quantize_int8(fp32: Path, path: Path, calibration: np.ndarray) -> Path:

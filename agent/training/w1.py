@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .onnx_graph import save_autoencoder
+
 SIZES = (256, 64, 16, 64, 256)
 SEED = 1
 SPIKE, SPIKE_RATE = 10.0, 0.005
@@ -25,8 +27,7 @@ SPIKE, SPIKE_RATE = 10.0, 0.005
 
 def build_fp32(path: Path, seed: int = SEED) -> Path:
     """Write the fp32 W1 model to ``path`` and return it."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     rng = np.random.default_rng(seed)
     nodes, inits = [], []
@@ -40,24 +41,7 @@ def build_fp32(path: Path, seed: int = SEED) -> Path:
         if i < 3:
             nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
             x = f"r{i}"
-    nodes += [
-        helper.make_node("Sub", [x, "input"], ["diff"]),
-        helper.make_node("Mul", ["diff", "diff"], ["sq"]),
-        helper.make_node("ReduceMean", ["sq"], ["score"], axes=[1], keepdims=0),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "w1_autoencoder",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 256])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save_autoencoder(path, "w1_autoencoder", nodes, inits, x, "input", ["N", 256])
 
 
 def signal(rows: int, seed: int = SEED, spike_rate: float = SPIKE_RATE) -> np.ndarray:
