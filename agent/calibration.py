@@ -28,10 +28,6 @@ class Normaliser:
         """Normalise ``x[..., C]`` to float32."""
         return ((np.asarray(x, np.float64) - self.mean) / self.scale).astype(np.float32)
 
-    def to_dict(self) -> dict[str, list[float]]:
-        """JSON-ready form (for summaries and status messages)."""
-        return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
-
 
 def fit_normaliser(
     warmup: np.ndarray, rel_floor: float = REL_FLOOR, abs_floor: float = ABS_FLOOR

@@ -87,7 +87,6 @@ class SparkplugSink:
             (f"{kind}/{f}", DOUBLE) for kind in ("event", "summary") for f in config.extra_metrics
         ]
         self._alias = {name: i + 1 for i, (name, _) in enumerate(self.metrics)}
-        self._types = dict(self.metrics)
         base = f"{NAMESPACE}/{config.group}"
         self._topic = {t: f"{base}/{t}/{self.node}" for t in ("NBIRTH", "NDEATH", "NCMD")}
         self._ddata = f"{base}/DDATA/{self.node}/"
