@@ -45,6 +45,9 @@ def _lost_hint(broker: BrokerConfig) -> str:
     return "the broker closed the connection before CONNACK"
 
 
+FLUSH_TOPIC = "edge-agent/flush"  # never subscribed: only its UNSUBACK is wanted
+
+
 class Connection:
     """One paho client with reconnect/backoff in paho's network thread.
 
@@ -88,6 +91,9 @@ class Connection:
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_unsubscribe = self._on_unsubscribe
+        self._flushes: dict[int, threading.Event] = {}
+        self._flush_lock = threading.Lock()  # the UNSUBACK may come before the mid is stored
         self.on_connected: list[Callable[[mqtt.Client, bool], None]] = []
         self.connected = threading.Event()
         self.last_error: str | None = None
@@ -161,6 +167,30 @@ class Connection:
                 retry_in=round(delay, 2),
                 hint=_lost_hint(self.broker),
             )
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        with self._flush_lock:
+            done = self._flushes.pop(mid, None)
+        if done is not None:
+            done.set()
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until the broker has read every packet sent so far (e.g. deferred PUBACKs).
+
+        MQTT has no reply to DISCONNECT, and mosquitto hands a session to a new connection
+        with the same client id before reading what the old one sent last: PUBACKs in
+        flight would be lost and their messages redelivered. A broker answers packets in
+        order, so the UNSUBACK of a topic never subscribed proves the earlier ones were read.
+        """
+        if not self.connected.is_set() or threading.current_thread() is self.client._thread:
+            return False  # the network thread would wait for itself
+        done = threading.Event()
+        with self._flush_lock:
+            rc, mid = self.client.unsubscribe(FLUSH_TOPIC)
+            if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+                return False
+            self._flushes[mid] = done
+        return done.wait(timeout)
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with backoff until :meth:`stop`."""

@@ -129,10 +129,11 @@ def _stop(agent: Agent, pipeline: Pipeline) -> None:
     """Stop one pipeline from the source end: intake, queue, summaries, its forwarders."""
     i = agent.pipelines.index(pipeline)
     source = agent.sources[i]
-    source.stop()
+    source.pause()  # connected still: the worker acknowledges what it drains
     with contextlib.suppress(Exception):
         agent.scheduler.remove_job(f"summary-{pipeline.processor.name}")
     pipeline.stop()
+    source.stop()
     prefix = f"{pipeline.processor.name}."
     mine = [f for f in agent.forwarders if f.name.startswith(prefix)]
     for f in mine:

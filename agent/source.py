@@ -88,6 +88,13 @@ class MqttSource:
         self.intake.close()
 
     def stop(self) -> None:
-        """Stop intake: unsubscribe-free disconnect; queued messages stay for the worker."""
+        """Stop intake and disconnect; queued messages stay for the worker.
+
+        With deferred acknowledgements the broker must have read the last PUBACKs before
+        the connection closes, or a successor with the same client id gets those messages
+        again (:meth:`Connection.flush`).
+        """
         self.pause()
+        if self.deferred:
+            self.conn.flush()
         self.conn.stop()
