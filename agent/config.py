@@ -146,6 +146,16 @@ class CalibrationConfig(Model):
     factor: float = Field(1.05, gt=0, description="of the warm-up windows' scores")
 
 
+class RuleConfig(Model):
+    hold: int = Field(
+        0,
+        ge=0,
+        description="a window is also anomalous (and raises an event) when one of its device's "
+        "previous `hold` windows scored over the threshold, so an anomaly stays open through "
+        "up to `hold` windows in a row that are not over; 0: each window on its own",
+    )
+
+
 class SummaryConfig(Model):
     every: Duration = Field(10, description="summary period")
 
@@ -165,6 +175,9 @@ class PipelineConfig(Model):
         None,
         description="learn each device's normalisation (and `threshold: auto`) from its first "
         "samples, then freeze; those warm-up windows are never scored",
+    )
+    rule: RuleConfig = Field(
+        RuleConfig(), description="threshold rule: a window is over when score > threshold"
     )
     sinks: list[ComponentConfig] = Field(min_length=1, description="where records go")
     max_batch: int = Field(2048, gt=0, description="messages processed per worker round")

@@ -37,7 +37,9 @@ class DatasetError(AgentError):
     """A dataset path that does not exist or does not hold the expected files."""
 
 
-def _pipeline(decoder: dict, window: dict, handler: dict, calibration: dict | None) -> dict:
+def _pipeline(
+    decoder: dict, window: dict, handler: dict, calibration: dict | None, rule: dict | None = None
+) -> dict:
     pipe = {
         "name": "evaluate",
         "source": {"broker": "none", "topics": ["eval/+"], "max_clock_skew": None},
@@ -48,6 +50,8 @@ def _pipeline(decoder: dict, window: dict, handler: dict, calibration: dict | No
     }
     if calibration:
         pipe["calibration"] = calibration
+    if rule:
+        pipe["rule"] = rule
     return {"brokers": {"none": {}}, "pipelines": [pipe]}
 
 
@@ -88,7 +92,11 @@ def replay(
     return {d: {k: np.asarray(v) for k, v in rec.items()} for d, rec in out.items()}
 
 
-def evaluate_skab(model: str, root: str | None, handler: str = "onnx") -> dict:
+def evaluate_skab(
+    model: str, root: str | None, handler: str = "onnx", rule: dict | None = None
+) -> dict:
+    """Replay SKAB through a Processor; a shipped model brings its manifest's window,
+    calibration and threshold rule, which ``rule`` (e.g. ``{"hold": 5}``) overrides."""
     from .training import datasets, metrics
 
     files = _dataset(lambda: datasets.skab_files(root))
@@ -97,9 +105,10 @@ def evaluate_skab(model: str, root: str | None, handler: str = "onnx") -> dict:
     size, calibration = 32, {"warmup": warm}
     if handler != "baseline":
         spec["model"] = model
-        size, calibration = _manifest_settings(model, size, calibration)
+        size, calibration, shipped = _manifest_settings(model, size, calibration)
+        rule = {**shipped, **(rule or {})}
     cfg = parse_config(
-        _pipeline({"channels": 8}, {"size": size, "hop": 1}, spec, calibration), "evaluate"
+        _pipeline({"channels": 8}, {"size": size, "hop": 1}, spec, calibration, rule), "evaluate"
     )
     proc = build_processor(cfg.pipelines[0])
     names = [f"f{i}" for i in range(len(files))]
@@ -122,13 +131,14 @@ def evaluate_skab(model: str, root: str | None, handler: str = "onnx") -> dict:
     return {"metrics": result, "plot": plot}
 
 
-def _manifest_settings(model: str, size: int, calibration: dict) -> tuple[int, dict]:
-    """A shipped model's window size and calibration parameters from its manifest entry."""
+def _manifest_settings(model: str, size: int, calibration: dict) -> tuple[int, dict, dict]:
+    """A shipped model's window size, calibration parameters and threshold rule settings
+    (``rule: {hold}``) from its manifest entry."""
     from .models import manifest
 
     entry = manifest().get(model.removeprefix("builtin:")) if model.startswith("builtin:") else None
     if not entry:
-        return size, calibration
+        return size, calibration, {}
     norm = entry.get("normalisation", {}).get("params", {})
     thr = entry.get("threshold", {}).get("params", {})
     calibration = {
@@ -136,7 +146,9 @@ def _manifest_settings(model: str, size: int, calibration: dict) -> tuple[int, d
         **{k: norm[k] for k in ("rel_floor",) if k in norm},
         **{k: thr[k] for k in ("quantile", "factor") if k in thr},
     }
-    return int(entry.get("window", {}).get("size", size)), calibration
+    hold = entry.get("threshold", {}).get("hold")
+    rule = {"hold": hold} if hold else {}
+    return int(entry.get("window", {}).get("size", size)), calibration, rule
 
 
 def evaluate_ai4i(model: str, root: str | None) -> dict:

@@ -21,6 +21,7 @@ from .metrics import BatchStats
 from .protocols import Decoder, ModelHandler, StreamHandler
 from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from .registry import Registry
+from .rule import Hold
 from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex, Groups
 
@@ -84,6 +85,7 @@ class Processor:
         self.rejected: list[tuple[Message, str, str]] = []
         self.control: list[tuple[str, bytes]] = []  # decoder requests, published by the runtime
         self.stateful = bool(getattr(handler, "stateful", False))
+        self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
         self.warmup = None
         if config.calibration is not None:
             auto = getattr(getattr(handler, "config", None), "threshold", None) == "auto"
@@ -176,6 +178,8 @@ class Processor:
             threshold = np.full(len(due), self.handler.threshold)
         self.batch_stats.observe(len(due), time.perf_counter() - started)
         anomalous = scores > threshold
+        if self.hold:
+            anomalous = self.hold.apply(slots[due], anomalous)
         self.summaries.add_scores(slots[due], scores, anomalous)
         self.counters.windows += len(due)
         scored = Scored(
@@ -247,6 +251,8 @@ class Processor:
         same = self.keeps_windows_of(old)
         if same:
             self.index, self.windows, self.summaries = old.index, old.windows, old.summaries
+            if self.hold:  # open anomalies are not carried over; the state follows the index
+                self.hold = Hold(self.index, self.hold.hold)
         return same
 
     def flush(self, extra_stats: dict | None = None) -> list[Record]:

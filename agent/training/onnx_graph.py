@@ -6,19 +6,48 @@ from pathlib import Path
 
 
 def save_autoencoder(
-    path: Path, name: str, nodes: list, inits: list, recon: str, target: str, input_shape: list
+    path: Path,
+    name: str,
+    nodes: list,
+    inits: list,
+    recon: str,
+    target: str,
+    input_shape: list,
+    channel_power: float | None = None,
 ) -> Path:
-    """Append ``score = mean((recon - target)^2)`` per row to ``nodes`` and save the model
-    (input ``input`` of ``input_shape``, output ``score`` [N], opset 17) at ``path``."""
+    """Append the score of each row to ``nodes`` and save the model (input ``input`` of
+    ``input_shape``, output ``score`` [N], opset 17) at ``path``.
+
+    ``recon`` and ``target`` are flat rows ``[N, W*C]`` (``C`` = ``input_shape[-1]``). The score
+    is ``mean((recon - target)^2)``; with ``channel_power`` p it is the power mean over channels
+    of each channel's mean squared error, ``mean_c(mse_c^p)^(1/p)``, which lets one channel's
+    error stand out instead of being diluted by the others.
+    """
+    import numpy as np
     import onnx
-    from onnx import TensorProto, helper
+    from onnx import TensorProto, helper, numpy_helper
 
     nodes = [
         *nodes,
         helper.make_node("Sub", [recon, target], ["diff"]),
         helper.make_node("Mul", ["diff", "diff"], ["sq"]),
-        helper.make_node("ReduceMean", ["sq"], ["score"], axes=[1], keepdims=0),
     ]
+    if channel_power is None:
+        nodes.append(helper.make_node("ReduceMean", ["sq"], ["score"], axes=[1], keepdims=0))
+    else:
+        inits = [
+            *inits,
+            numpy_helper.from_array(np.array([0, -1, input_shape[-1]], np.int64), "wc_shape"),
+            numpy_helper.from_array(np.array(channel_power, np.float32), "power"),
+            numpy_helper.from_array(np.array(1 / channel_power, np.float32), "root"),
+        ]
+        nodes += [
+            helper.make_node("Reshape", ["sq", "wc_shape"], ["sq_wc"]),
+            helper.make_node("ReduceMean", ["sq_wc"], ["mse_c"], axes=[1], keepdims=0),
+            helper.make_node("Pow", ["mse_c", "power"], ["mse_p"]),
+            helper.make_node("ReduceMean", ["mse_p"], ["mean_p"], axes=[1], keepdims=0),
+            helper.make_node("Pow", ["mean_p", "root"], ["score"]),
+        ]
     graph = helper.make_graph(
         nodes,
         name,

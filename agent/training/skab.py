@@ -4,7 +4,9 @@ Dense autoencoder 256-64-8-64-256 (tanh), trained with scikit-learn on normal da
 anomaly-free recording and the 400-row warm-up of each labelled file, every segment normalised
 by ``agent.calibration.fit_normaliser`` of its own first 400 rows, as the runtime does per
 device. ONNX input ``input`` [N, 32, 8] float32 (oldest sample first, normalised); output
-``score`` [N] = mean squared reconstruction error of the window, attributed to its newest sample.
+``score`` [N] = power mean (p = 4) over the 8 channels of each channel's mean squared
+reconstruction error in the window, attributed to its newest sample. The manifest recommends
+the threshold rule ``hold: 5`` (an anomaly stays open until 6 windows in a row are not over).
 
     python -m agent.training.skab --out agent/models [--data DIR]
 """
@@ -25,13 +27,17 @@ from agent.calibration import (
     auto_threshold,
     fit_normaliser,
 )
+from agent.rule import Hold
 from agent.training import datasets, metrics
 from agent.training.onnx_graph import save_autoencoder
 from agent.training.shipping import update_manifest
+from agent.windows import DeviceIndex
 
 WINDOW = 32
 CHANNELS = len(datasets.SKAB_CHANNELS)
 HIDDEN = (64, 8, 64)
+CHANNEL_POWER = 4
+HOLD = 5
 SEED = 0
 EPOCHS = 30
 FP32, INT8 = "skab_pump_ae_fp32", "skab_pump_ae_int8"
@@ -77,7 +83,8 @@ def train(x: np.ndarray, seed: int = SEED):  # -> MLPRegressor (sklearn is a tra
 
 
 def export(ae, path: Path) -> Path:
-    """Write the fitted autoencoder as ONNX: input [N, 32, 8] -> score [N] (mean squared error)."""
+    """Write the fitted autoencoder as ONNX: input [N, 32, 8] -> score [N] (power mean over
+    channels of the channels' mean squared errors)."""
     from onnx import helper, numpy_helper
 
     size = WINDOW * CHANNELS
@@ -98,7 +105,16 @@ def export(ae, path: Path) -> Path:
         if i < last:
             nodes.append(helper.make_node("Tanh", [h], [f"t{i}"]))
             h = f"t{i}"
-    return save_autoencoder(path, "skab_pump_ae", nodes, inits, h, "x", ["N", WINDOW, CHANNELS])
+    return save_autoencoder(
+        path,
+        "skab_pump_ae",
+        nodes,
+        inits,
+        h,
+        "x",
+        ["N", WINDOW, CHANNELS],
+        channel_power=CHANNEL_POWER,
+    )
 
 
 def quantize_int8(fp32: Path, path: Path, calibration: np.ndarray) -> Path:
@@ -116,18 +132,24 @@ def quantize_int8(fp32: Path, path: Path, calibration: np.ndarray) -> Path:
 
 
 def predict_file(
-    score_fn, values: np.ndarray, warmup: int = datasets.SKAB_WARMUP, **threshold: float
+    score_fn,
+    values: np.ndarray,
+    warmup: int = datasets.SKAB_WARMUP,
+    hold: int = HOLD,
+    **threshold: float,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Runtime protocol for one device: (test scores, test predictions, threshold).
 
     Normaliser and threshold come from the first ``warmup`` rows; every later row is scored by
-    the window that ends on it.
+    the window that ends on it, and is anomalous under the threshold rule with ``hold``.
     """
     z = fit_normaliser(values[:warmup]).apply(values)
     scores = score_fn(windows(z))
     cut = warmup - WINDOW + 1
     thr = auto_threshold(scores[:cut], **threshold)
-    return scores[cut:], (scores[cut:] > thr).astype(np.int8), thr
+    test = scores[cut:]
+    over = Hold(DeviceIndex(1), hold).apply(np.zeros(len(test), np.int64), test > thr)
+    return test, over.astype(np.int8), thr
 
 
 def onnx_scorer(path: Path):
@@ -142,11 +164,12 @@ def evaluate(
     model: Path,
     files: Sequence[datasets.SkabFile],
     warmup: int = datasets.SKAB_WARMUP,
+    hold: int = HOLD,
     **threshold: float,
 ) -> dict[str, float]:
     """SKAB benchmark metrics of an ONNX window scorer under the per-device warm-up protocol."""
     score_fn = onnx_scorer(model)
-    preds = [predict_file(score_fn, f.values, warmup, **threshold)[1] for f in files]
+    preds = [predict_file(score_fn, f.values, warmup, hold, **threshold)[1] for f in files]
     return metrics.skab_all(
         [f.ts[warmup:] for f in files],
         [f.anomaly[warmup:] for f in files],
@@ -156,11 +179,13 @@ def evaluate(
 
 
 def evaluate_runtime(model: Path, root: Path | None = None) -> dict[str, float]:
-    """The same metrics through the runtime: ``edge-agent evaluate skab --model MODEL`` replays
-    every file through the Processor (warm-up calibration, batches of 1024 messages)."""
+    """The same metrics through the runtime, as ``edge-agent evaluate skab`` measures the shipped
+    model: every file replayed through the Processor (warm-up calibration, batches of 1024
+    messages, the threshold rule with ``hold: HOLD``)."""
     from agent.evaluate import evaluate_skab
 
-    return evaluate_skab(str(model), None if root is None else str(root))["metrics"]
+    root_arg = None if root is None else str(root)
+    return evaluate_skab(str(model), root_arg, rule={"hold": HOLD})["metrics"]
 
 
 def manifest_entry(file: str, measured: dict[str, float], quantization: str) -> dict:
@@ -178,7 +203,8 @@ def manifest_entry(file: str, measured: dict[str, float], quantization: str) -> 
             "name": "score",
             "shape": ["N"],
             "dtype": "float32",
-            "meaning": "mean squared reconstruction error; attributed to newest sample",
+            "meaning": "power mean (p = 4) over channels of each channel's mean squared "
+            "reconstruction error; attributed to newest sample",
         },
         "window": {"size": WINDOW, "channels": CHANNELS, "rate_hz": 1},
         "channels": list(datasets.SKAB_CHANNELS),
@@ -192,6 +218,7 @@ def manifest_entry(file: str, measured: dict[str, float], quantization: str) -> 
             "function": "agent.calibration.auto_threshold",
             "params": {"quantile": THRESHOLD_QUANTILE, "factor": THRESHOLD_FACTOR},
             "anomaly_if": "score > threshold",
+            "hold": HOLD,
         },
         "quantization": quantization,
         "training": {
