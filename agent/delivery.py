@@ -61,12 +61,21 @@ class Forwarder:
 
     def _run(self, prio: int | None, wake: threading.Event) -> None:
         backoff = 0.0
+        express = self.spool.express(self.name) if prio in (0, None) else None
+        caught_up = False  # the last take found everything there was: fresh events may go first
         while True:
             stopping = self._stop.is_set()
             if stopping and time.monotonic() > self._deadline:
                 return
             wake.clear()
-            rows = self.spool.take(self.name, self.batch, prio)
+            rows = express.pop(self.batch) if express is not None and caught_up else []
+            if express is not None and not caught_up:
+                express.discard()  # they are in the spool, in order
+            if not rows:
+                rows = self.spool.take(self.name, self.batch, prio)
+                caught_up = len(rows) < self.batch
+                if express is not None:
+                    rows = express.skipped(rows)
             if not rows:
                 if stopping:
                     return
@@ -76,6 +85,9 @@ class Forwarder:
             try:
                 self.sink.write_many([r for _, r in rows])
             except NotConnectedError as e:
+                caught_up = False
+                if express is not None:
+                    express.done(rows)
                 if stopping:  # the rows stay on disk for the next start
                     self.log.info("sink_unavailable_at_stop", spooled=self.spool.depth(self.name))
                     return
@@ -86,6 +98,9 @@ class Forwarder:
                 self._stop.wait(backoff * random.uniform(0.5, 1.0))
                 continue
             except Exception:
+                caught_up = False
+                if express is not None:
+                    express.done(rows)
                 self.failures += 1
                 self.log.exception("sink_failed")
                 self._stop.wait(1.0)
@@ -95,6 +110,8 @@ class Forwarder:
                 self.failures = 0
             backoff = 0.0
             self.spool.ack([rid for rid, _ in rows])
+            if express is not None:
+                express.done(rows)
             self.delivered += len(rows)
             if len(rows) == self.batch:  # a backlog: pace it
                 pause = len(rows) / self.rate - (time.monotonic() - started)

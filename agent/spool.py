@@ -7,6 +7,12 @@ the oldest rows (by insertion order) and a TTL drops rows older than it; both ar
 Commits are ``synchronous=FULL`` by default: a committed row survives a power loss, not only
 a crash (``sync: normal`` trades that for lower latency: a crash of the agent loses nothing,
 a power cut may lose the last commits).
+
+Events do not wait for that fsync: a sink's event lane may register an :class:`Express`
+queue, and ``put_many`` hands it the new event rows, ids assigned, between INSERT and
+COMMIT. The lane publishes them while the commit runs; its ``ack`` (the DELETE) takes the
+spool's lock, so it runs only after the rows are committed. Durability is unchanged: an
+input is acknowledged (QoS 1) only after ``put_many`` returned.
 """
 
 from __future__ import annotations
@@ -32,6 +38,43 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (sink, prio, id);
 """
+
+
+class Express:
+    """Event rows handed to a lane before their commit, and the ids it has not finished.
+
+    ``take`` must skip the pending ids (they leave by this queue); a lane that is not caught
+    up with the spool ``discard``s the queue, so the backlog keeps its order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[tuple[int, Record]] = []
+        self.pending: set[int] = set()
+
+    def push(self, rows: list[tuple[int, Record]]) -> None:
+        with self._lock:
+            self._rows += rows
+            self.pending.update(rid for rid, _ in rows)
+
+    def pop(self, limit: int) -> list[tuple[int, Record]]:
+        with self._lock:
+            rows, self._rows = self._rows[:limit], self._rows[limit:]
+        return rows
+
+    def done(self, rows: Sequence[tuple[int, Record]]) -> None:
+        """The rows were acknowledged in the spool, or stay there for ``take``."""
+        with self._lock:
+            self.pending.difference_update(rid for rid, _ in rows)
+
+    def discard(self) -> None:
+        with self._lock:
+            self._rows = []
+            self.pending.clear()
+
+    def skipped(self, rows: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
+        with self._lock:
+            return [r for r in rows if r[0] not in self.pending] if self.pending else rows
 
 
 class Spool:
@@ -62,38 +105,55 @@ class Spool:
         self._bytes = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
         ).fetchone()[0]
-        self._wake: dict[str, threading.Event] = {}
+        top = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+        self._next_id = top + 1  # ids are given here, so express rows have one before COMMIT
+        self._wake: dict[tuple[str, int | None], threading.Event] = {}
+        self._express: dict[str, Express] = {}
         self._limit = log.RateLimit(5.0)
 
     def wake_event(self, sink: str, prio: int | None = None) -> threading.Event:
         """An event set whenever rows for ``sink`` (of priority ``prio``) are added."""
         return self._wake.setdefault((sink, prio), threading.Event())
 
+    def express(self, sink: str) -> Express:
+        """Register (once) and return the express queue of ``sink``'s event lane."""
+        return self._express.setdefault(sink, Express())
+
     def put_many(self, sink: str, records: Sequence[Record]) -> None:
         if not records:
             return
         now = time.time()
-        rows = [
-            (
-                sink,
-                0 if r.kind == EVENT else 1,
-                now,
-                orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload)),
-            )
-            for r in records
-        ]
+        express = self._express.get(sink)
         with self._lock:
+            first = self._next_id
+            self._next_id += len(records)
+            rows = [
+                (
+                    first + i,
+                    sink,
+                    0 if r.kind == EVENT else 1,
+                    now,
+                    orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload)),
+                )
+                for i, r in enumerate(records)
+            ]
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO outbox (sink, prio, created, body) VALUES (?, ?, ?, ?)", rows
+                "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)", rows
             )
+            if express is not None:
+                events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
+                if events:
+                    express.push(events)
+                    self.wake_event(sink, 0).set()
+                    self.wake_event(sink).set()
             self._db.execute("COMMIT")
-            self._bytes += sum(len(r[3]) + 40 for r in rows)
+            self._bytes += sum(len(r[4]) + 40 for r in rows)
             self.stored += len(rows)
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
         self.wake_event(sink).set()
-        for prio in {row[1] for row in rows}:
+        for prio in {row[2] for row in rows}:
             self.wake_event(sink, prio).set()
 
     def _enforce_cap(self) -> None:
