@@ -85,7 +85,13 @@ class SpoolConfig(Model):
     path: Path = Field(Path("edge-agent-spool.db"), description="SQLite outbox file")
     max_mb: float = Field(256, gt=0, description="size cap; oldest rows dropped beyond it")
     ttl: Duration = Field(7 * 86400, description="rows older than this are dropped")
-    replay_rate: float = Field(1000, gt=0, description="messages/s when draining a backlog")
+    replay_rate: float = Field(
+        1000,
+        gt=0,
+        description="records/s per lane while draining a backlog left by an outage or a "
+        "restart (live records are not paced); above the live record rate, or the backlog "
+        "never drains",
+    )
     batch: int = Field(200, gt=0, le=10000, description="records per publish round")
     sync: Literal["full", "normal"] = Field(
         "full",

@@ -18,8 +18,9 @@ class Forwarder:
     A sink that may be called from two threads (``concurrent = True``, like the MQTT sink)
     gets two lanes, so an event never waits behind a round of summaries being acknowledged;
     other sinks get one lane, events first. On ``NotConnectedError`` a lane waits with
-    jittered exponential backoff; a backlog drains at no more than ``rate`` records per
-    second per lane.
+    jittered exponential backoff; a backlog (what was spooled before start or during a
+    failure) drains at no more than ``rate`` records per second per lane, live records
+    without pacing.
     """
 
     def __init__(self, name: str, sink: Sink, spool: Spool, batch: int, rate: float) -> None:
@@ -63,6 +64,7 @@ class Forwarder:
         backoff = 0.0
         express = self.spool.express(self.name) if prio in (0, None) else None
         caught_up = False  # the last take found everything there was: fresh events may go first
+        replaying = True  # since start or a failure, until caught up: paced at ``rate``
         while True:
             stopping = self._stop.is_set()
             if stopping and time.monotonic() > self._deadline:
@@ -74,6 +76,7 @@ class Forwarder:
             if not rows:
                 rows = self.spool.take(self.name, self.batch, prio)
                 caught_up = len(rows) < self.batch
+                replaying = replaying and not caught_up
                 if express is not None:
                     rows = express.skipped(rows)
             if not rows:
@@ -85,7 +88,7 @@ class Forwarder:
             try:
                 self.sink.write_many([r for _, r in rows])
             except NotConnectedError as e:
-                caught_up = False
+                caught_up, replaying = False, True
                 if express is not None:
                     express.done(rows)
                 if stopping:  # the rows stay on disk for the next start
@@ -98,7 +101,7 @@ class Forwarder:
                 self._stop.wait(backoff * random.uniform(0.5, 1.0))
                 continue
             except Exception:
-                caught_up = False
+                caught_up, replaying = False, True
                 if express is not None:
                     express.done(rows)
                 self.failures += 1
@@ -113,7 +116,7 @@ class Forwarder:
             if express is not None:
                 express.done(rows)
             self.delivered += len(rows)
-            if len(rows) == self.batch:  # a backlog: pace it
+            if replaying and len(rows) == self.batch:  # a backlog: pace it; live rows are not
                 pause = len(rows) / self.rate - (time.monotonic() - started)
                 if pause > 0:
                     time.sleep(pause)

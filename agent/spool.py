@@ -124,37 +124,39 @@ class Spool:
             return
         now = time.time()
         express = self._express.get(sink)
+        size = 0
+
+        def rows():
+            # One body at a time: orjson gives each result a 4 KiB buffer, so a list of
+            # 10,000 summaries' bodies would hold 40 MB until the INSERT is done.
+            nonlocal size
+            for i, r in enumerate(records):
+                body = orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
+                size += len(body) + 40
+                yield first + i, sink, 0 if r.kind == EVENT else 1, now, body
+
         with self._lock:
             first = self._next_id
             self._next_id += len(records)
-            rows = [
-                (
-                    first + i,
-                    sink,
-                    0 if r.kind == EVENT else 1,
-                    now,
-                    orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload)),
-                )
-                for i, r in enumerate(records)
-            ]
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)", rows
+                "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)", rows()
             )
-            if express is not None:
-                events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
-                if events:
-                    express.push(events)
-                    self.wake_event(sink, 0).set()
-                    self.wake_event(sink).set()
+            events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
+            if express is not None and events:
+                express.push(events)
+                self.wake_event(sink, 0).set()
+                self.wake_event(sink).set()
             self._db.execute("COMMIT")
-            self._bytes += sum(len(r[4]) + 40 for r in rows)
-            self.stored += len(rows)
+            self._bytes += size
+            self.stored += len(records)
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
         self.wake_event(sink).set()
-        for prio in {row[2] for row in rows}:
-            self.wake_event(sink, prio).set()
+        if events:
+            self.wake_event(sink, 0).set()
+        if len(events) < len(records):
+            self.wake_event(sink, 1).set()
 
     def _enforce_cap(self) -> None:
         """Drop the oldest rows until under 90% of the cap; caller holds the lock."""

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Window buffers are reserved up to this many bytes of address space at start: np.zeros maps
+# zero pages that become resident only when a device's slot is written, so growing to
+# thousands of devices copies nothing (a copy holds the old and the new buffer at once).
+RESERVE_BYTES = 256 << 20
+
 
 class DeviceIndex:
     """Maps device ids to dense slots; grows by doubling up to ``max_devices``.
@@ -89,16 +94,19 @@ class CountWindows:
         self.size, self.hop, self.channels = size, hop, channels
         self.chunk = max(hop, 16)
         self.ring = size + self.chunk - 1
-        self.buf = np.zeros((index.capacity, self.ring, channels), np.float32)
+        per_device = self.ring * channels * 4
+        reserve = min(index.max_devices, max(index.capacity, RESERVE_BYTES // per_device))
+        self.buf = np.zeros((reserve, self.ring, channels), np.float32)
         self.count = np.zeros(index.capacity, np.int64)
         self._offsets = np.arange(size, dtype=np.int64) - size + 1
         index.on_grow.append(self._grow)
         index.on_evict.append(self._evict)
 
     def _grow(self, capacity: int) -> None:
-        buf = np.zeros((capacity, self.ring, self.channels), np.float32)
-        buf[: len(self.buf)] = self.buf
-        self.buf = buf
+        if capacity > len(self.buf):  # past the reservation: copy (old and new both resident)
+            buf = np.zeros((capacity, self.ring, self.channels), np.float32)
+            buf[: len(self.buf)] = self.buf
+            self.buf = buf
         self.count = np.concatenate([self.count, np.zeros(capacity - len(self.count), np.int64)])
 
     def _evict(self, slots: np.ndarray) -> None:

@@ -81,6 +81,7 @@ class OnnxHandler:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_cpu_mem_arena = False
         try:
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as e:

@@ -95,3 +95,18 @@ def test_backlog_after_an_outage_keeps_its_order_and_loses_nothing(tmp_path):
     wait_for(lambda: s.depth("a") == 0 and len(sink.got) >= 150)
     f.stop(drain_timeout=1)
     assert sink.got == [f"event-{i}" for i in range(150)]
+
+
+def test_live_records_are_not_paced_like_a_backlog(tmp_path):
+    """replay_rate paces the drain of a backlog, never live records (10,000 devices' summaries
+    each second would fall ever further behind)."""
+    s = Spool(tmp_path / "s.db")
+    sink = RecordingSink()
+    f = Forwarder("a", sink, s, batch=8, rate=1.0)  # paced, 64 rows would take 64 s
+    f.start()
+    s.put_many("a", [rec(SUMMARY, 0)])
+    wait_for(lambda: sink.got == ["summary-0"])  # the lane has caught up
+    s.put_many("a", [rec(SUMMARY, i) for i in range(1, 65)])
+    wait_for(lambda: len(sink.got) == 65, timeout=20)
+    f.stop(drain_timeout=1)
+    assert sink.got == [f"summary-{i}" for i in range(65)]
