@@ -7,7 +7,25 @@ import sys
 import time
 
 import orjson
-import structlog
+
+
+def _import_structlog_without_rich():
+    """structlog imports rich (3.5 MB resident, with pygments) only to pretty-print
+    tracebacks on a console; the agent logs JSON lines. rich stays importable afterwards
+    (the demo's live view uses it)."""
+    before = sys.modules.get("rich")
+    sys.modules["rich"] = None  # type: ignore[assignment]  # import rich -> ImportError
+    try:
+        import structlog
+    finally:
+        if before is None:
+            del sys.modules["rich"]
+        else:
+            sys.modules["rich"] = before
+    return structlog
+
+
+structlog = _import_structlog_without_rich()
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 

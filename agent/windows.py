@@ -81,7 +81,7 @@ class DeviceIndex:
 class CountWindows:
     """The last ``size`` samples of every device; a window is due every ``hop`` samples.
 
-    Each device has a ring of ``size + chunk - 1`` rows (``chunk = max(hop, 16)``) in one
+    Each device has a ring of ``size + chunk - 1`` rows (``chunk = max(hop, 8)``) in one
     ``[devices, ring, channels]`` array: a batch is written ``chunk`` samples per device at a
     time, so every window that falls due is still whole when it is gathered.
     :meth:`push` writes a batch of samples (any devices, any order) and returns every window
@@ -92,7 +92,7 @@ class CountWindows:
     def __init__(self, index: DeviceIndex, size: int, hop: int, channels: int) -> None:
         self.index = index
         self.size, self.hop, self.channels = size, hop, channels
-        self.chunk = max(hop, 16)
+        self.chunk = max(hop, 8)
         self.ring = size + self.chunk - 1
         per_device = self.ring * channels * 4
         reserve = min(index.max_devices, max(index.capacity, RESERVE_BYTES // per_device))
