@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,6 +14,11 @@ from pydantic import Field
 from ..config import ComponentConfig
 from ..errors import NotConnectedError
 from ..records import EVENT, SUMMARY, Record
+
+# Summaries and stats in flight at once. paho sends 20 QoS 1 messages at a time and queues
+# the rest in order: a burst of 10,000 summaries would put an event published meanwhile
+# behind all of them (measured: W1 events 20-40 ms late after each 1-s summary round).
+ROUTINE_IN_FLIGHT = 8
 
 
 class MqttSinkConfig(ComponentConfig):
@@ -47,24 +53,29 @@ class MqttSink:
         client = self.conn.client
         if not self.conn.connected.is_set():
             raise NotConnectedError(f"broker {self.conn.name} not connected")
-        infos: list[mqtt.MQTTMessageInfo] = []
+        deadline = time.monotonic() + self.config.ack_timeout
+        infos: deque[mqtt.MQTTMessageInfo] = deque()
         for r in records:
             topic = self.topic(r)
             if topic is None:
                 continue
+            if r.kind != EVENT and len(infos) >= ROUTINE_IN_FLIGHT:
+                self._wait(infos.popleft(), deadline)
             body = orjson.dumps({**r.payload, "id": r.id})
             info = client.publish(topic, body, qos=self.config.qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise NotConnectedError(f"publish to {self.conn.name} failed: rc={info.rc}")
             infos.append(info)
-        deadline = time.monotonic() + self.config.ack_timeout
         # PUBACKs come back about in order: sleep once on the last, then check the rest
         for info in reversed(infos):
-            if info.is_published():
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0 or not _wait(info, left):
-                raise NotConnectedError(f"no acknowledgement from {self.conn.name}")
+            self._wait(info, deadline)
+
+    def _wait(self, info: mqtt.MQTTMessageInfo, deadline: float) -> None:
+        if info.is_published():
+            return
+        left = deadline - time.monotonic()
+        if left <= 0 or not _wait(info, left):
+            raise NotConnectedError(f"no acknowledgement from {self.conn.name}")
 
     def close(self) -> None:
         """The shared connection is stopped by the runtime."""
