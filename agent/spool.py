@@ -100,7 +100,8 @@ class Spool:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'NORMAL' if sync == 'normal' else 'FULL'}")
+        self.sync = "normal" if sync == "normal" else "full"
+        self._db.execute(f"PRAGMA synchronous={self.sync.upper()}")
         self._db.executescript(_SCHEMA)
         self._bytes = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
@@ -213,10 +214,17 @@ class Spool:
             ).fetchone()[0]
 
     def ack(self, ids: Sequence[int]) -> None:
-        """Delete delivered rows."""
+        """Delete delivered rows.
+
+        Without an fsync of its own (``synchronous=NORMAL`` for this commit; the next
+        insert's fsync carries it to disk): a delete lost to a power cut only sends a row
+        again, with its id, while an fsync per acknowledged batch cost 0.3-0.6 ms here.
+        """
         if not ids:
             return
         with self._lock:
+            if self.sync == "full":
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN")
             freed = 0
             for lo in range(0, len(ids), 500):
@@ -228,6 +236,8 @@ class Spool:
                 ).fetchone()[0]
                 self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
             self._db.execute("COMMIT")
+            if self.sync == "full":
+                self._db.execute("PRAGMA synchronous=FULL")
             self._bytes = max(0, self._bytes - freed - 40 * len(ids))
 
     def depth(self, sink: str | None = None) -> int:
