@@ -86,17 +86,7 @@ class Processor:
         self.control: list[tuple[str, bytes]] = []  # decoder requests, published by the runtime
         self.stateful = bool(getattr(handler, "stateful", False))
         self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
-        self.warmup = None
-        if config.calibration is not None:
-            auto = getattr(getattr(handler, "config", None), "threshold", None) == "auto"
-            self.warmup = Warmup(
-                self.index,
-                config.calibration,
-                w.size,
-                decoder.channels,
-                auto,
-                float(handler.threshold),
-            )
+        self.warmup = self._new_warmup() if config.calibration is not None else None
 
     def load(self) -> None:
         """Load the model against this pipeline's window (raises ModelError)."""
@@ -253,7 +243,31 @@ class Processor:
             self.index, self.windows, self.summaries = old.index, old.windows, old.summaries
             if self.hold:  # open anomalies are not carried over; the state follows the index
                 self.hold = Hold(self.index, self.hold.hold)
+            if self.warmup is not None:  # state indexed by the adopted index's slots
+                self.warmup = old.warmup if self._keeps_warmup_of(old) else self._new_warmup()
         return same
+
+    def _new_warmup(self) -> Warmup:
+        config, handler = self.config, self.handler
+        auto = getattr(getattr(handler, "config", None), "threshold", None) == "auto"
+        assert config.calibration is not None
+        return Warmup(
+            self.index,
+            config.calibration,
+            config.window.size,
+            self.decoder.channels,
+            auto,
+            float(handler.threshold),
+        )
+
+    def _keeps_warmup_of(self, old: Processor) -> bool:
+        """Learned normalisers and thresholds still hold: same calibration, handler, model."""
+        return (
+            old.warmup is not None
+            and old.config.calibration == self.config.calibration
+            and old.config.handler == self.config.handler
+            and getattr(old.handler, "sha256", None) == getattr(self.handler, "sha256", None)
+        )
 
     def flush(self, extra_stats: dict | None = None) -> list[Record]:
         """Per-device summaries of the period just ended, then one stats record."""

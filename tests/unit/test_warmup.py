@@ -135,3 +135,37 @@ def test_baseline_handler_finds_a_broken_correlation():
     assert min(scored_seqs) >= 200  # warm-up windows are not scored
     late = {(e.device, e.payload["seq"] >= fault) for e in events}
     assert late == {("a", True), ("b", True)}  # every event is after the fault, on both
+
+
+def test_reload_keeps_warmup_state_on_the_adopted_devices(w1_models):
+    """A reloaded processor that keeps the windows keeps each device's calibration too (same
+    calibration and model), and its warm-up state follows the adopted device index past the
+    new processor's own initial capacity."""
+    rng = np.random.default_rng(2)
+
+    def batch(devices, seq):
+        return [
+            Message(
+                f"p/d{d}/t",
+                orjson.dumps({"ts": T0 + seq, "seq": seq, "v": rng.normal(size=8).tolist()}),
+                0.0,
+            )
+            for d in devices
+        ]
+
+    old = processor(str(w1_models[0]), warmup=40)
+    for seq in range(60):  # 300 devices: past the initial 256 slots; all calibrated
+        old.process(batch(range(300), seq))
+    learned = old.warmup.threshold[: len(old.index)].copy()
+    new = processor(str(w1_models[0]), warmup=40)
+    assert new.adopt(old)
+    assert new.warmup is old.warmup
+    for seq in range(60, 70):  # new devices join on the adopted index
+        new.process(batch(range(500), seq))
+    np.testing.assert_array_equal(new.warmup.threshold[: len(learned)], learned)
+
+    changed = processor(str(w1_models[0]), warmup=50)  # new calibration: learn again
+    assert changed.adopt(new)
+    assert changed.warmup is not new.warmup
+    _, scored = changed.process(batch(range(500), 70))
+    assert scored is None or not len(scored.devices)  # warming up again: nothing scored
