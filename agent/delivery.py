@@ -72,8 +72,9 @@ class Forwarder:
             wake.clear()
             rows = express.pop(self.batch) if express is not None and caught_up else []
             if express is not None and not caught_up:
-                express.discard()  # they are in the spool, in order
-            if not rows:
+                express.discard()  # they are in the spool, in order: let them reach it
+                self.spool.wait()
+            if not rows and not (caught_up and prio == 0):  # caught up, events come by express
                 rows = self.spool.take(self.name, self.batch, prio)
                 caught_up = len(rows) < self.batch
                 replaying = replaying and not caught_up
@@ -112,9 +113,11 @@ class Forwarder:
                 self.log.info("sink_recovered", after_failures=self.failures)
                 self.failures = 0
             backoff = 0.0
-            self.spool.ack([rid for rid, _ in rows])
-            if express is not None:
-                express.done(rows)
+            if express is not None:  # the spool's writer deletes them after their commit;
+                express.hold(rows)  # pending until then, so a take cannot send them again
+                self.spool.ack_later([rid for rid, _ in rows], lambda done=rows: express.done(done))
+            else:
+                self.spool.ack([rid for rid, _ in rows])
             self.delivered += len(rows)
             if replaying and len(rows) == self.batch:  # a backlog: pace it; live rows are not
                 pause = len(rows) / self.rate - (time.monotonic() - started)

@@ -42,3 +42,7 @@ class DecodeError(AgentError):
 
 class NotConnectedError(AgentError):
     """A sink cannot deliver now; the caller keeps the records and retries later."""
+
+
+class SpoolError(AgentError):
+    """The spool could not commit (disk full, I/O error): the agent must not take more data."""

@@ -19,7 +19,7 @@ class Pipeline:
         self,
         processor: Processor,
         intake: Intake,
-        emit: Callable[[list[Record]], None],
+        emit: Callable[[list[Record], Callable[[], None] | None], None],
         dead_letter: Callable[[list[tuple[Message, str, str]]], None] | None = None,
         control: Callable[[list[tuple[str, bytes]]], None] | None = None,
         *,
@@ -31,7 +31,7 @@ class Pipeline:
         self.emit = emit
         self.dead_letter = dead_letter
         self.control = control
-        self.ack = ack  # told once a batch is processed and its events are spooled
+        self.ack = ack  # told once a batch is processed and its events are committed
         self.stats = stats  # extra figures for the stats record (e.g. spool drops)
         self.log = log.get(pipeline=processor.name, component="worker")
         self._flush = threading.Event()
@@ -58,12 +58,17 @@ class Pipeline:
             raise TimeoutError(f"pipeline {self.processor.name}: worker did not take the swap")
         return kept[0]
 
+    def _acknowledge(self, msgs: list[Message]) -> Callable[[], None] | None:
+        """What ``emit`` runs once the batch's records are committed (in batch order)."""
+        ack = self.ack
+        return None if ack is None else (lambda: ack(msgs))
+
     def _take_swap(self) -> None:
         new, done, kept = self._next
         self._next = None
         old = self.processor
         if not new.keeps_windows_of(old):
-            self.emit(old.flush(self._stats()))
+            self.emit(old.flush(self._stats()), None)
         kept[0] = new.adopt(old)
         self.processor = new
         done.set()
@@ -102,11 +107,9 @@ class Pipeline:
                         p.counters.add_errors({"internal": len(msgs)})
                         if p._limit.allow("internal"):
                             self.log.exception("batch_failed", messages=len(msgs))
-                        if self.ack:
-                            self.ack(msgs)
+                        self.emit([], self._acknowledge(msgs))
                         continue
-                    if events:
-                        self.emit(events)
+                    self.emit(events, self._acknowledge(msgs))
                     if p.rejected:
                         rejected, p.rejected = p.rejected, []
                         if self.dead_letter:
@@ -115,11 +118,9 @@ class Pipeline:
                         control, p.control = p.control, []
                         if self.control:
                             self.control(control)
-                    if self.ack:
-                        self.ack(msgs)
                 if self._flush.is_set():
                     self._flush.clear()
-                    self.emit(p.flush(self._stats()))
+                    self.emit(p.flush(self._stats()), None)
                 if not msgs:
                     if self._stop.is_set() and not len(intake):
                         break
@@ -128,4 +129,4 @@ class Pipeline:
             self.error = e
             self.log.exception("worker_failed")
         finally:
-            self.emit(p.flush(self._stats()))
+            self.emit(p.flush(self._stats()), None)

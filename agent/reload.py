@@ -133,6 +133,8 @@ def _stop(agent: Agent, pipeline: Pipeline) -> None:
     with contextlib.suppress(Exception):
         agent.scheduler.remove_job(f"summary-{pipeline.processor.name}")
     pipeline.stop()
+    if agent.spool:
+        agent.spool.wait()  # its records committed, its input acknowledged
     source.stop()
     prefix = f"{pipeline.processor.name}."
     mine = [f for f in agent.forwarders if f.name.startswith(prefix)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -144,9 +145,13 @@ class Agent:
     def _emitter(self, sinks: list[str]):
         spool = self.spool
 
-        def emit(records: list[Record]) -> None:
-            for name in sinks:
-                spool.put_many(name, records)
+        def emit(records: list[Record], then: Callable[[], None] | None) -> None:
+            """Queue records for the spool's writer; ``then`` runs once they are committed."""
+            if records:
+                for name in sinks:
+                    spool.submit(name, records)
+            if then is not None:
+                spool.after(then)
 
         return emit
 
@@ -280,6 +285,8 @@ class Agent:
         self.scheduler.shutdown(wait=False)
         for p in self.pipelines:
             p.stop()
+        if self.spool:
+            self.spool.wait()  # committed, and QoS 1 input acknowledged, before disconnecting
         for s in self.sources:
             s.stop()
         for f in self.forwarders:

@@ -8,11 +8,12 @@ Commits are ``synchronous=FULL`` by default: a committed row survives a power lo
 a crash (``sync: normal`` trades that for lower latency: a crash of the agent loses nothing,
 a power cut may lose the last commits).
 
-Events do not wait for that fsync: a sink's event lane may register an :class:`Express`
-queue, and ``put_many`` hands it the new event rows, ids assigned, between INSERT and
-COMMIT. The lane publishes them while the commit runs; its ``ack`` (the DELETE) takes the
-spool's lock, so it runs only after the rows are committed. Durability is unchanged: an
-input is acknowledged (QoS 1) only after ``put_many`` returned.
+Nobody on the data path waits for that fsync. The worker ``submit``s records and goes on; a
+writer thread commits what was submitted in one transaction (group commit), then runs the
+callbacks given with it, in order: the acknowledgements of QoS 1 input, so an input is
+acknowledged only once its records are on disk. Fresh events go at once, ids assigned, to
+the event lane's :class:`Express` queue and are published while their commit runs; their
+delete after PUBACK is a writer job too (``ack_later``), so it always follows the insert.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from . import log
+from .errors import SpoolError
 from .records import EVENT, Record
 
 _SCHEMA = """
@@ -38,6 +41,18 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (sink, prio, id);
 """
+
+
+GROUP_COMMIT_WAIT = 0.002  # s
+
+
+@dataclass(slots=True)
+class _Job:
+    sink: str
+    records: Sequence[Record]
+    first: int  # id of records[0]
+    then: Callable[[], None] | None
+    delete: Sequence[int] = ()
 
 
 class Express:
@@ -61,6 +76,11 @@ class Express:
         with self._lock:
             rows, self._rows = self._rows[:limit], self._rows[limit:]
         return rows
+
+    def hold(self, rows: Sequence[tuple[int, Record]]) -> None:
+        """Keep delivered rows out of ``take`` until their delete is committed."""
+        with self._lock:
+            self.pending.update(rid for rid, _ in rows)
 
     def done(self, rows: Sequence[tuple[int, Record]]) -> None:
         """The rows were acknowledged in the spool, or stay there for ``take``."""
@@ -111,6 +131,14 @@ class Spool:
         self._wake: dict[tuple[str, int | None], threading.Event] = {}
         self._express: dict[str, Express] = {}
         self._limit = log.RateLimit(5.0)
+        # Commits run in a writer thread, grouped: the worker never waits for an fsync.
+        self._jobs: list[_Job] = []
+        self._cv = threading.Condition()
+        self._done = self._next_id - 1  # every id up to this one is committed
+        self._failed: Exception | None = None
+        self._closing = False
+        self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
+        self._writer.start()
 
     def wake_event(self, sink: str, prio: int | None = None) -> threading.Event:
         """An event set whenever rows for ``sink`` (of priority ``prio``) are added."""
@@ -120,44 +148,117 @@ class Spool:
         """Register (once) and return the express queue of ``sink``'s event lane."""
         return self._express.setdefault(sink, Express())
 
-    def put_many(self, sink: str, records: Sequence[Record]) -> None:
-        if not records:
-            return
-        now = time.time()
+    def submit(
+        self, sink: str, records: Sequence[Record], then: Callable[[], None] | None = None
+    ) -> int:
+        """Queue ``records`` for the writer and return their last id at once.
+
+        Fresh events go to ``sink``'s express queue now; ``then`` runs in the writer thread
+        after this and every earlier submission is committed (callbacks run in order).
+        Raises the writer's error if a commit failed.
+        """
+        self._check()
+        with self._cv:
+            first = self._next_id
+            self._next_id += len(records)
+            self._jobs.append(_Job(sink, records, first, then))
+            self._cv.notify()
         express = self._express.get(sink)
+        events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
+        if express is not None and events:
+            express.push(events)
+            self.wake_event(sink, 0).set()
+            self.wake_event(sink).set()
+        return first + len(records) - 1
+
+    def after(self, then: Callable[[], None]) -> None:
+        """Run ``then`` in the writer once everything submitted so far is committed."""
+        self.submit("", [], then)
+
+    def ack_later(self, ids: Sequence[int], then: Callable[[], None]) -> None:
+        """Delete delivered rows in the writer, after their own commit; then run ``then``."""
+        self._check()
+        with self._cv:
+            self._jobs.append(_Job("", [], self._next_id, then, list(ids)))
+            self._cv.notify()
+
+    def put_many(self, sink: str, records: Sequence[Record]) -> None:
+        """Store ``records`` and return once they are committed."""
+        self.wait(self.submit(sink, records))
+
+    def wait(self, last: int | None = None) -> None:
+        """Until every submission (up to id ``last``) is committed and its callback ran."""
+        with self._cv:
+            top = self._next_id - 1 if last is None else last
+            self._cv.wait_for(
+                lambda: (
+                    (self._done >= top and (last is not None or not self._jobs))
+                    or self._failed is not None
+                )
+            )
+        self._check()
+
+    def _check(self) -> None:
+        if self._failed is not None:
+            raise SpoolError(f"{self.path}: {self._failed}") from self._failed
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._jobs or self._closing)
+                if not self._jobs:
+                    return
+            # Let the event lane publish first and more work join this commit: fewer fsyncs,
+            # and the writer's Python does not compete with an event on its way out.
+            time.sleep(GROUP_COMMIT_WAIT)
+            with self._cv:
+                jobs, self._jobs = self._jobs, []
+            try:
+                self._commit(jobs)
+            except Exception as e:  # disk full, I/O error: stop taking data, say why
+                self.log.exception("spool_write_failed", records=sum(len(j.records) for j in jobs))
+                with self._cv:
+                    self._failed = e
+                    self._cv.notify_all()
+                return
+            for job in jobs:
+                if job.then is not None:
+                    job.then()
+            with self._cv:
+                self._done = jobs[-1].first + len(jobs[-1].records) - 1
+                self._cv.notify_all()
+            added = {(j.sink, 0 if r.kind == EVENT else 1) for j in jobs for r in j.records}
+            for sink, prio in added:
+                self.wake_event(sink).set()
+                self.wake_event(sink, prio).set()
+
+    def _commit(self, jobs: list[_Job]) -> None:
+        """One transaction for every job; bodies serialised one at a time (orjson gives each
+        result a 4 KiB buffer: a list of 10,000 summaries' bodies would hold 40 MB)."""
+        now = time.time()
         size = 0
 
         def rows():
-            # One body at a time: orjson gives each result a 4 KiB buffer, so a list of
-            # 10,000 summaries' bodies would hold 40 MB until the INSERT is done.
             nonlocal size
-            for i, r in enumerate(records):
-                body = orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
-                size += len(body) + 40
-                yield first + i, sink, 0 if r.kind == EVENT else 1, now, body
+            for job in jobs:
+                for i, r in enumerate(job.records):
+                    body = orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
+                    size += len(body) + 40
+                    yield job.first + i, job.sink, 0 if r.kind == EVENT else 1, now, body
 
         with self._lock:
-            first = self._next_id
-            self._next_id += len(records)
             self._db.execute("BEGIN")
             self._db.executemany(
                 "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)", rows()
             )
-            events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
-            if express is not None and events:
-                express.push(events)
-                self.wake_event(sink, 0).set()
-                self.wake_event(sink).set()
+            deletes = [i for job in jobs for i in job.delete]
+            if deletes:
+                self._bytes = max(0, self._bytes - self._delete_counted(deletes))
             self._db.execute("COMMIT")
             self._bytes += size
-            self.stored += len(records)
+            self.stored += sum(len(j.records) for j in jobs)
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
-        self.wake_event(sink).set()
-        if events:
-            self.wake_event(sink, 0).set()
-        if len(events) < len(records):
-            self.wake_event(sink, 1).set()
 
     def _enforce_cap(self) -> None:
         """Drop the oldest rows until under 90% of the cap; caller holds the lock."""
@@ -222,23 +323,29 @@ class Spool:
         """
         if not ids:
             return
+        self.wait(max(ids))  # a row sent from an express queue may still be on its way
         with self._lock:
             if self.sync == "full":
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN")
-            freed = 0
-            for lo in range(0, len(ids), 500):
-                chunk = list(ids[lo : lo + 500])
-                marks = ",".join("?" * len(chunk))
-                freed += self._db.execute(
-                    f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox WHERE id IN ({marks})",
-                    chunk,
-                ).fetchone()[0]
-                self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+            freed = self._delete_counted(ids)
             self._db.execute("COMMIT")
             if self.sync == "full":
                 self._db.execute("PRAGMA synchronous=FULL")
-            self._bytes = max(0, self._bytes - freed - 40 * len(ids))
+            self._bytes = max(0, self._bytes - freed)
+
+    def _delete_counted(self, ids: Sequence[int]) -> int:
+        """Delete rows (caller holds the lock, in a transaction); return the bytes freed."""
+        freed = 0
+        for lo in range(0, len(ids), 500):
+            chunk = list(ids[lo : lo + 500])
+            marks = ",".join("?" * len(chunk))
+            freed += self._db.execute(
+                f"SELECT COALESCE(SUM(LENGTH(body)), 0) FROM outbox WHERE id IN ({marks})",
+                chunk,
+            ).fetchone()[0]
+            self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+        return freed + 40 * len(ids)
 
     def depth(self, sink: str | None = None) -> int:
         with self._lock:
@@ -259,5 +366,10 @@ class Spool:
         }
 
     def close(self) -> None:
+        """Commit what was submitted, stop the writer, close the file."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._writer.join()
         with self._lock:
             self._db.close()

@@ -76,3 +76,36 @@ def test_put_many_holds_one_serialised_body_at_a_time(tmp_path):
         tracemalloc.stop()
     assert s.depth("a") == 10_000
     assert peak < 10 << 20, f"peak {peak >> 20} MiB"
+
+
+def test_callbacks_run_in_order_after_their_records_are_committed(tmp_path):
+    """What a worker asks to run after a submission (acknowledging QoS 1 input) runs once the
+    records are readable from the file, in submission order."""
+    import sqlite3
+
+    s = Spool(tmp_path / "s.db")
+    seen = []
+
+    def then(k: int, last: int):
+        def check():
+            db = sqlite3.connect(tmp_path / "s.db")
+            (n,) = db.execute("SELECT COUNT(*) FROM outbox WHERE id <= ?", (last,)).fetchone()
+            db.close()
+            seen.append((k, n))
+
+        return check
+
+    total = 0
+    for k in range(20):
+        batch = [rec(EVENT, total + i) for i in range(k % 4 + 1)]
+        total += len(batch)
+        last = s.submit("a", batch)
+        s.after(then(k, last))
+    s.wait()
+    assert [k for k, _ in seen] == list(range(20))
+    expected, n = [], 0
+    for k in range(20):
+        n += k % 4 + 1
+        expected.append(n)
+    assert [c for _, c in seen] == expected
+    s.close()
