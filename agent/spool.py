@@ -58,8 +58,9 @@ class _Job:
 class Express:
     """Event rows handed to a lane before their commit, and the ids it has not finished.
 
-    ``take`` must skip the pending ids (they leave by this queue); a lane that is not caught
-    up with the spool ``discard``s the queue, so the backlog keeps its order.
+    ``take`` must skip the pending ids (they leave by this queue, or were delivered and wait
+    for their delete: ``hold``); a lane that is not caught up with the spool ``discard``s the
+    queue, so the backlog keeps its order.
     """
 
     def __init__(self) -> None:
@@ -98,7 +99,7 @@ class Express:
 
 
 class Spool:
-    """Thread-safe outbox; one connection guarded by a lock."""
+    """Thread-safe outbox: one connection guarded by a lock, inserts by a writer thread."""
 
     def __init__(
         self,
