@@ -109,3 +109,22 @@ def test_callbacks_run_in_order_after_their_records_are_committed(tmp_path):
         expected.append(n)
     assert [c for _, c in seen] == expected
     s.close()
+
+
+def test_a_failed_commit_stops_intake_with_an_error_naming_the_file(tmp_path):
+    """Disk full or an I/O error in the writer: the next submission raises, naming the spool,
+    and nothing is acknowledged as if it had been stored."""
+    import pytest
+
+    from agent.errors import SpoolError
+
+    s = Spool(tmp_path / "s.db")
+    s.put_many("a", [rec(EVENT, 0)])
+    s._db.execute("DROP TABLE outbox")  # stands in for a disk that refuses writes
+    acked = []
+    s.submit("a", [rec(EVENT, 1)], lambda: acked.append(1))
+    with pytest.raises(SpoolError, match=r"s\.db"):
+        s.wait()
+    with pytest.raises(SpoolError, match=r"s\.db"):
+        s.submit("a", [rec(EVENT, 2)])
+    assert acked == []
