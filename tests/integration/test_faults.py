@@ -15,6 +15,7 @@ import pytest
 from agent.testing.mosquitto import Mosquitto, free_port
 from tests.support.faults import samples_per_device, spool_rows, tally, write_config
 from tests.support.mqtt import AgentProcess, Collector, client, publish, w1_payloads
+from tests.support.waiting import until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -27,15 +28,6 @@ def uniq() -> str:
 
 def figures(name: str, **numbers: object) -> None:
     print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
 
 
 def summed(collector: Collector) -> int:
@@ -148,7 +140,7 @@ def test_local_broker_restart_with_persistent_session(broker, w1_models, tmp_pat
                 local.restart()  # persistence file kept: sessions and queued messages survive
             if i % 1000 == 999:
                 time.sleep(0.05)
-        assert wait_until(lambda: len(acked) >= len(infos), 60), len(infos) - len(acked)
+        assert until(lambda: len(acked) >= len(infos), 60), len(infos) - len(acked)
         pub.loop_stop()
         pub.disconnect()
         assert col.wait_for(lambda: summed(col) >= len(items), 90), summed(col)
@@ -197,7 +189,7 @@ def test_sigkill_with_full_spool_then_restart_drains_it(broker, w1_models, tmp_p
     def spooled_samples() -> int:
         return sum(p.get("count", 0) for k, _, p in spool_rows(spool) if k == "summary")
 
-    assert wait_until(lambda: spooled_samples() >= len(items), 60), spooled_samples()
+    assert until(lambda: spooled_samples() >= len(items), 60), spooled_samples()
     before = spool_rows(spool)
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(10)

@@ -11,6 +11,7 @@ from agent.intake import Intake
 from agent.source import MqttSource
 from agent.testing.mosquitto import Mosquitto
 from tests.support.mqtt import client
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.mosquitto
 
@@ -38,10 +39,7 @@ def start_source(port, fast, *, qos=0, protocol="5", clean=True, cid=None, keepa
 
 
 def wait(pred, what, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    assert until(pred, timeout, 0.02), f"timed out waiting for {what}"
 
 
 def drain(intake, n, timeout=20.0):

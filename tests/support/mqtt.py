@@ -19,6 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from tests.support.waiting import until
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -72,12 +74,7 @@ class Collector:
             return [m for t, m in self.messages if t.startswith(prefix)]
 
     def wait_for(self, predicate, timeout: float = 30) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return predicate()
+        return until(predicate, timeout)
 
     def close(self) -> None:
         self.c.loop_stop()

@@ -10,6 +10,7 @@ from agent.delivery import Forwarder
 from agent.errors import NotConnectedError
 from agent.records import EVENT, SUMMARY, Record
 from agent.spool import Spool
+from tests.support.waiting import until
 
 
 def rec(kind: str, i: int) -> Record:
@@ -38,10 +39,7 @@ class RecordingSink:
 
 
 def wait_for(pred, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+    assert until(pred, timeout, 0.01), "timed out"
 
 
 def test_express_rows_are_handed_over_before_commit_and_skipped_by_take(tmp_path):
