@@ -147,10 +147,12 @@ class Agent:
 
         def emit(records: list[Record], then: Callable[[], None] | None) -> None:
             """Queue records for the spool's writer; ``then`` runs once they are committed."""
-            if records:
-                for name in sinks:
+            if records and sinks:
+                *others, last = sinks
+                for name in others:
                     spool.submit(name, records)
-            if then is not None:
+                spool.submit(last, records, then)  # runs after all of them: commits are in order
+            elif then is not None:
                 spool.after(then)
 
         return emit
