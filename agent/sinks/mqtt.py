@@ -18,7 +18,12 @@ from ..records import EVENT, SUMMARY, Record
 # Summaries and stats in flight at once. paho sends 20 QoS 1 messages at a time and queues
 # the rest in order: a burst of 10,000 summaries would put an event published meanwhile
 # behind all of them (measured: W1 events 20-40 ms late after each 1-s summary round).
+# A round is sent one at a time (stop-and-wait), which spreads its work so an event meets
+# at most one summary on its way (W1 at 1,000 msg/s: p99 1.9-2.7 ms vs 2-7 ms with 8);
+# a lane that comes straight back for more is draining a backlog (thousands of devices,
+# a replay) and keeps ROUTINE_IN_FLIGHT in flight.
 ROUTINE_IN_FLIGHT = 8
+BACKLOG_GAP = 0.1  # s: a routine round starting sooner after the last one is a backlog
 
 
 class MqttSinkConfig(ComponentConfig):
@@ -41,6 +46,7 @@ class MqttSink:
         self.config = config
         self.conn = context.connection(config.broker)
         self._topics = {EVENT: config.events, SUMMARY: config.summaries}
+        self._routine_done = 0.0  # when the last round with routine records ended
 
     def start(self) -> None:
         """The shared connection is started by the runtime."""
@@ -53,14 +59,20 @@ class MqttSink:
         client = self.conn.client
         if not self.conn.connected.is_set():
             raise NotConnectedError(f"broker {self.conn.name} not connected")
-        deadline = time.monotonic() + self.config.ack_timeout
+        started = time.monotonic()
+        deadline = started + self.config.ack_timeout
+        backlog = started - self._routine_done < BACKLOG_GAP
+        window = ROUTINE_IN_FLIGHT if backlog else 1
+        routine = False
         infos: deque[mqtt.MQTTMessageInfo] = deque()
         for r in records:
             topic = self.topic(r)
             if topic is None:
                 continue
-            if r.kind != EVENT and len(infos) >= ROUTINE_IN_FLIGHT:
-                self._wait(infos.popleft(), deadline)
+            if r.kind != EVENT:
+                routine = True
+                if len(infos) >= window:
+                    self._wait(infos.popleft(), deadline)
             body = orjson.dumps({**r.payload, "id": r.id})
             info = client.publish(topic, body, qos=self.config.qos)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -69,6 +81,8 @@ class MqttSink:
         # PUBACKs come back about in order: sleep once on the last, then check the rest
         for info in reversed(infos):
             self._wait(info, deadline)
+        if routine:
+            self._routine_done = time.monotonic()
 
     def _wait(self, info: mqtt.MQTTMessageInfo, deadline: float) -> None:
         if info.is_published():
