@@ -34,7 +34,8 @@ class Tally:
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
         self.latencies: list[float] = []
-        self.anomalies = self.windows = self.summaries = self.bad = 0
+        self.anomalies = self.windows = self.summaries = self.bad = self.duplicates = 0
+        self.ids: set[str] = set()  # a consumer drops what arrives again with a seen id
         self.probe = False
 
     def on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
@@ -43,6 +44,11 @@ class Tally:
             try:
                 data = json.loads(msg.payload)
                 device = data["device"]
+                if "id" in data:
+                    if data["id"] in self.ids:
+                        self.duplicates += 1
+                        return
+                    self.ids.add(data["id"])
                 if msg.topic.startswith("events/"):
                     if device != PROBE:
                         self.latencies.append(arrival - data["ts"])
@@ -77,6 +83,7 @@ class Tally:
             "windows": self.windows,
             "summaries": self.summaries,
             "bad": self.bad,
+            "duplicates": self.duplicates,
         }
 
 

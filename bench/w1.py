@@ -88,6 +88,7 @@ class Trial:
     cpu_s_per_1k: float | None = None
     rss_mb: float | None = None
     exit_code: int | None = None
+    duplicates: int = 0  # summaries and events that arrived again with an id already seen
     why: list[str] = field(default_factory=list)
 
     @property
@@ -158,7 +159,15 @@ def start(s: Settings, proc: Processor, log: Path) -> Child:
     if proc.kind == "naive":
         argv = python("bench.naive_agent", "--port", s.port, "--model", model, "--qos", proc.qos)
         return Child(argv, log)
-    env = {"MQTT_PORT": str(s.port), "W1_MODEL": str(model), "W1_QOS": str(proc.qos)}
+    spool = s.workdir / f"{proc.name}-spool.db"  # fresh per trial: no rows of an earlier one
+    for leftover in spool.parent.glob(spool.name + "*"):
+        leftover.unlink()
+    env = {
+        "MQTT_PORT": str(s.port),
+        "W1_MODEL": str(model),
+        "W1_QOS": str(proc.qos),
+        "W1_SPOOL": str(spool),
+    }
     return Child(AGENT_ARGV, log, env=env)
 
 
@@ -237,7 +246,7 @@ def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> T
             settle(lambda: int(collector.request("stats")["total"]), load.total)
             res = collector.request("result")
             trial.final, trial.events = res["total"], res["events"]
-            trial.anomalies = res["anomalies"]
+            trial.anomalies, trial.duplicates = res["anomalies"], res["duplicates"]
             trial.p50_ms, trial.p99_ms = res["p50_ms"], res["p99_ms"]
             trial.per_device_ok = res["counts"] == load.sent
             if trial.anomalies != trial.events:

@@ -39,6 +39,20 @@ def test_naive_agent_counts_every_sample(settings: Settings, name: str) -> None:
     assert trial.exit_code == 0
 
 
+def test_agent_counts_every_sample_once(settings: Settings) -> None:
+    """The agent's summaries count each sample once, from a spool of its own per trial."""
+    for _ in range(2):  # the second trial must not replay rows of the first
+        trial = run_trial(settings, by_name("agent-int8-q0"), target=500.0, duration=4.0)
+        assert trial.sent == 2000
+        assert trial.final == trial.sent
+        assert trial.per_device_ok
+        assert trial.events > 0
+        assert trial.anomalies == trial.events
+        assert trial.duplicates == 0
+        assert trial.exit_code == 0
+    assert (settings.workdir / "agent-int8-q0-spool.db").exists()
+
+
 @pytest.mark.parametrize("name", ["counter-q0", "counter-q1"])
 def test_counter_counts_every_sample(settings: Settings, name: str) -> None:
     """The stock paho subscriber receives every sample sent."""
