@@ -110,6 +110,11 @@ class Sink(Protocol):
     :class:`agent.errors.NotConnectedError` (the spool keeps them and retries the same
     records later, so a sink must tolerate seeing a record twice: ``Record.id`` is stable).
     ``close()`` releases what ``start`` opened and may be called once.
+
+    Optional: ``publish_many(records)`` sends without waiting and returns a delivery whose
+    ``done()`` says whether every record is acknowledged yet and ``wait()`` blocks until
+    they are (both raise ``NotConnectedError`` when that will not happen); the forwarder
+    then pipelines live events (:class:`agent.sinks.mqtt.MqttSink` does).
     """
 
     config_model: ClassVar[type]
