@@ -20,7 +20,7 @@ from .intake import Intake
 from .mqtt import Connection
 from .pipeline import Pipeline
 from .processor import Processor, build_processor
-from .records import Message, Record
+from .records import EVENT, Message, Record
 from .registry import Registry
 from .source import MqttSource
 from .spool import Spool
@@ -101,14 +101,13 @@ class Agent:
     def build_pipeline(self, p: PipelineConfig) -> tuple[Pipeline, MqttSource, list[Forwarder]]:
         """One pipeline with its source and sink forwarders, not started."""
         cfg = self.config
-        sink_names, forwarders = [], []
+        forwarders = []
         for j, s in enumerate(p.sinks):
             name = f"{p.name}.{j}"
             sink = self.registry.get("sink", s.type)(s, self)
             forwarders.append(
                 Forwarder(name, sink, self.spool, cfg.spool.batch, cfg.spool.replay_rate)
             )
-            sink_names.append(name)
         processor = self.make_processor(p)
         intake = Intake(p.source.queue, p.source.overflow)
         source = MqttSource(
@@ -121,7 +120,7 @@ class Agent:
         pipeline = Pipeline(
             processor,
             intake,
-            self._emitter(sink_names),
+            self._emitter(forwarders),
             self._dead_letter(source, p.source.dead_letter, p.name),
             self._control(source),
             ack=source.acknowledge if source.deferred else None,
@@ -142,16 +141,20 @@ class Agent:
         """Spool depth and drops, for stats records and the status heartbeat."""
         return {"spool": self.spool.stats()} if self.spool else {}
 
-    def _emitter(self, sinks: list[str]):
+    def _emitter(self, forwarders: list[Forwarder]):
         spool = self.spool
 
         def emit(records: list[Record], then: Callable[[], None] | None) -> None:
-            """Queue records for the spool's writer; ``then`` runs once they are committed."""
-            if records and sinks:
-                *others, last = sinks
-                for name in others:
-                    spool.submit(name, records)
-                spool.submit(last, records, then)  # runs after all of them: commits are in order
+            """Queue records for the spool's writer; ``then`` runs once they are committed.
+            Fresh events go out at once where an event lane is caught up."""
+            if records and forwarders:
+                *others, last = forwarders
+                for f in others:
+                    spool.submit(f.name, records)
+                spool.submit(last.name, records, then)  # runs after all: commits are in order
+                if any(r.kind == EVENT for r in records):
+                    for f in forwarders:
+                        f.kick()
             elif then is not None:
                 spool.after(then)
 

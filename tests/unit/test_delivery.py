@@ -108,3 +108,100 @@ def test_live_records_are_not_paced_like_a_backlog(tmp_path):
     wait_for(lambda: len(sink.got) == 65, timeout=20)
     f.stop(drain_timeout=1)
     assert sink.got == [f"summary-{i}" for i in range(65)]
+
+
+class PipeliningSink(RecordingSink):
+    """Publishes at once (``publish_many``); acknowledgements come while ``acks`` is set, and
+    a delivery fails while ``down`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.acks = threading.Event()
+        self.acks.set()
+        self.threads: set[int] = set()
+
+    def publish_many(self, records):
+        if self.down.is_set():
+            raise NotConnectedError("down")
+        with self.lock:
+            self.got += [r.id for r in records]
+            self.threads.add(threading.get_ident())
+        return Delivery(self)
+
+
+class Delivery:
+    def __init__(self, sink: PipeliningSink) -> None:
+        self.sink = sink
+
+    def done(self) -> bool:
+        if self.sink.down.is_set():
+            raise NotConnectedError("lost")
+        return self.sink.acks.is_set()
+
+    def wait(self) -> None:
+        until(lambda: self.sink.acks.is_set() or self.sink.down.is_set(), 5, 0.005)
+        if not self.done():
+            raise NotConnectedError("no acknowledgement")
+
+
+def caught_up(s: Spool, sink: PipeliningSink, f: Forwarder) -> None:
+    s.put_many("a", [rec(EVENT, -1)])
+    wait_for(lambda: s.depth("a") == 0 and f.live.caught_up)
+
+
+def test_pipelined_events_go_out_before_the_earlier_ones_are_acknowledged(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    sink = PipeliningSink()
+    f = Forwarder("a", sink, s, batch=16, rate=1e6)
+    f.start()
+    caught_up(s, sink, f)
+    sink.acks.clear()  # the broker holds its acknowledgements
+    for i in range(40):
+        s.put_many("a", [rec(EVENT, i)])
+        f.kick()
+    wait_for(lambda: len(sink.got) == 41)  # all published, none acknowledged
+    assert s.depth("a") == 40
+    sink.acks.set()
+    wait_for(lambda: s.depth("a") == 0)
+    f.stop(drain_timeout=1)
+    assert sink.got == ["event--1"] + [f"event-{i}" for i in range(40)]  # once, in order
+
+
+def test_kick_publishes_from_the_calling_thread_only_when_the_lane_is_caught_up(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    sink = PipeliningSink()
+    f = Forwarder("a", sink, s, batch=16, rate=1e6)  # lanes not started: kick alone
+    s.express("a")  # registered, as a started event lane does
+    s.submit("a", [rec(EVENT, 0)])
+    f.kick()
+    assert sink.got == []  # not caught up (as at start): the lane replays the spool first
+    f.live.caught_up = True
+    s.submit("a", [rec(EVENT, 1)])
+    f.kick()
+    assert sink.got == ["event-0", "event-1"]
+    assert sink.threads == {threading.get_ident()}
+    assert [r.id for _, r in f.live.inflight[0][0]] == ["event-0", "event-1"]
+
+
+def test_failed_pipelined_deliveries_are_replayed_from_the_spool(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    sink = PipeliningSink()
+    f = Forwarder("a", sink, s, batch=16, rate=1e6)
+    f.start()
+    caught_up(s, sink, f)
+    sink.acks.clear()
+    for i in range(30):
+        s.put_many("a", [rec(EVENT, i)])
+        f.kick()
+    wait_for(lambda: len(sink.got) == 31)
+    sink.down.set()  # the connection is lost with 30 events in flight
+    for i in range(30, 40):
+        s.put_many("a", [rec(EVENT, i)])
+        f.kick()
+    time.sleep(0.3)
+    sink.down.clear()
+    sink.acks.set()
+    wait_for(lambda: s.depth("a") == 0)
+    f.stop(drain_timeout=1)
+    firsts = list(dict.fromkeys(sink.got))  # sent again after the loss: same ids
+    assert firsts == ["event--1"] + [f"event-{i}" for i in range(40)]
