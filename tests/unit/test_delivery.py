@@ -144,17 +144,19 @@ class Delivery:
             raise NotConnectedError("no acknowledgement")
 
 
-def caught_up(s: Spool, sink: PipeliningSink, f: Forwarder) -> None:
-    s.put_many("a", [rec(EVENT, -1)])
-    wait_for(lambda: s.depth("a") == 0 and f.live.caught_up)
-
-
-def test_pipelined_events_go_out_before_the_earlier_ones_are_acknowledged(tmp_path):
+def caught_up(tmp_path) -> tuple[Spool, PipeliningSink, Forwarder]:
+    """A started forwarder whose event lane has delivered one event and caught up."""
     s = Spool(tmp_path / "s.db")
     sink = PipeliningSink()
     f = Forwarder("a", sink, s, batch=16, rate=1e6)
     f.start()
-    caught_up(s, sink, f)
+    s.put_many("a", [rec(EVENT, -1)])
+    wait_for(lambda: s.depth("a") == 0 and f.live.caught_up)
+    return s, sink, f
+
+
+def test_pipelined_events_go_out_before_the_earlier_ones_are_acknowledged(tmp_path):
+    s, sink, f = caught_up(tmp_path)
     sink.acks.clear()  # the broker holds its acknowledgements
     for i in range(40):
         s.put_many("a", [rec(EVENT, i)])
@@ -184,11 +186,7 @@ def test_kick_publishes_from_the_calling_thread_only_when_the_lane_is_caught_up(
 
 
 def test_failed_pipelined_deliveries_are_replayed_from_the_spool(tmp_path):
-    s = Spool(tmp_path / "s.db")
-    sink = PipeliningSink()
-    f = Forwarder("a", sink, s, batch=16, rate=1e6)
-    f.start()
-    caught_up(s, sink, f)
+    s, sink, f = caught_up(tmp_path)
     sink.acks.clear()
     for i in range(30):
         s.put_many("a", [rec(EVENT, i)])
