@@ -184,6 +184,44 @@ def test_invalid_reload_keeps_running_config(broker, w1_models, tmp_path):
     col.close()
 
 
+def test_reload_swaps_a_changed_model_file_and_refuses_a_broken_one(broker, w1_models, tmp_path):
+    """`reload` with the same config after the model file changed: the new model is checked,
+    warmed up and swapped in (windows kept, same shape); a file of the wrong shape is refused
+    and the running model keeps scoring."""
+    import shutil
+
+    from agent.handlers.onnx_model import sha256_of
+
+    fp32, int8 = w1_models
+    model = tmp_path / "model.onnx"
+    shutil.copy(int8, model)
+    prefix = f"m{uuid.uuid4().hex[:6]}"
+    cfg = _config(broker.port, prefix, model, tmp_path / "spool.db")
+    path = tmp_path / "agent.yaml"
+    col = Collector(broker.port, [f"{prefix}-sum/#"])
+    agent = _agent_proc(cfg, path)
+    items = w1_payloads(5, 96)
+    third = len(items) // 3
+    publish(broker.port, prefix + "/{device}/telemetry", items[:third], qos=1)
+    shutil.copy(fp32, model)
+    assert _reload(path).returncode == 0
+    assert col.wait_for(lambda: agent.events("reload_applied"), 20), agent.logs[-5:]
+    assert agent.events("reload_applied")[0]["swapped"] == {"w1": True}
+    assert agent.events("model_loaded")[-1]["sha256"] == sha256_of(fp32)
+    publish(broker.port, prefix + "/{device}/telemetry", items[third : 2 * third], qos=1)
+    _score_model(model)  # input [N, 8]: does not fit 32x8 windows
+    assert _reload(path).returncode == 0
+    assert col.wait_for(lambda: agent.events("reload_rejected"), 20), agent.logs[-5:]
+    assert "model.onnx" in agent.events("reload_rejected")[0]["error"]
+    publish(broker.port, prefix + "/{device}/telemetry", items[2 * third :], qos=1)
+    assert col.wait_for(lambda: sum(m["count"] for m in col.of(f"{prefix}-sum")) == len(items), 20)
+    assert agent.stop() == 0
+    summaries = col.of(f"{prefix}-sum")
+    assert sum(m["count"] for m in summaries) == len(items)
+    assert sum(m["windows"] for m in summaries) == 5 * ((96 - 32) // 8 + 1)  # all scored
+    col.close()
+
+
 def _score_model(path: Path) -> Path:
     """A stateless model: input [N, 8], score = mean of the values."""
     import onnx
