@@ -28,7 +28,7 @@ from .registry import Registry
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-SECRET_KEYS = frozenset({"password"})
+SECRET_KEYS = frozenset({"username", "password"})  # credentials: from the environment only
 
 
 def _duration(v: Any) -> Any:
@@ -81,7 +81,7 @@ class BrokerConfig(Model):
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
     client_id: str | None = Field(None, description="client id; default <agent.id>-<role>")
     keepalive: int = Field(30, ge=5, description="keepalive interval in seconds")
-    username: str | None = Field(None, description="user name; use ${VAR}")
+    username: str | None = Field(None, description="user name; must be ${VAR}, never literal")
     password: str | None = Field(None, description="password; must be ${VAR}, never literal")
     tls: TlsConfig | None = Field(None, description="TLS settings; plain TCP when absent")
     clean_start: bool = Field(True, description="false keeps a persistent session (QoS 1)")

@@ -199,7 +199,7 @@ def test_username_password(w1_models, tmp_path):
     with Mosquitto(
         extra=f"password_file {pwfile}\n", anonymous=False, workdir=tmp_path / "mq"
     ) as b:
-        creds = {"username": "agent", "password": "${MQTT_PASS}"}
+        creds = {"username": "${MQTT_USER}", "password": "${MQTT_PASS}"}
         good = _agent(
             tmp_path,
             b.port,
@@ -207,7 +207,7 @@ def test_username_password(w1_models, tmp_path):
             w1_models[1],
             local=creds,
             upstream=creds,
-            env={"MQTT_PASS": "s3cret-right"},
+            env={"MQTT_USER": "agent", "MQTT_PASS": "s3cret-right"},
         )
         try:
             good.wait_ready()
@@ -222,7 +222,7 @@ def test_username_password(w1_models, tmp_path):
             w1_models[1],
             local=creds,
             upstream=creds,
-            env={"MQTT_PASS": "s3cret-wrong"},
+            env={"MQTT_USER": "agent", "MQTT_PASS": "s3cret-wrong"},
         )
         try:
             refused = _wait_event(bad, "mqtt_connect_refused", 6)
