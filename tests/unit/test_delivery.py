@@ -95,6 +95,27 @@ def test_backlog_after_an_outage_keeps_its_order_and_loses_nothing(tmp_path):
     assert sink.got == [f"event-{i}" for i in range(150)]
 
 
+def test_a_backlog_drains_at_no_more_than_the_replay_rate(tmp_path):
+    """After an outage the spooled rows go out in order, at most ``rate`` per second: a lower
+    bound the forwarder's own pauses guarantee, whatever the machine's speed."""
+    s = Spool(tmp_path / "s.db")
+    sink = RecordingSink()
+    sink.down.set()
+    calls: list[float] = []
+    write = sink.write_many
+    sink.write_many = lambda records: (write(records), calls.append(time.monotonic()))
+    f = Forwarder("a", sink, s, batch=8, rate=40.0)
+    f.start()
+    s.put_many("a", [rec(SUMMARY, i) for i in range(40)])
+    time.sleep(0.3)  # the lane has failed at least once: a backlog
+    sink.down.clear()
+    wait_for(lambda: len(sink.got) == 40)
+    f.stop(drain_timeout=1)
+    assert sink.got == [f"summary-{i}" for i in range(40)]
+    assert len(calls) == 5  # five full batches of 8
+    assert calls[-1] - calls[0] >= 4 * 8 / 40.0 * 0.95  # four paced gaps of 0.2 s
+
+
 def test_live_records_are_not_paced_like_a_backlog(tmp_path):
     """replay_rate paces the drain of a backlog, never live records (10,000 devices' summaries
     each second would fall ever further behind)."""
