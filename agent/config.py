@@ -350,10 +350,11 @@ def parse_config(data: Any, source: str, registry: Registry | None = None) -> Co
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
+        reported = {line.split(": ", 1)[0] for line in errors}  # e.g. a variable not set
         errors += [
             f"{_loc(err['loc'])}: {err['msg']}"
             for err in e.errors()
-            if not _is_component_loc(err["loc"])
+            if not _is_component_loc(err["loc"]) and _loc(err["loc"]) not in reported
         ]
         raise ConfigError(source, errors) from None
     errors += _cross_checks(cfg)

@@ -98,6 +98,7 @@ class Connection:
         self.connected = threading.Event()
         self.last_error: str | None = None
         self.connects = 0
+        self._stopping = False
         self._attempts = 0
         self._delay_set = False
         self._backoff()
@@ -154,6 +155,9 @@ class Connection:
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        if self._stopping:  # our own disconnect: no reconnect follows
+            self.log.info("mqtt_disconnected", reason=str(reason))
+            return
         delay = None if self._delay_set else self._backoff()
         self._delay_set = False
         if was:
@@ -210,6 +214,7 @@ class Connection:
         self.client.loop_start()
 
     def stop(self) -> None:
+        self._stopping = True
         try:
             self.client.disconnect()
         finally:

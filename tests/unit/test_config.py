@@ -78,9 +78,15 @@ def test_unknown_broker_and_missing_env(tmp_path, monkeypatch):
     def edit(d):
         d["pipelines"][0]["source"]["broker"] = "nowhere"
         d["agent"]["id"] = "${NOT_SET_VAR}"
+        d["brokers"]["local"]["port"] = "${NOT_SET_VAR}"
 
     errs = errors_of(w1_with(tmp_path, edit))
     assert "agent.id: environment variable NOT_SET_VAR is not set" in errs
+    # one error per key: not also "Input should be a valid integer" for the unset variable
+    assert [e for e in errs if e.startswith("brokers.local.port")] == [
+        "brokers.local.port: environment variable NOT_SET_VAR is not set"
+    ]
+    assert len([e for e in errs if e.startswith("agent.id")]) == 1
 
 
 def test_env_substitution_with_default(tmp_path, monkeypatch):
