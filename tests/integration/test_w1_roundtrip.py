@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections import Counter
 
 import pytest
@@ -11,9 +12,10 @@ from tests.support.mqtt import ROOT, AgentProcess, Collector, publish, w1_payloa
 pytestmark = pytest.mark.mosquitto
 
 
-@pytest.mark.parametrize("qos", [0, 1])
-def test_w1_round_trip_loses_nothing(broker, w1_models, tmp_path, qos):
-    """100 devices x 400 samples: every sample in exactly one summary, every spike an event."""
+@pytest.mark.parametrize(("qos", "stop_signal"), [(0, signal.SIGTERM), (1, signal.SIGINT)])
+def test_w1_round_trip_loses_nothing(broker, w1_models, tmp_path, qos, stop_signal):
+    """100 devices x 400 samples: every sample in exactly one summary, every spike an event;
+    SIGTERM and SIGINT (Ctrl-C) both stop the agent cleanly with exit 0."""
     collector = Collector(broker.port, ["events/plant/line1/#", "summary/plant/line1/#"])
     agent = AgentProcess(
         ROOT / "configs" / "w1.yaml",
@@ -31,7 +33,8 @@ def test_w1_round_trip_loses_nothing(broker, w1_models, tmp_path, qos):
     collector.wait_for(
         lambda: sum(s["count"] for s in collector.of("summary/")) >= total, timeout=60
     )
-    assert agent.stop() == 0, agent.logs[-20:]
+    assert agent.stop(stop_signal) == 0, agent.logs[-20:]
+    assert agent.events("agent_stopped")
     collector.wait_for(lambda: False, timeout=0.5)
     summaries = collector.of("summary/")
     events = collector.of("events/")
