@@ -10,7 +10,11 @@ import signal
 import time
 import uuid
 
+import orjson
+import paho.mqtt.client as mqtt
 import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.testing.mosquitto import Mosquitto, free_port
 from tests.support.faults import samples_per_device, spool_rows, tally, write_config
@@ -32,6 +36,24 @@ def figures(name: str, **numbers: object) -> None:
 
 def summed(collector: Collector) -> int:
     return sum(samples_per_device(tally(collector.of("summary/"))[0]).values())
+
+
+def first_message(port: int, topic: str, timeout: float = 10) -> tuple[bool, dict] | None:
+    """(retain flag, body) of the first message a fresh subscriber to ``topic`` receives."""
+    got: list[tuple[bool, dict]] = []
+    c = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"t-fresh-{uniq()}", protocol=mqtt.MQTTv5
+    )
+    c.on_message = lambda _c, _u, msg: got.append((msg.retain, orjson.loads(msg.payload)))
+    c.connect("127.0.0.1", port, 30)
+    c.subscribe(topic, qos=1)
+    c.loop_start()
+    try:
+        until(lambda: got, timeout)
+    finally:
+        c.loop_stop()
+        c.disconnect()
+    return got[0] if got else None
 
 
 def test_upstream_outage_delivers_everything(broker, w1_models, tmp_path):
@@ -83,6 +105,7 @@ def test_upstream_outage_delivers_everything(broker, w1_models, tmp_path):
     events, dup_e = tally(col.of("events/"))
     stats = col.of("stats/")
     dead_kinds = sorted(t.rsplit("/", 1)[1] for t, _, _ in dead.raw)
+    dead_reasons = [dict(getattr(props, "UserProperty", [])) for _, _, props in dead.raw]
     col.close()
     dead.close()
     per_device = samples_per_device(summaries)
@@ -108,6 +131,9 @@ def test_upstream_outage_delivers_everything(broker, w1_models, tmp_path):
             assert any(e["device"] == d and k <= e["seq"] <= k + 31 for e in events.values())
     assert stats[-1]["spool"]["dropped"] == 0 and stats[-1]["spool"]["expired"] == 0
     assert dead_kinds == ["json", "too_large", "values"]
+    # each dead letter carries why it was rejected (MQTT 5 user property), and where it came from
+    assert all(r.get("reason") for r in dead_reasons), dead_reasons
+    assert all(r.get("topic") == f"plant/{line}/devbad/telemetry" for r in dead_reasons)
     assert stats[-1]["errors"] == {"json": 1, "too_large": 1, "values": 1}
 
 
@@ -184,6 +210,11 @@ def test_sigkill_with_full_spool_then_restart_drains_it(broker, w1_models, tmp_p
     items = w1_payloads(devices=100, samples=200)
     agent = AgentProcess(cfg, {})
     agent.wait_ready()
+    # the birth message is retained: a subscriber arriving after it still gets "online"
+    assert status.wait_for(lambda: status.of(status_topic), 10)
+    birth = first_message(broker.port, status_topic)
+    assert birth is not None and birth[0] is True, birth
+    assert birth[1]["state"] == "online" and birth[1]["agent"] == f"a-{line}", birth
     publish(broker.port, f"plant/{line}/{{device}}/telemetry", items, qos=1)
 
     def spooled_samples() -> int:
@@ -287,3 +318,83 @@ def test_spool_cap_drops_oldest_counted_reported_agent_runs_on(broker, w1_models
     )
     assert last["dropped"] > 0 and agent.events("spool_full_dropped")
     assert len(delivered) == last["stored"] + 1 - last["dropped"] - last["expired"]
+
+
+def test_sigterm_with_upstream_down_spools_final_summaries(broker, w1_models, tmp_path):
+    """SIGTERM while upstream is down: exit 0, the final summaries are spooled, then delivered."""
+    line = uniq()
+    spool = tmp_path / "spool.db"
+    status_topic = f"status/{line}"
+    status = Collector(broker.port, [status_topic])
+    (tmp_path / "up").mkdir()
+    up = Mosquitto(workdir=tmp_path / "up").start()
+    cfg = write_config(
+        tmp_path / "agent.yaml",
+        local=broker.port,
+        upstream=up.port,
+        model=w1_models[1],
+        spool=spool,
+        agent={
+            "id": f"a-{line}",
+            "status_topic": status_topic,
+            "status_broker": "local",
+            "heartbeat": "1s",
+        },
+    )
+    # no periodic flush: every summary in the spool comes from the flush at SIGTERM
+    doc = yaml.safe_load(cfg.read_text())
+    doc["pipelines"][0]["summary"]["every"] = "1h"
+    cfg.write_text(yaml.safe_dump(doc))
+    items = w1_payloads(devices=10, samples=40)
+    agent = AgentProcess(cfg, {})
+    again = None
+    try:
+        agent.wait_ready()
+        up.stop()
+
+        def decoded() -> int:
+            beats = [m for m in status.of(status_topic) if "pipelines" in m]
+            return beats[-1]["pipelines"]["w1"]["decoded"] if beats else 0
+
+        publish(broker.port, f"plant/{line}/{{device}}/telemetry", items, qos=1)
+        assert status.wait_for(lambda: decoded() >= len(items), 30), decoded()
+        assert not [k for k, _, _ in spool_rows(spool) if k == "summary"]  # none flushed yet
+        rc = agent.stop()
+        assert rc == 0, agent.logs[-20:]
+        at_stop = spool_rows(spool)
+        spooled = sum(p["count"] for k, _, p in at_stop if k == "summary")
+        stopped = agent.events("agent_stopped")
+
+        up.start()
+        col = Collector(up.port, ["events/#", "summary/#", "stats/#"])
+        again = AgentProcess(cfg, {})
+        again.wait_ready()
+        wanted = {i for _, i, _ in at_stop}
+        got = lambda: {m["id"] for _, m in col.messages}  # noqa: E731
+        assert col.wait_for(lambda: wanted <= got(), 60), len(wanted - got())
+        assert again.stop() == 0, again.logs[-20:]
+        col.wait_for(lambda: False, 1.0)
+    finally:
+        for a in (agent, again):
+            if a is not None and a.proc.poll() is None:
+                a.proc.kill()
+        up.stop()
+    summaries, dup = tally(col.of("summary/"))
+    delivered = sum(samples_per_device(summaries).values())
+    left = spool_rows(spool)
+    col.close()
+    status.close()
+    figures(
+        "sigterm_upstream_down",
+        samples=len(items),
+        exit_code=rc,
+        spooled_rows_at_exit=len(at_stop),
+        samples_in_spooled_summaries=spooled,
+        samples_in_delivered_summaries=delivered,
+        duplicates=dup,
+        spool_left=len(left),
+    )
+    assert spooled == len(items), at_stop
+    assert stopped and stopped[-1]["spooled"] == len(at_stop), stopped
+    assert delivered == len(items), summaries
+    assert left == []
