@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -25,6 +26,9 @@ from ..records import EVENT, SUMMARY, Record
 # a replay) and keeps ROUTINE_IN_FLIGHT in flight.
 ROUTINE_IN_FLIGHT = 8
 BACKLOG_GAP = 0.1  # s: a routine round starting sooner after the last one is a backlog
+# A device id (from a payload field, say) becomes one topic level: no wildcard, separator or
+# NUL, which paho would refuse with ValueError at every retry (the payload keeps the id as is)
+_NOT_IN_LEVEL = re.compile(r"[/+#\x00]")
 
 
 class MqttSinkConfig(ComponentConfig):
@@ -54,7 +58,9 @@ class MqttSink:
 
     def topic(self, r: Record) -> str | None:
         template = self._topics.get(r.kind, self.config.stats)
-        return template.format(device=r.device, pipeline=r.pipeline) if template else None
+        if not template:
+            return None
+        return template.format(device=_NOT_IN_LEVEL.sub("_", r.device), pipeline=r.pipeline)
 
     def write_many(self, records: Sequence[Record]) -> None:
         client = self._client()
