@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import orjson
 
 EVENT = "event"
 SUMMARY = "summary"
@@ -99,3 +101,16 @@ class Record:
     device: str
     payload: dict
     id: str = ""
+
+
+def dumps(obj: Any) -> bytes:
+    """JSON for a record payload from any stage or plugin: numpy scalars and arrays as
+    numbers and lists, anything else orjson cannot write as its ``str()``. A payload that
+    cannot be written must not fail the spool's commit (and with it every later record)."""
+    return orjson.dumps(obj, default=_jsonable, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)

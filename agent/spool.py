@@ -29,7 +29,7 @@ import orjson
 
 from . import log
 from .errors import SpoolError
-from .records import EVENT, Record
+from .records import EVENT, Record, dumps
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -243,7 +243,7 @@ class Spool:
             nonlocal size
             for job in jobs:
                 for i, r in enumerate(job.records):
-                    body = orjson.dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
+                    body = dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
                     size += len(body) + 40
                     yield job.first + i, job.sink, 0 if r.kind == EVENT else 1, now, body
 

@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-import orjson
 from pydantic import Field
 
 from ..config import ComponentConfig
-from ..records import Record
+from ..records import Record, dumps
 
 
 class FileSinkConfig(ComponentConfig):
@@ -26,7 +25,7 @@ class StdoutSinkConfig(ComponentConfig):
 
 
 def _line(r: Record) -> bytes:
-    return orjson.dumps({"kind": r.kind, "pipeline": r.pipeline, "id": r.id, **r.payload}) + b"\n"
+    return dumps({"kind": r.kind, "pipeline": r.pipeline, "id": r.id, **r.payload}) + b"\n"
 
 
 class FileSink:

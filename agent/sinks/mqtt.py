@@ -8,14 +8,13 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
-import orjson
 import paho.mqtt.client as mqtt
 from pydantic import Field
 
 from ..config import ComponentConfig
 from ..errors import NotConnectedError
 from ..mqtt import Connection
-from ..records import EVENT, SUMMARY, Record
+from ..records import EVENT, SUMMARY, Record, dumps
 
 # Summaries and stats in flight at once. paho sends 20 QoS 1 messages at a time and queues
 # the rest in order: a burst of 10,000 summaries would put an event published meanwhile
@@ -99,7 +98,7 @@ class MqttSink:
         topic = self.topic(r)
         if topic is None:
             return None
-        info = client.publish(topic, orjson.dumps({**r.payload, "id": r.id}), qos=self.config.qos)
+        info = client.publish(topic, dumps({**r.payload, "id": r.id}), qos=self.config.qos)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             raise NotConnectedError(f"publish to {self.conn.name} failed: rc={info.rc}")
         return info

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from agent.records import EVENT, STATS, SUMMARY, Record
 from agent.spool import Spool
 
@@ -128,3 +130,15 @@ def test_a_failed_commit_stops_intake_with_an_error_naming_the_file(tmp_path):
     with pytest.raises(SpoolError, match=r"s\.db"):
         s.submit("a", [rec(EVENT, 2)])
     assert acked == []
+
+
+def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
+    """A plugin's payload with numpy scalars or arrays, or an object JSON has no type for,
+    is written (numbers, lists, str()) instead of failing the commit for every later record."""
+    s = Spool(tmp_path / "s.db")
+    odd = {"score": np.float32(1.5), "n": np.int64(3), "v": np.arange(2), "at": tmp_path}
+    s.put_many("a", [Record(EVENT, "p", "d", odd, "e-1")])
+    s.put_many("a", [Record(EVENT, "p", "d", {"score": 2.0}, "e-2")])
+    (_, first), (_, second) = s.take("a", 10)
+    assert first.payload == {"score": 1.5, "n": 3, "v": [0, 1], "at": str(tmp_path)}
+    assert second.payload == {"score": 2.0}
