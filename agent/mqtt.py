@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 import socket
 import ssl
 import sys
@@ -46,6 +47,14 @@ def _lost_hint(broker: BrokerConfig) -> str:
 
 
 FLUSH_TOPIC = "edge-agent/flush"  # never subscribed: only its UNSUBACK is wanted
+_NOT_IN_LEVEL = re.compile(r"[/+#\x00]")
+
+
+def topic_level(name: str) -> str:
+    """``name`` (a device id, say from a payload field) as one topic level: a wildcard,
+    separator or NUL becomes ``_`` (paho refuses such a topic with ValueError at every
+    retry; the payload keeps the id as is)."""
+    return _NOT_IN_LEVEL.sub("_", name)
 
 
 class Connection:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -13,7 +12,7 @@ from pydantic import Field
 
 from ..config import ComponentConfig
 from ..errors import NotConnectedError
-from ..mqtt import Connection
+from ..mqtt import Connection, topic_level
 from ..records import EVENT, SUMMARY, Record, dumps
 
 # Summaries and stats in flight at once. paho sends 20 QoS 1 messages at a time and queues
@@ -25,9 +24,6 @@ from ..records import EVENT, SUMMARY, Record, dumps
 # a replay) and keeps ROUTINE_IN_FLIGHT in flight.
 ROUTINE_IN_FLIGHT = 8
 BACKLOG_GAP = 0.1  # s: a routine round starting sooner after the last one is a backlog
-# A device id (from a payload field, say) becomes one topic level: no wildcard, separator or
-# NUL, which paho would refuse with ValueError at every retry (the payload keeps the id as is)
-_NOT_IN_LEVEL = re.compile(r"[/+#\x00]")
 
 
 class MqttSinkConfig(ComponentConfig):
@@ -59,7 +55,7 @@ class MqttSink:
         template = self._topics.get(r.kind, self.config.stats)
         if not template:
             return None
-        return template.format(device=_NOT_IN_LEVEL.sub("_", r.device), pipeline=r.pipeline)
+        return template.format(device=topic_level(r.device), pipeline=r.pipeline)
 
     def write_many(self, records: Sequence[Record]) -> None:
         client = self._client()

@@ -16,7 +16,6 @@ Device metrics: ``event/score``, ``event/threshold`` (Double), ``event/anomaly``
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Sequence
@@ -28,11 +27,10 @@ from pydantic import Field
 from ..config import ComponentConfig
 from ..decoders.sparkplug import BOOLEAN, DOUBLE, INT64, NAMESPACE, REBIRTH, UINT64
 from ..errors import NotConnectedError
-from ..mqtt import Connection
+from ..mqtt import Connection, topic_level
 from ..proto.sparkplug_b_pb2 import Payload
 from ..records import EVENT, SUMMARY, Record
 
-_BAD = re.compile(r"[/+#]")
 CORE = [
     ("event/score", DOUBLE),
     ("event/threshold", DOUBLE),
@@ -190,7 +188,7 @@ class SparkplugSink:
             for r in records:
                 if r.kind not in (EVENT, SUMMARY) or not r.device:
                     continue
-                device = _BAD.sub("_", r.device)
+                device = topic_level(r.device)
                 if device not in self._born:
                     infos.append(self._dbirth(device))
                 infos.append(self._publish(self._ddata + device, self._payload(r, device)))
