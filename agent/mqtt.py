@@ -74,6 +74,7 @@ class Connection:
         *,
         will: tuple[str, bytes] | None = None,
         on_publish: fastpath.PublishCallback | None = None,
+        coalesce: float = 0.0,
     ) -> None:
         self.name = name
         self.broker = broker
@@ -87,7 +88,7 @@ class Connection:
         self.fast = on_publish is not None and fastpath.available()
         if self.fast:
             self.client = fastpath.FastClient(
-                CallbackAPIVersion.VERSION2, on_publish=on_publish, **kwargs
+                CallbackAPIVersion.VERSION2, on_publish=on_publish, coalesce=coalesce, **kwargs
             )
         else:
             self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)

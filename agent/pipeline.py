@@ -4,19 +4,12 @@ records to the spool; flushes summaries on request and at stop."""
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 from . import log
 from .intake import Intake
 from .processor import Processor
 from .records import Message, Record
-
-# A worker whose last round took LINGER_AFTER or more messages is on a busy stream: before a
-# round smaller than LINGER_BATCH it waits LINGER s so more join it. Fewer, larger rounds
-# cost less per message (W1 int8 at 16,000 msg/s: 0.043-0.045 CPU s per 1,000 samples vs
-# 0.051); a quiet stream (1,000 msg/s, rounds of 1-2) never waits.
-LINGER_AFTER, LINGER_BATCH, LINGER = 16, 64, 0.001
 
 
 class Pipeline:
@@ -101,17 +94,12 @@ class Pipeline:
 
     def _run(self) -> None:
         p, intake, limit = self.processor, self.intake, self.processor.config.max_batch
-        last = 0
         try:
             while True:
                 if self._next is not None:
                     self._take_swap()
                     p, limit = self.processor, self.processor.config.max_batch
                 msgs = intake.drain(limit)
-                if last >= LINGER_AFTER and len(msgs) < LINGER_BATCH:
-                    time.sleep(LINGER)
-                    msgs += intake.drain(limit - len(msgs))
-                last = len(msgs)
                 if msgs:
                     try:
                         events, _ = p.process(msgs)

@@ -27,7 +27,9 @@ class MqttSource:
         self.config = config
         self.intake = intake
         fast = self._on_publish_batch if config.fast_path else None
-        self.conn = Connection(name, broker, client_id, on_publish=fast)
+        self.conn = Connection(
+            name, broker, client_id, on_publish=fast, coalesce=config.coalesce or 0.0
+        )
         self.conn.on_connected.append(self._subscribe)
         self.conn.client.on_message = self._on_message
         self.conn.client.on_subscribe = self._on_subscribe
