@@ -6,7 +6,8 @@ trials: a fresh collector and processor, a multi-process load generator at a fix
 a drain. A trial *holds* its rate when the load generator reached it and every sample is
 counted (summary ``count``s per device, or the counter's count) within a grace period after
 the last publish, and the processor exits 0. Per processor: one trial at 1,000 msg/s, a
-doubling ramp and a bisection for the highest rate held. Prints one table and one JSON line.
+doubling ramp, a bisection for the highest rate held and, where latency is measured, a trial at
+half that rate. Prints one table and one JSON line.
 
     python -m bench.w1 [--devices 100] [--duration 5] [--quick] [--only naive] [--json-out F]
 """
@@ -105,10 +106,11 @@ class Row:
     trials: list[Trial] = field(default_factory=list)
     best: Trial | None = None  # highest rate held
     at_1k: Trial | None = None
+    at_half: Trial | None = None  # half the highest rate held (issue 4's p99 target)
     lower_bound: bool = False  # the ramp ended on the load generator or the cap, not the processor
 
     def summary(self) -> dict[str, Any]:
-        b, k = self.best, self.at_1k
+        b, k, h = self.best, self.at_1k, self.at_half
         return {
             "name": self.name,
             "skipped": self.skipped,
@@ -119,6 +121,10 @@ class Row:
             "p50_1k_ms": k.p50_ms if k else None,
             "p99_1k_ms": k.p99_ms if k else None,
             "cpu_s_per_1k": b.cpu_s_per_1k if b else None,
+            "cpu_s_per_1k_at_1k": k.cpu_s_per_1k if k else None,
+            "half_rate": round(h.rate) if h else None,
+            "p50_half_ms": h.p50_ms if h else None,
+            "p99_half_ms": h.p99_ms if h else None,
             "rss_mb": b.rss_mb if b else None,
             "trials": [{**asdict(t), "held": t.held} for t in self.trials],
         }
@@ -274,7 +280,8 @@ def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> T
 
 
 def measure(s: Settings, proc: Processor) -> Row:
-    """Trials at 1,000 msg/s, a doubling ramp and a bisection for the highest rate held."""
+    """Trials at 1,000 msg/s, a doubling ramp, a bisection for the highest rate held and
+    (processors with latency) one at half that rate."""
     row = Row(proc.name)
     if proc.kind == "agent" and (why := agent_missing()):
         row.skipped = why
@@ -296,6 +303,14 @@ def measure(s: Settings, proc: Processor) -> Row:
     if not row.at_1k.held:
         return row
     row.best = row.at_1k
+    highest(s, row, step)
+    if proc.kind != "counter" and row.best is not row.at_1k:
+        row.at_half = step(round(row.best.rate / 2000) * 1000)
+    return row
+
+
+def highest(s: Settings, row: Row, step: Callable[[float], Trial]) -> None:
+    """The doubling ramp from ``s.ramp`` and the bisection: sets ``row.best``."""
     rate, cap = s.ramp
     failed = None
     while rate <= cap:
@@ -307,7 +322,7 @@ def measure(s: Settings, proc: Processor) -> Row:
         rate *= 2
     if failed is None or all(w.startswith("load generator") for w in failed.why):
         row.lower_bound = True
-        return row
+        return
     hi = failed.target
     for _ in range(s.bisect_steps):
         t = step((row.best.target + hi) / 2)
@@ -315,7 +330,6 @@ def measure(s: Settings, proc: Processor) -> Row:
             row.best = t
         else:
             hi = t.target
-    return row
 
 
 def machine() -> dict[str, Any]:
@@ -353,7 +367,9 @@ def table(rows: list[Row]) -> str:
             "max rate held/s",
             "p50/p99 ms @max",
             "p50/p99 ms @1k",
+            "p50/p99 ms @half",
             "CPU s/1k",
+            "CPU s/1k @1k",
             "peak RSS MB",
         )
     ]
@@ -373,7 +389,9 @@ def table(rows: list[Row]) -> str:
                 (">=" if r.lower_bound else "") + rate,
                 _ms(d["p50_ms"], d["p99_ms"]),
                 _ms(d["p50_1k_ms"], d["p99_1k_ms"]),
+                _ms(d["p50_half_ms"], d["p99_half_ms"]),
                 "-" if d["cpu_s_per_1k"] is None else f"{d['cpu_s_per_1k']:.4f}",
+                "-" if d["cpu_s_per_1k_at_1k"] is None else f"{d['cpu_s_per_1k_at_1k']:.3f}",
                 "-" if d["rss_mb"] is None else f"{d['rss_mb']:.0f}",
             )
         )

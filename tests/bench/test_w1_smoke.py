@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.broker import MOSQUITTO, mosquitto
-from bench.w1 import PROCESSORS, Processor, Settings, build_models, run_trial
+from bench.w1 import PROCESSORS, Processor, Row, Settings, Trial, build_models, run_trial, table
 
 pytestmark = [
     pytest.mark.mosquitto,
@@ -60,3 +60,19 @@ def test_counter_counts_every_sample(settings: Settings, name: str) -> None:
     assert trial.sent == 1500
     assert trial.final == trial.sent
     assert trial.exit_code == 0
+
+
+def test_table_and_json_report_half_rate_and_1k_figures() -> None:
+    """The trial at half the highest rate and the CPU at 1,000 msg/s reach the table and
+    the JSON line (issue 4's targets are read off both)."""
+    at_1k = Trial(1000.0, rate=1000.0, p50_ms=1.5, p99_ms=3.25, cpu_s_per_1k=0.336)
+    best = Trial(32000.0, rate=31990.0, p50_ms=9.0, p99_ms=40.0, cpu_s_per_1k=0.021)
+    half = Trial(16000.0, rate=15995.0, p50_ms=6.25, p99_ms=20.5, cpu_s_per_1k=0.031)
+    row = Row("agent-int8-q0", trials=[at_1k, best, half], best=best, at_1k=at_1k, at_half=half)
+    d = row.summary()
+    assert (d["half_rate"], d["p50_half_ms"], d["p99_half_ms"]) == (15995, 6.25, 20.5)
+    assert d["cpu_s_per_1k_at_1k"] == 0.336 and d["cpu_s_per_1k"] == 0.021
+    header, line = table([row]).splitlines()
+    assert "p50/p99 ms @half" in header and "CPU s/1k @1k" in header
+    assert line.split()[:2] == ["agent-int8-q0", "31,990"]
+    assert "6.25 / 20.50" in line and "0.336" in line
