@@ -8,7 +8,17 @@ from pathlib import Path
 import pytest
 
 from bench.broker import MOSQUITTO, mosquitto
-from bench.w1 import PROCESSORS, Processor, Row, Settings, Trial, build_models, run_trial, table
+from bench.w1 import (
+    PROCESSORS,
+    Processor,
+    Row,
+    Settings,
+    Trial,
+    build_models,
+    highest,
+    run_trial,
+    table,
+)
 
 pytestmark = [
     pytest.mark.mosquitto,
@@ -76,3 +86,38 @@ def test_table_and_json_report_half_rate_and_1k_figures() -> None:
     assert "p50/p99 ms @half" in header and "CPU s/1k @1k" in header
     assert line.split()[:2] == ["agent-int8-q0", "31,990"]
     assert "6.25 / 20.50" in line and "0.336" in line
+
+
+def fake_step(capacity: float, generator: float, tried: list[float]):
+    """A processor that keeps up to ``capacity`` msg/s behind a generator that tops out at
+    ``generator`` msg/s (run_trial's verdicts, without processes)."""
+
+    def step(target: float) -> Trial:
+        tried.append(target)
+        t = Trial(target, rate=min(target, generator))
+        if t.rate < 0.95 * target:
+            t.why.append(f"load generator reached only {t.rate:.0f}/s")
+        if t.rate > capacity:
+            t.why.append("not counted within 1.5 s")
+        return t
+
+    return step
+
+
+@pytest.mark.parametrize(
+    ("capacity", "generator", "best", "lower_bound"),
+    [
+        (40_000, 200_000, 40_000, False),  # the processor ends the ramp: bisected
+        (200_000, 54_000, 56_000, True),  # the generator ends it (54,000 counts as 56,000
+        # within RATE_SLACK): bisected all the same, a lower bound
+        (50_000, 54_000, 48_000, False),  # both fall short above 48,000: the processor counts
+    ],
+)
+def test_highest_rate_is_bisected_below_a_short_load_generator(
+    capacity: float, generator: float, best: float, lower_bound: bool
+) -> None:
+    s = Settings(0, Path("."), {}, ramp=(2000.0, 256_000.0), bisect_steps=3)
+    row, tried = Row("x"), []
+    row.best = Trial(1000.0, rate=1000.0)
+    highest(s, row, fake_step(capacity, generator, tried))
+    assert row.best.target == best and row.lower_bound is lower_bound, tried
