@@ -107,7 +107,7 @@ class Row:
     best: Trial | None = None  # highest rate held
     at_1k: Trial | None = None
     at_half: Trial | None = None  # half the highest rate held (issue 4's p99 target)
-    lower_bound: bool = False  # the ramp ended on the load generator or the cap, not the processor
+    lower_bound: bool = False  # only the load generator or the cap fell short, never the processor
 
     def summary(self) -> dict[str, Any]:
         b, k, h = self.best, self.at_1k, self.at_half
