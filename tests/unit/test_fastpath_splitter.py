@@ -110,7 +110,13 @@ class Reader:
 def stream(coalesce: float) -> Reader:
     """10,000 messages/s for 0.4 s (20 every 2 ms) from a thread, read like paho reads."""
     r = Reader(coalesce)
-    sender = threading.Thread(target=lambda: [r.send(20) or time.sleep(0.002) for _ in range(200)])
+
+    def send() -> None:
+        for _ in range(200):
+            r.send(20)
+            time.sleep(0.002)
+
+    sender = threading.Thread(target=send)
     sender.start()
     while sender.is_alive() or select.select([r.sock], [], [], 0.1)[0]:
         if select.select([r.sock], [], [], 0.05)[0]:
