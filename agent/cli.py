@@ -17,7 +17,7 @@ from .errors import AgentError, ConfigError, ModelError, PluginError
 
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runtime import Agent
+    from .runtime import Agent, settle_heap
 
     log.setup(args.log_level, args.pretty)
     cfg, children = workers.split(load_config(args.config))
@@ -34,6 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     pid_file = Path(args.pid_file or default_pid_file(cfg.agent.id))
     pool.start()
     agent.start()
+    settle_heap()
     _write_pid(pid_file)
     try:
         while not stop.wait(0.2):
@@ -43,6 +44,7 @@ def _run(args: argparse.Namespace) -> int:
             if hup.is_set():
                 hup.clear()
                 agent.reload()
+                settle_heap()
             failed = [p for p in agent.pipelines if p.error is not None]
             if failed:
                 pool.stop()

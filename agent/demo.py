@@ -376,7 +376,7 @@ def final_table(rows: list[tuple[str, object]]) -> str:
 def run_demo(args: argparse.Namespace) -> int:
     from .broker import EmbeddedBroker
     from .config import parse_config
-    from .runtime import Agent
+    from .runtime import Agent, settle_heap
 
     log.setup("error")
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-demo-"))
@@ -403,6 +403,7 @@ def run_demo(args: argparse.Namespace) -> int:
     agent = Agent(cfg)
     agent.build()
     agent.start()
+    settle_heap()
     deadline = time.monotonic() + 15
     while not all(s.conn.connected.is_set() for s in agent.sources):
         if time.monotonic() > deadline:

@@ -48,7 +48,7 @@ def split(cfg: Config) -> tuple[Config | None, list[Config]]:
 
 def _child(cfg: Config, level: str, pretty: bool) -> None:
     from . import log
-    from .runtime import Agent
+    from .runtime import Agent, settle_heap
 
     log.setup(level, pretty)
     stop = threading.Event()
@@ -57,6 +57,7 @@ def _child(cfg: Config, level: str, pretty: bool) -> None:
     agent = Agent(cfg)
     agent.build()
     agent.start()
+    settle_heap()
     stop.wait()
     agent.stop()
 
