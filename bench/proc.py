@@ -140,6 +140,18 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
+def cpu_ticks() -> list[int]:
+    """The machine's CPU time by state since boot (first line of /proc/stat, in ticks)."""
+    return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def steal_pct(before: list[int], after: list[int]) -> float:
+    """Share of the machine's CPU time the hypervisor gave to others between two readings
+    (the 8th field, steal): a VM's noise, reported beside latency figures."""
+    delta = [b - a for a, b in zip(before, after)]
+    return round(100 * delta[7] / max(sum(delta[:8]), 1), 1)
+
+
 def peak_rss_mb(pid: int) -> float:
     """Sum of VmHWM (peak resident set) of ``pid`` and its live descendants, in MB."""
     kb = 0

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from . import connect, loadgen, mqtt_client
 from .broker import MOSQUITTO, mosquitto
 from .collector import PROBE
-from .proc import REPO, Child, cpu_seconds, peak_rss_mb, python
+from .proc import REPO, Child, cpu_seconds, cpu_ticks, peak_rss_mb, python, steal_pct
 
 AGENT_CONFIG = REPO / "configs" / "w1.yaml"
 AGENT_ARGV = [
@@ -93,6 +93,7 @@ class Trial:
     rss_mb: float | None = None
     exit_code: int | None = None
     duplicates: int = 0  # summaries and events that arrived again with an id already seen
+    steal_pct: float | None = None  # VM steal during the load, % of the machine's CPU time
     why: list[str] = field(default_factory=list)
 
     @property
@@ -129,6 +130,8 @@ class Row:
             "p50_half_ms": h.p50_ms if h else None,
             "p99_half_ms": h.p99_ms if h else None,
             "rss_mb": b.rss_mb if b else None,
+            "steal_pct_1k": k.steal_pct if k else None,
+            "steal_pct_half": h.steal_pct if h else None,
             "trials": [{**asdict(t), "held": t.held} for t in self.trials],
         }
 
@@ -238,8 +241,9 @@ def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> T
         else:
             wait_probe(s.port, collector, child)
             count, cmd, key = collector, "stats", "total"
-        cpu0 = cpu_seconds(child.pid)
+        cpu0, ticks0 = cpu_seconds(child.pid), cpu_ticks()
         load = loadgen.run(s.port, s.devices, target, duration, proc.qos, s.loadgen_procs)
+        trial.steal_pct = steal_pct(ticks0, cpu_ticks())
         trial.rate, trial.sent = round(load.rate, 1), load.total
         trial.counted = wait_count(
             lambda: int(count.request(cmd)[key]), load.total, load.t_end + GRACE[proc.kind]
@@ -297,7 +301,8 @@ def measure(s: Settings, proc: Processor) -> Row:
         verdict = "held" if t.held else "; ".join(t.why)
         print(
             f"{proc.name} @ {rate:,.0f}/s: sent {t.sent:,} at {t.rate:,.0f}/s, p50/p99 "
-            f"{t.p50_ms}/{t.p99_ms} ms, {t.cpu_s_per_1k} CPU s/1k: {verdict}",
+            f"{t.p50_ms}/{t.p99_ms} ms, {t.cpu_s_per_1k} CPU s/1k, steal {t.steal_pct} %: "
+            f"{verdict}",
             file=sys.stderr,
         )
         return t
@@ -310,6 +315,12 @@ def measure(s: Settings, proc: Processor) -> Row:
     if proc.kind != "counter" and row.best is not row.at_1k:
         row.at_half = step(round(row.best.rate / 2000) * 1000)
     return row
+
+
+def steal_range(rows: list[Row]) -> str:
+    """The lowest and highest steal share of any trial (latency moves with it here)."""
+    shares = [t.steal_pct for r in rows for t in r.trials if t.steal_pct is not None]
+    return f"{min(shares)}-{max(shares)} %" if shares else "not measured"
 
 
 def highest(s: Settings, row: Row, step: Callable[[float], Trial]) -> None:
@@ -486,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{m['cores']} cores {m['cpu']}, Python {m['python']}, paho-mqtt {m['paho_mqtt']}, "
         f"onnxruntime {m['onnxruntime']}, mosquitto {m['mosquitto']}; load average "
-        f"{result['load_avg_1m'][0]} at start, {result['load_avg_1m'][1]} at end"
+        f"{result['load_avg_1m'][0]} at start, {result['load_avg_1m'][1]} at end; "
+        f"VM steal during trials {steal_range(rows)}"
     )
     print(line)
     if args.json_out:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.broker import MOSQUITTO, mosquitto
+from bench.proc import steal_pct
 from bench.w1 import (
     PROCESSORS,
     Processor,
@@ -17,6 +18,7 @@ from bench.w1 import (
     build_models,
     highest,
     run_trial,
+    steal_range,
     table,
 )
 
@@ -47,6 +49,7 @@ def test_naive_agent_counts_every_sample(settings: Settings, name: str) -> None:
     assert trial.events > 0  # every device's first 200 samples hold a spike
     assert trial.anomalies == trial.events
     assert trial.exit_code == 0
+    assert trial.steal_pct is not None and 0 <= trial.steal_pct <= 100
 
 
 def test_agent_counts_every_sample_once(settings: Settings) -> None:
@@ -121,3 +124,13 @@ def test_highest_rate_is_bisected_below_a_short_load_generator(
     row.best = Trial(1000.0, rate=1000.0)
     highest(s, row, fake_step(capacity, generator, tried))
     assert row.best.target == best and row.lower_bound is lower_bound, tried
+
+
+def test_steal_share_is_the_steal_field_over_all_cpu_time() -> None:
+    before = [100, 0, 50, 800, 10, 0, 0, 40, 0, 0]  # user nice system idle iowait irq softirq steal
+    after = [160, 0, 70, 1100, 10, 0, 0, 60, 5, 0]  # guest time (9th) is inside user already
+    assert steal_pct(before, after) == 5.0  # 20 of 400 ticks
+    assert steal_pct(before, before) == 0.0
+    row = Row("x", trials=[Trial(1000.0, steal_pct=0.4), Trial(2000.0, steal_pct=7.5)])
+    assert steal_range([row, Row("y")]) == "0.4-7.5 %"
+    assert steal_range([Row("y")]) == "not measured"
