@@ -35,8 +35,10 @@ def settle_heap() -> None:
     gateway, and stops every thread meanwhile: the first one came a few seconds into the
     load and held 50 messages back by 44 ms. After ``gc.freeze()`` a collection scans only
     what was allocated since. Called by the processes that run an agent (not by library
-    users, whose heap is theirs), after start-up and after a reload.
+    users, whose heap is theirs), after start-up and after a reload: the first unfreeze lets
+    that collection free what the reload let go (an old pipeline's windows are in cycles).
     """
+    gc.unfreeze()
     gc.collect()
     gc.freeze()
 
