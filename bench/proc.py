@@ -145,7 +145,7 @@ def cpu_ticks() -> list[int]:
     return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
 
 
-def steal_pct(before: list[int], after: list[int]) -> float:
+def steal_share(before: list[int], after: list[int]) -> float:
     """Share of the machine's CPU time the hypervisor gave to others between two readings
     (the 8th field, steal): a VM's noise, reported beside latency figures."""
     delta = [b - a for a, b in zip(before, after)]

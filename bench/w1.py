@@ -33,7 +33,7 @@ from typing import Any, Literal
 from . import connect, loadgen, mqtt_client
 from .broker import MOSQUITTO, mosquitto
 from .collector import PROBE
-from .proc import REPO, Child, cpu_seconds, cpu_ticks, peak_rss_mb, python, steal_pct
+from .proc import REPO, Child, cpu_seconds, cpu_ticks, peak_rss_mb, python, steal_share
 
 AGENT_CONFIG = REPO / "configs" / "w1.yaml"
 AGENT_ARGV = [
@@ -243,7 +243,7 @@ def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> T
             count, cmd, key = collector, "stats", "total"
         cpu0, ticks0 = cpu_seconds(child.pid), cpu_ticks()
         load = loadgen.run(s.port, s.devices, target, duration, proc.qos, s.loadgen_procs)
-        trial.steal_pct = steal_pct(ticks0, cpu_ticks())
+        trial.steal_pct = steal_share(ticks0, cpu_ticks())
         trial.rate, trial.sent = round(load.rate, 1), load.total
         trial.counted = wait_count(
             lambda: int(count.request(cmd)[key]), load.total, load.t_end + GRACE[proc.kind]

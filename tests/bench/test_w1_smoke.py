@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.broker import MOSQUITTO, mosquitto
-from bench.proc import steal_pct
+from bench.proc import steal_share
 from bench.w1 import (
     PROCESSORS,
     Processor,
@@ -129,8 +129,8 @@ def test_highest_rate_is_bisected_below_a_short_load_generator(
 def test_steal_share_is_the_steal_field_over_all_cpu_time() -> None:
     before = [100, 0, 50, 800, 10, 0, 0, 40, 0, 0]  # user nice system idle iowait irq softirq steal
     after = [160, 0, 70, 1100, 10, 0, 0, 60, 5, 0]  # guest time (9th) is inside user already
-    assert steal_pct(before, after) == 5.0  # 20 of 400 ticks
-    assert steal_pct(before, before) == 0.0
+    assert steal_share(before, after) == 5.0  # 20 of 400 ticks
+    assert steal_share(before, before) == 0.0
     row = Row("x", trials=[Trial(1000.0, steal_pct=0.4), Trial(2000.0, steal_pct=7.5)])
     assert steal_range([row, Row("y")]) == "0.4-7.5 %"
     assert steal_range([Row("y")]) == "not measured"
