@@ -45,7 +45,7 @@ AGENT_ARGV = [
     str(AGENT_CONFIG),
 ]
 # s after the last publish for every sample to be counted: 0.5 s, plus the 1 s summary period
-GRACE = {"counter": 0.5, "naive": 1.5, "agent": 1.5}
+GRACE = {"counter": 0.5, "naive": 1.5, "agent": 1.5, "relay": 1.5}
 RATE_SLACK = 0.95  # a trial whose load generator fell short of this share of its target fails
 # s. At 1,000 msg/s over 100 devices the first windows fill after 3.2 s and W1 gives ~18
 # events a second: 10 s gave ~120 events, so "p99" was the second-worst event and one VM
@@ -58,9 +58,10 @@ class Processor:
     """A processor under test."""
 
     name: str
-    kind: Literal["agent", "naive", "counter"]
+    kind: Literal["agent", "naive", "counter", "relay"]
     qos: int
     model: Literal["fp32", "int8"] | None = None
+    threads: int = 1  # relays (bench.relay): 1 or 2
 
 
 PROCESSORS = (
@@ -166,6 +167,9 @@ def start(s: Settings, proc: Processor, log: Path) -> Child:
         return Child(
             python("bench.paho_counter", "--port", s.port, "--qos", proc.qos), log, channel=True
         )
+    if proc.kind == "relay":
+        argv = python("bench.relay", "--port", s.port, "--threads", proc.threads, "--qos", proc.qos)
+        return Child(argv, log)
     assert proc.model is not None
     model = s.models[proc.model]
     if proc.kind == "naive":

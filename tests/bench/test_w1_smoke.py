@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench.broker import MOSQUITTO, mosquitto
+from bench.floor import FLOORS
+from bench.floor import table as floor_table
 from bench.proc import steal_share
 from bench.w1 import (
     PROCESSORS,
@@ -64,6 +66,34 @@ def test_agent_counts_every_sample_once(settings: Settings) -> None:
         assert trial.duplicates == 0
         assert trial.exit_code == 0
     assert (settings.workdir / "agent-int8-q0-spool.db").exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_relay_forwards_every_18th_sample_and_counts_all(settings: Settings, threads: int) -> None:
+    """The floor relays (bench.floor) are checked like any processor: nothing lost, and
+    their events are exactly the samples with seq % 18 == 0."""
+    relay = next(p for p in FLOORS if p.threads == threads)
+    trial = run_trial(settings, relay, target=500.0, duration=3.0)
+    assert trial.sent == 1500
+    assert trial.final == trial.sent
+    assert trial.per_device_ok
+    assert trial.events == 10 * 9  # 150 samples per device: seq 0, 18, ..., 144
+    assert trial.anomalies == trial.events
+    assert trial.p50_ms is not None and trial.p99_ms >= trial.p50_ms
+    assert trial.exit_code == 0
+
+
+def test_floor_table_shows_each_round_and_the_medians() -> None:
+    trials = [
+        Trial(1000.0, p50_ms=0.6, p99_ms=2.5, steal_pct=0.4),
+        Trial(1000.0, p50_ms=0.7, p99_ms=9.0, steal_pct=3.0),
+        Trial(1000.0, p50_ms=0.5, p99_ms=1.5, steal_pct=0.2, why=["exit code 1"]),
+    ]
+    header, line = floor_table({"relay-1": trials}).splitlines()
+    assert header.split()[0] == "processor" and "median" in header
+    assert "0.6/2.5 (0.4 %)" in line and "0.7/9.0 (3.0 %)" in line
+    assert "0.60 / 2.50" in line  # the medians of p50 and of p99
+    assert line.split()[-1] == "2/3"  # trials held
 
 
 @pytest.mark.parametrize("name", ["counter-q0", "counter-q1"])
