@@ -151,17 +151,18 @@ def _components(args: argparse.Namespace) -> int:
 TOOLS = (
     ("evaluate", "agent.evaluate:main", "replay SKAB or AI4I through the pipeline and score it"),
     ("quantize", "agent.quantize:main", "quantize an ONNX model to int8 and compare it"),
-    ("bench", "bench.w1:main", "the W1 end-to-end benchmark (bench w1 [options])"),
+    ("bench", "bench.w1:main", "the benchmarks: bench w1 | bench floor [options]"),
 )
+BENCHES = {"w1": "bench.w1", "floor": "bench.floor"}  # bench alone: w1
 
 
 def _tool(target: str, argv: list[str]) -> int:
-    """Run a tool that parses its own arguments (``bench w1 ...`` drops the ``w1``)."""
+    """Run a tool that parses its own arguments (``bench floor ...`` runs bench.floor)."""
     import importlib
 
     module, _, attr = target.partition(":")
-    if module == "bench.w1" and argv[:1] == ["w1"]:
-        argv = argv[1:]
+    if module == "bench.w1" and argv[:1] and argv[0] in BENCHES:
+        module, argv = BENCHES[argv[0]], argv[1:]
     return getattr(importlib.import_module(module), attr)(argv)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import main as cli_main
 from bench.broker import MOSQUITTO, mosquitto
 from bench.floor import FLOORS
 from bench.floor import table as floor_table
@@ -94,6 +95,18 @@ def test_floor_table_shows_each_round_and_the_medians() -> None:
     assert "0.6/2.5 (0.4 %)" in line and "0.7/9.0 (3.0 %)" in line
     assert "0.60 / 2.50" in line  # the medians of p50 and of p99
     assert line.split()[-1] == "2/3"  # trials held
+
+
+@pytest.mark.parametrize(
+    ("name", "first_line"), [("w1", "W1 end-to-end"), ("floor", "Latency floor")]
+)
+def test_edge_agent_bench_runs_the_named_benchmark(
+    name: str, first_line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli_main(["bench", name, "--help"])
+    assert done.value.code == 0
+    assert first_line in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", ["counter-q0", "counter-q1"])
