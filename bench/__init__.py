@@ -8,7 +8,11 @@ share.
 
 from __future__ import annotations
 
+import signal
 import socket
+import threading
+import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
@@ -31,3 +35,29 @@ def connect(client: mqtt.Client, port: int) -> None:
     sock = client.socket()
     assert isinstance(sock, socket.socket)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def subscribe_until_stopped(
+    client: mqtt.Client, port: int, qos: int, period: float, tick: Callable[[], None]
+) -> None:
+    """Connect ``client`` (callbacks set), subscribe to the W1 telemetry and call ``tick``
+    every ``period`` s until SIGTERM or SIGINT; then unsubscribe (UNSUBACK awaited <= 10 s)."""
+    unsubscribed, stop = threading.Event(), threading.Event()
+    client.on_unsubscribe = lambda *_: unsubscribed.set()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    connect(client, port)
+    client.subscribe(TELEMETRY, qos)
+    client.loop_start()
+    while not stop.wait(period):
+        tick()
+    client.unsubscribe(TELEMETRY)
+    unsubscribed.wait(10)
+
+
+def all_acked(acked: Callable[[], int], published: Callable[[], int], timeout: float = 10) -> bool:
+    """Wait up to ``timeout`` s for every QoS 1 publish to be acknowledged."""
+    deadline = time.monotonic() + timeout
+    while acked() < published() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return acked() >= published()

@@ -13,9 +13,7 @@ import argparse
 import json
 import math
 import os
-import signal
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import paho.mqtt.client as mqtt
 
-from . import TELEMETRY, connect, mqtt_client
+from . import all_acked, mqtt_client, subscribe_until_stopped
 
 WINDOW, HOP, CHANNELS = 32, 8, 8
 
@@ -133,27 +131,14 @@ def main(argv: list[str] | None = None) -> int:
 
     client = mqtt_client(f"w1-naive-{os.getpid()}")
     agent = NaiveAgent(client, args.model, args.threshold)
-    unsubscribed, stop = threading.Event(), threading.Event()
     client.on_message = agent.on_message
     client.on_publish = agent.on_publish
-    client.on_unsubscribe = lambda *_: unsubscribed.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-
-    connect(client, args.port)
-    client.subscribe(TELEMETRY, args.qos)
-    client.loop_start()
-    while not stop.wait(args.period):
-        agent.flush()
-    client.unsubscribe(TELEMETRY)
-    unsubscribed.wait(10)
+    subscribe_until_stopped(client, args.port, args.qos, args.period, agent.flush)
     agent.close()
-    deadline = time.monotonic() + 10
-    while agent.acked < agent.published and time.monotonic() < deadline:
-        time.sleep(0.01)
+    ok = all_acked(lambda: agent.acked, lambda: agent.published)
     client.disconnect()
     client.loop_stop()
-    return 0 if agent.acked >= agent.published else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

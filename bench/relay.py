@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import threading
-import time
 from collections import Counter, deque
 from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
 
-from . import TELEMETRY, connect, mqtt_client
+from . import all_acked, connect, mqtt_client, subscribe_until_stopped
 from .collector import PROBE
 
 EVERY = 18  # ~55 events/s at 1,000 msg/s over 100 devices (W1 gives the agent ~18/s)
@@ -93,37 +91,25 @@ def main(argv: list[str] | None = None) -> int:
     relay = Relay(out)
     out.on_publish = relay.on_publish
     queue: deque[tuple[str, bytes]] = deque()
-    ready, stop, done, unsubscribed = (threading.Event() for _ in range(4))
+    ready, done = threading.Event(), threading.Event()
+    thread = threading.Thread(target=worker, args=(relay, queue, ready, done))
     if args.threads == 1:
         source.on_message = lambda _c, _u, m: relay.handle(m.topic, m.payload)
     else:
         source.on_message = lambda _c, _u, m: (queue.append((m.topic, m.payload)), ready.set())
         connect(out, args.port)
         out.loop_start()
-        thread = threading.Thread(target=worker, args=(relay, queue, ready, done))
         thread.start()
-    source.on_unsubscribe = lambda *_: unsubscribed.set()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-
-    connect(source, args.port)
-    source.subscribe(TELEMETRY, args.qos)
-    source.loop_start()
-    while not stop.wait(1.0):
-        relay.flush()
-    source.unsubscribe(TELEMETRY)
-    unsubscribed.wait(10)
+    subscribe_until_stopped(source, args.port, args.qos, 1.0, relay.flush)
     if args.threads == 2:
         done.set()
         thread.join()
     relay.flush()
-    deadline = time.monotonic() + 10
-    while relay.acked < relay.published and time.monotonic() < deadline:
-        time.sleep(0.01)
+    ok = all_acked(lambda: relay.acked, lambda: relay.published)
     for client in {source, out}:
         client.disconnect()
         client.loop_stop()
-    return 0 if relay.acked >= relay.published else 1
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
