@@ -3,7 +3,7 @@
 Issue 4's latency targets (p50 <= 2 ms, p99 <= 5 ms at 1,000 msg/s) are absolute, and on a
 shared VM what the machine allows moves from minute to minute. This runs, in turns so the
 noise falls on each alike, ``--rounds`` trials of: ``relay-1`` (one thread, paho's, decodes
-and publishes: the floor of any design), ``relay-2`` (the agent's thread structure without
+and publishes: the p50 floor of any design), ``relay-2`` (the agent's thread structure without
 windows or model: paho's network thread enqueues, a worker publishes through a second
 connection) and the agent (int8, QoS 0). Every trial is checked like a W1 trial (nothing
 lost, events equal anomalies). Prints one table and one JSON line.
