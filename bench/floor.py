@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from .broker import mosquitto
+from .proc import print_result
 from .w1 import PROCESSORS, Processor, Settings, Trial, build_models, machine, run_trial
 
 FLOORS = (
@@ -85,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         }
     )
-    print(table(results))
-    print(line)
-    if args.json_out:
-        args.json_out.write_text(line + "\n")
+    print_result(table(results), line, args.json_out)
     return 0
 
 

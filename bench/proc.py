@@ -162,3 +162,11 @@ def peak_rss_mb(pid: int) -> float:
             continue
         kb += next((int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("VmHWM:")), 0)
     return kb / 1024
+
+
+def print_result(text: str, line: str, json_out: Path | None) -> None:
+    """A bench's table (and footer), then its JSON line, also written to ``json_out``."""
+    print(text)
+    print(line)
+    if json_out:
+        json_out.write_text(line + "\n")

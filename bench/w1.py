@@ -33,7 +33,16 @@ from typing import Any, Literal
 from . import connect, loadgen, mqtt_client
 from .broker import MOSQUITTO, mosquitto
 from .collector import PROBE
-from .proc import REPO, Child, cpu_seconds, cpu_ticks, peak_rss_mb, python, steal_share
+from .proc import (
+    REPO,
+    Child,
+    cpu_seconds,
+    cpu_ticks,
+    peak_rss_mb,
+    print_result,
+    python,
+    steal_share,
+)
 
 AGENT_CONFIG = REPO / "configs" / "w1.yaml"
 AGENT_ARGV = [
@@ -497,16 +506,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     line = json.dumps(result)
     m = result["machine"]
-    print(table(rows))
-    print(
+    footer = (
         f"{m['cores']} cores {m['cpu']}, Python {m['python']}, paho-mqtt {m['paho_mqtt']}, "
         f"onnxruntime {m['onnxruntime']}, mosquitto {m['mosquitto']}; load average "
         f"{result['load_avg_1m'][0]} at start, {result['load_avg_1m'][1]} at end; "
         f"VM steal during trials {steal_range(rows)}"
     )
-    print(line)
-    if args.json_out:
-        args.json_out.write_text(line + "\n")
+    print_result(f"{table(rows)}\n{footer}", line, args.json_out)
     return 0
 
 
