@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -39,7 +40,7 @@ UP = "demo/up"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--broker", metavar="HOST:PORT", help="use this broker (default: embedded)")
-    p.add_argument("--data", type=Path, help="SKAB directory (default: ../shared/data/skab)")
+    p.add_argument("--data", type=Path, help="SKAB directory (default: datasets/skab of the clone)")
     p.add_argument("--simulate", action="store_true", help="use the simulator, not SKAB files")
     p.add_argument("--devices", type=int, default=8, help="pumps to replay (default 8)")
     p.add_argument("--rate", type=float, default=20, help="samples/s per device (default 20)")
@@ -72,13 +73,20 @@ class Device:
 
 
 def find_data(arg: Path | None) -> Path | None:
-    """The SKAB directory: ``--data``, else ../shared/data/skab or /work/shared/data/skab."""
-    candidates = [arg] if arg else [Path("../shared/data/skab"), Path("/work/shared/data/skab")]
-    for c in candidates:
-        if c is not None and c.is_dir() and any(c.rglob("*.csv")):
-            return c
-    if arg:
-        raise SystemExit(f"error: --data {arg}: no CSV files there")
+    """The SKAB directory: ``--data``, else ``skab/data`` of the datasets folder (None, with a
+    note on stderr, when there is none: the demo then runs on the simulator)."""
+    if arg is not None:
+        if not (arg.is_dir() and any(arg.rglob("*.csv"))):
+            raise SystemExit(f"error: --data {arg}: no CSV files there")
+        return arg
+    default = datasets.data_root() / "skab" / "data"
+    if default.is_dir() and any(default.rglob("*.csv")):
+        return default
+    print(
+        f"note: no SKAB recordings at {default}; running on the simulator. Run from a clone"
+        " of the repository (it holds datasets/skab) or pass --data DIR.",
+        file=sys.stderr,
+    )
     return None
 
 

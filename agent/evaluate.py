@@ -194,7 +194,7 @@ def draw(plot: dict, out: Path, title: str) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
-        raise AgentError("--plot needs matplotlib: pip install 'edge-agent[plot]'") from e
+        raise AgentError("--plot needs matplotlib: pip install 'edge-stream-agent[plot]'") from e
     ratio = np.concatenate([s / t for s, t in zip(plot["scores"], plot["thresholds"])])
     labels = np.concatenate(plot["labels"]).astype(bool)
     fig, ax = plt.subplots(figsize=(14, 4))
@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
         default="onnx",
         help="skab only: baseline = the model-free per-device PCA handler",
     )
-    p.add_argument("--data", help="folder holding skab/ and ai4i2020/ (default ../shared/data)")
+    p.add_argument(
+        "--data", help="folder holding skab/ and ai4i2020/ (default: datasets/ of the clone)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead")
     p.add_argument("--plot", type=Path, help="draw score, threshold and labels to a PNG")
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""The naive W1 reference agent (../shared/WORKLOAD.md), the yardstick of the benchmark.
+"""The naive W1 reference agent (docs/workload.md), the yardstick of the benchmark.
 
 One paho callback per message: ``json.loads``, ``np.roll`` of the device's window, a batch-1
 onnxruntime call every hop, the event published at once; per-device summaries every period.

@@ -1,4 +1,4 @@
-"""W1 end-to-end benchmark (../shared/WORKLOAD.md, docs/performance.md).
+"""W1 end-to-end benchmark (docs/workload.md, docs/performance.md).
 
 Starts a private mosquitto, builds the W1 fp32 and int8 models, and for each processor under
 test (the agent, the naive reference agent, a stock paho subscriber that only counts) runs

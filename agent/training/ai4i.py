@@ -201,7 +201,9 @@ def build(out: Path, root: Path | None = None) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("agent/models"))
-    p.add_argument("--data", type=Path, default=None, help="data root (default: shared data)")
+    p.add_argument(
+        "--data", type=Path, default=None, help="datasets folder (default: datasets/ of the clone)"
+    )
     args = p.parse_args(argv)
     print(NAME, build(args.out, args.data))
     return 0

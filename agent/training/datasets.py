@@ -1,6 +1,7 @@
-"""Load SKAB and AI4I 2020 from the shared data folder as plain numpy arrays (no pandas).
+"""Load SKAB and AI4I 2020 from the repository's ``datasets/`` folder as numpy arrays.
 
-The data root is ``$EDGE_AGENT_DATA`` if set, else ``../shared/data`` next to the repository.
+The data root is ``--data`` if given, else ``$EDGE_AGENT_DATA``, else ``./datasets`` in the
+working directory, else the ``datasets/`` folder of the checkout this package runs from.
 """
 
 from __future__ import annotations
@@ -37,19 +38,35 @@ AI4I_SEED = 42
 AI4I_TEST_FRACTION = 0.2
 
 
+class DatasetNotFound(FileNotFoundError):
+    """A dataset file or folder is missing; the message says where it looked and what to do."""
+
+
+def _checkout_datasets() -> Path:
+    """``datasets/`` of the checkout holding this module (an editable install or ``python -m``)."""
+    return Path(__file__).resolve().parents[2] / "datasets"
+
+
 def data_root(path: str | os.PathLike[str] | None = None) -> Path:
-    """The data folder: ``path``, else ``$EDGE_AGENT_DATA``, else ``<repo>/../shared/data``."""
+    """The datasets folder: ``path``, else ``$EDGE_AGENT_DATA``, else ``./datasets``, else the
+    checkout's ``datasets/``; the first of the last two that exists (``./datasets`` if none)."""
     if path is not None:
         return Path(path)
     env = os.environ.get("EDGE_AGENT_DATA")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    for candidate in (Path("datasets"), _checkout_datasets()):
+        if candidate.is_dir():
+            return candidate
+    return Path("datasets")
 
 
 def _require(path: Path, what: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found (expected {what}; set EDGE_AGENT_DATA)")
+        raise DatasetNotFound(
+            f"{path}: not found (expected {what}). Run from a clone of the repository, which"
+            " holds datasets/, or point at that folder with --data DIR or $EDGE_AGENT_DATA"
+        )
     return path
 
 

@@ -1,4 +1,4 @@
-"""Build the W1 reference autoencoder (../shared/WORKLOAD.md) as fp32 ONNX and its int8 twin.
+"""Build the W1 reference autoencoder (docs/workload.md) as fp32 ONNX and its int8 twin.
 
 MLP 256-64-16-64-256, ReLU after the first three layers, weights from a fixed seed; input
 ``input`` [N, 256] float32 (a 32x8 window flattened row-major, oldest sample first), output

@@ -9,14 +9,6 @@ import pytest
 
 from agent.cli import main
 from agent.models import manifest
-from agent.training import datasets
-
-try:
-    datasets.data_root()
-    HAVE_DATA = (datasets.data_root() / "skab").is_dir()
-except FileNotFoundError:
-    HAVE_DATA = False
-needs_data = pytest.mark.skipif(not HAVE_DATA, reason="../shared/data is not on this machine")
 
 SKAB_KEYS = ("f1", "far_pct", "mar_pct", "cp_standard", "cp_lowfp", "cp_lowfn")
 
@@ -26,7 +18,6 @@ def run_json(capsys, *args: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-@needs_data
 @pytest.mark.parametrize("name", ["skab_pump_ae_int8", "skab_pump_ae_fp32"])
 def test_skab_through_the_pipeline_matches_the_manifest(capsys, name):
     got = run_json(capsys, "skab", "--model", f"builtin:{name}")
@@ -35,7 +26,6 @@ def test_skab_through_the_pipeline_matches_the_manifest(capsys, name):
     assert {k: got[k] for k in SKAB_KEYS} == {k: entry["metrics"][k] for k in SKAB_KEYS}
 
 
-@needs_data
 def test_ai4i_meets_its_target(capsys):
     got = run_json(capsys, "ai4i")
     entry = manifest()["ai4i_pdm"]["metrics"]
@@ -43,7 +33,6 @@ def test_ai4i_meets_its_target(capsys):
     assert got["macro_f1"] == entry["macro_f1"]
 
 
-@needs_data
 def test_baseline_handler_evaluates_without_a_model(capsys, tmp_path):
     pytest.importorskip("matplotlib")
     png = tmp_path / "skab.png"

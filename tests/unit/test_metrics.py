@@ -44,7 +44,6 @@ def test_average_precision_and_macro_f1():
     assert metrics.macro_f1(true, pred) == pytest.approx(0.5)
 
 
-@pytest.mark.skipif(not SKAB.is_dir(), reason=f"SKAB data not found at {SKAB}")
 def test_conv_ae_golden():
     """Re-scoring the published Conv-AE predictions reproduces the SKAB leaderboard row."""
     files = datasets.skab_files()

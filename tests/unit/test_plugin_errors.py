@@ -118,11 +118,11 @@ def test_components_shows_plugin_origin(capsys):
     assert main(["components"]) == 0
     out = capsys.readouterr().out
     assert any(
-        ln.split()[:3] == ["handler", "people_flow", "edge-agent-people-flow"]
+        ln.split()[:3] == ["handler", "people_flow", "edge-stream-agent-people-flow"]
         for ln in out.splitlines()
     )
     assert any(
-        ln.split()[:3] == ["decoder", "vibration_block", "edge-agent-vibration"]
+        ln.split()[:3] == ["decoder", "vibration_block", "edge-stream-agent-vibration"]
         for ln in out.splitlines()
     )
     assert main(["schema"]) == 0

@@ -76,7 +76,6 @@ def test_ai4i_contract():
     assert ai4i.MODE_CLASSES[mode[0]] == "none" and ai4i.MODE_CLASSES[mode[1]] == "PWF"
 
 
-@pytest.mark.skipif(not (DATA / "ai4i2020").is_dir(), reason=f"AI4I data not at {DATA}")
 def test_ai4i_heldout_metrics_match_manifest():
     """The shipped classifier reaches F1 >= 0.90 on the held-out 20 %, as the manifest says."""
     got = ai4i.evaluate(models.resolve("ai4i_pdm"), datasets.ai4i())
@@ -85,7 +84,6 @@ def test_ai4i_heldout_metrics_match_manifest():
     assert all(got[k] == recorded[k] for k in got)
 
 
-@pytest.mark.skipif(not (DATA / "skab").is_dir(), reason=f"SKAB data not at {DATA}")
 def test_skab_metrics_match_manifest():
     """Replaying SKAB through the runtime (``edge-agent evaluate skab``) with the int8 model
     reproduces the manifest metrics; the training script's whole-file batches give the same
