@@ -8,7 +8,8 @@ from .windows import DeviceIndex, Groups
 
 
 class Summaries:
-    """Counts samples, windows, score sum/max and anomalies per device until flushed."""
+    """Counts samples, windows, score sum/max, anomalies and episodes per device until
+    flushed."""
 
     def __init__(self, index: DeviceIndex) -> None:
         self.index = index
@@ -21,9 +22,13 @@ class Summaries:
         self.anomalies = np.zeros(n, np.int64)
         self.score_sum = np.zeros(n, np.float64)
         self.score_max = np.full(n, -np.inf)
+        self.opened = np.zeros(n, np.int64)
+        self.closed = np.zeros(n, np.int64)
+
+    _SUMS = ("count", "windows", "anomalies", "score_sum", "opened", "closed")
 
     def _grow(self, capacity: int) -> None:
-        old = {k: getattr(self, k) for k in ("count", "windows", "anomalies", "score_sum")}
+        old = {k: getattr(self, k) for k in self._SUMS}
         old_max = self.score_max
         self._alloc(capacity)
         for k, v in old.items():
@@ -39,8 +44,9 @@ class Summaries:
         np.add.at(self.score_sum, slots, scores)
         np.maximum.at(self.score_max, slots, scores)
 
-    def flush(self) -> list[dict]:
-        """One summary per device that sent samples or had windows scored; then reset."""
+    def flush(self, open_now: np.ndarray | None = None) -> list[dict]:
+        """One summary per device that sent samples or had windows scored; then reset.
+        ``open_now`` (per slot) adds the episode counts and whether one is open."""
         active = np.flatnonzero((self.count > 0) | (self.windows > 0))
         out = []
         names = self.index.names
@@ -62,9 +68,15 @@ class Summaries:
                     "anomalies": a,
                 }
             )
-        self.count[active] = 0
-        self.windows[active] = 0
-        self.anomalies[active] = 0
-        self.score_sum[active] = 0
+        if open_now is not None:
+            for rec, o, c, now in zip(
+                out,
+                self.opened[active].tolist(),
+                self.closed[active].tolist(),
+                open_now[active].tolist(),
+            ):
+                rec.update(episodes_opened=o, episodes_closed=c, episode_open=now)
+        for k in self._SUMS:
+            getattr(self, k)[active] = 0
         self.score_max[active] = -np.inf
         return out

@@ -175,15 +175,65 @@ class CalibrationConfig(Model):
     )
     quantile: float = Field(1.0, gt=0, le=1, description="threshold: auto = factor x quantile")
     factor: float = Field(1.05, gt=0, description="of the warm-up windows' scores")
+    false_alarms_per_day: float | None = Field(
+        None,
+        gt=0,
+        description="threshold: auto from a false-alarm budget instead of factor x quantile: "
+        "the level that data like the warm-up exceeds in at most this many episodes per day "
+        "(a generalised Pareto tail fitted to the warm-up window scores); see docs/alarms.md",
+    )
+
+
+class SeverityConfig(Model):
+    critical: float | None = Field(
+        2.0,
+        gt=1,
+        description="an open episode whose score exceeds this multiple of the threshold is "
+        "critical (an `escalated` event); none: one level (warning)",
+    )
+
+
+class FloodConfig(Model):
+    limit: int = Field(10, ge=1, description="episodes a pipeline may open per `period`")
+    period: Duration = Field(600, description="sliding period of the limit (sample time)")
 
 
 class RuleConfig(Model):
     hold: int = Field(
         0,
         ge=0,
-        description="a window is also anomalous (and raises an event) when one of its device's "
-        "previous `hold` windows scored over the threshold, so an anomaly stays open through "
-        "up to `hold` windows in a row that are not over; 0: each window on its own",
+        description="a window is also anomalous (counted, and in `events: windows` an event) "
+        "when one of its device's previous `hold` windows scored over the threshold; 0: each "
+        "window on its own",
+    )
+    events: Literal["episodes", "windows"] = Field(
+        "episodes",
+        description="episodes: one `opened` and one `closed` event per condition per device; "
+        "windows: an event for every anomalous window",
+    )
+    open_after: int = Field(
+        1, ge=1, description="consecutive windows over the threshold that open an episode"
+    )
+    clear: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="clear level as a fraction of the threshold (hysteresis)",
+    )
+    clear_after: int = Field(
+        5, ge=1, description="consecutive windows at or below the clear level that close it"
+    )
+    repeat: Duration | None = Field(
+        None, description="an `ongoing` reminder this often while open (sample time); none: off"
+    )
+    cooldown: Duration | None = Field(
+        None, description="after a close, the device opens no episode for this long"
+    )
+    severity: SeverityConfig = SeverityConfig()
+    flood: FloodConfig | None = Field(
+        FloodConfig(),
+        description="flood guard: beyond `limit` openings per `period` one `flood` event, "
+        "further openings suppressed and counted; none: off",
     )
 
 

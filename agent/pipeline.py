@@ -68,7 +68,7 @@ class Pipeline:
         self._next = None
         old = self.processor
         if not new.keeps_windows_of(old):
-            self.emit(old.flush(self._stats()), None)
+            self.emit([*old.close_episodes("reload"), *old.flush(self._stats())], None)
         kept[0] = new.adopt(old)
         self.processor = new
         done.set()
@@ -129,4 +129,4 @@ class Pipeline:
             self.error = e
             self.log.exception("worker_failed")
         finally:
-            self.emit(p.flush(self._stats()), None)
+            self.emit([*p.close_episodes("stop"), *p.flush(self._stats())], None)

@@ -16,9 +16,11 @@ import numpy as np
 
 from . import log
 from .aggregate import Summaries
+from .calibration import MIN_BUDGET_WINDOWS
 from .config import PipelineConfig
+from .episodes import CLOSED, FLOOD, OPENED, Episodes, Transition
 from .metrics import BatchStats
-from .protocols import Decoder, ModelHandler, StreamHandler
+from .protocols import Attributing, Decoder, ModelHandler, NamedChannels, StreamHandler
 from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from .registry import Registry
 from .rule import Hold
@@ -51,6 +53,8 @@ class Scored:
     scores: np.ndarray
     anomalous: np.ndarray
     details: dict[str, np.ndarray] = field(default_factory=dict)
+    thresholds: np.ndarray | None = None
+    open: np.ndarray | None = None  # the device is in an open episode after this window
 
 
 class Processor:
@@ -87,10 +91,34 @@ class Processor:
         self.stateful = bool(getattr(handler, "stateful", False))
         self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
         self.warmup = self._new_warmup() if config.calibration is not None else None
+        episodic = config.rule.events == "episodes" and not self.stateful
+        self.episodes = Episodes(self.index, config.rule) if episodic else None
+        names = decoder.channel_names if isinstance(decoder, NamedChannels) else []
+        self.channel_names: list[str | int] = [*names] or list(range(decoder.channels))
+        self.attributes = False  # set by load(): whether the loaded handler names causes
+        self._check_budget()
+
+    def _check_budget(self) -> None:
+        """Warn at start-up when the warm-up is too short to fit a false-alarm budget."""
+        cal, size = self.config.calibration, self.config.window.size
+        if cal is None or cal.false_alarms_per_day is None:
+            return
+        if cal.warmup - size + 1 < MIN_BUDGET_WINDOWS:
+            need = MIN_BUDGET_WINDOWS + size - 1
+            self.log.warning(
+                "warmup_short_for_budget",
+                warmup=cal.warmup,
+                minimum=need,
+                reason=f"calibration.false_alarms_per_day fits a tail to the warm-up's window "
+                f"scores and needs calibration.warmup >= {need} samples; the budget is "
+                "extrapolated from too few scores and may not hold",
+            )
 
     def load(self) -> None:
         """Load the model against this pipeline's window (raises ModelError)."""
         self.handler.load(self.config.window.size, self.decoder.channels)
+        handler = self.handler
+        self.attributes = isinstance(handler, Attributing) and handler.attributes
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
@@ -151,7 +179,9 @@ class Processor:
                 events.append(self._record(EVENT, {**payload, "pipeline": self.name}))
             return events, None
         calibrated = (
-            self.warmup.push(slots, batch.values, groups, self.handler) if self.warmup else None
+            self.warmup.push(slots, batch.values, groups, self.handler, batch.ts)
+            if self.warmup
+            else None
         )
         due, windows = self.windows.push(slots, batch.values, groups)
         if calibrated is not None:  # windows ending inside a device's warm-up are not scored
@@ -172,6 +202,7 @@ class Processor:
             anomalous = self.hold.apply(slots[due], anomalous)
         self.summaries.add_scores(slots[due], scores, anomalous)
         self.counters.windows += len(due)
+        self.counters.anomalies += int(anomalous.sum())
         scored = Scored(
             [batch.devices[i] for i in due.tolist()],
             batch.ts[due],
@@ -180,12 +211,17 @@ class Processor:
             anomalous,
             dict(getattr(self.handler, "last_details", {})),
         )
+        if self.episodes is not None:
+            moves = self.episodes.step(slots[due], scored.ts, scores, threshold)
+            scored.open = self.episodes.open[slots[due]]
+            events += self._episode_records(moves, scored, slots[due], windows)
+            return events, scored
         hits = np.flatnonzero(anomalous)
         if len(hits):
-            self.counters.anomalies += len(hits)
             describe = getattr(self.handler, "describe", None)
             extra = describe(hits) if describe else [{}] * len(hits)
-            for i, more in zip(hits.tolist(), extra):
+            causes = self._causes(slots[due][hits], windows[hits])
+            for k, (i, more) in enumerate(zip(hits.tolist(), extra)):
                 device = scored.devices[i]
                 payload = {
                     "device": device,
@@ -195,9 +231,87 @@ class Processor:
                     "threshold": float(threshold[i]),
                     "pipeline": self.name,
                     **more,
+                    **({"cause": causes[k]} if causes else {}),
                 }
                 events.append(Record(EVENT, self.name, device, payload, self._next_id()))
         return events, scored
+
+    def _causes(self, slots: np.ndarray, windows: np.ndarray, top: int = 3) -> list[list[dict]]:
+        """The top channels of each window's score with their shares; [] when the handler
+        cannot attribute."""
+        if not self.attributes or not len(slots):
+            return []
+        assert isinstance(self.handler, Attributing)
+        if self.warmup is not None:
+            windows = self.warmup.normalise(slots, windows)
+        parts = np.asarray(self.handler.attribute(slots, windows), np.float64)
+        total = parts.sum(axis=1, keepdims=True)
+        shares = np.divide(parts, total, out=np.zeros_like(parts), where=total > 0)
+        order = np.argsort(-shares, axis=1, kind="stable")[:, :top]
+        names = self.channel_names
+        return [
+            [{"channel": names[c], "share": round(float(row[c]), 3)} for c in idx.tolist()]
+            for row, idx in zip(shares, order)
+        ]
+
+    def _episode_records(
+        self,
+        moves: list[Transition],
+        scored: Scored | None = None,
+        slots: np.ndarray | None = None,
+        windows: np.ndarray | None = None,
+    ) -> list[Record]:
+        """Event records of episode transitions; the windows that open, escalate or remind
+        get their score, threshold, severity and cause."""
+        episodes = self.episodes
+        if not moves or episodes is None:
+            return []
+        described = [m.index for m in moves if m.kind not in (CLOSED, FLOOD)]
+        more: dict[int, dict] = {}
+        causes: dict[int, list[dict]] = {}
+        if described and scored is not None and slots is not None and windows is not None:
+            causes = dict(zip(described, self._causes(slots[described], windows[described])))
+            describe = getattr(self.handler, "describe", None)
+            if describe:
+                more = dict(zip(described, describe(np.array(described, np.int64))))
+        out = []
+        for m in moves:
+            payload: dict = {"event": m.kind, "pipeline": self.name}
+            if m.kind == FLOOD:
+                ts = float(scored.ts[m.index]) if scored is not None else time.time()
+                out.append(self._record(EVENT, {**payload, "device": "", "ts": ts, **m.fields}))
+                continue
+            i, s = m.index, m.slot
+            payload["device"] = device = self.index.names[s]
+            rec_id = self._next_id()
+            if m.kind == CLOSED:
+                payload["ts"] = m.fields["closed_at"]
+                payload["episode"] = episodes.ids.pop(s, "")
+                self.summaries.closed[s] += 1
+            else:
+                assert scored is not None
+                if m.kind == OPENED:
+                    episodes.ids[s] = rec_id
+                    self.summaries.opened[s] += 1
+                payload.update(
+                    episode=episodes.ids[s],
+                    ts=float(scored.ts[i]),
+                    seq=int(scored.seq[i]),
+                    score=float(scored.scores[i]),
+                    threshold=float(episodes.threshold[s]),
+                    **more.get(i, {}),
+                )
+                if i in causes:
+                    payload["cause"] = causes[i]
+            payload.update(m.fields)
+            out.append(Record(EVENT, self.name, device, payload, rec_id))
+        return out
+
+    def close_episodes(self, reason: str) -> list[Record]:
+        """Close every open episode (stop, or a reload that drops the windows)."""
+        if self.episodes is None:
+            return []
+        return self._episode_records(self.episodes.close_all(reason))
 
     def _check_clock(self, batch: SampleBatch) -> None:
         """Drop samples stamped more than ``max_clock_skew`` from now (counted, logged)."""
@@ -245,6 +359,11 @@ class Processor:
                 self.hold = Hold(self.index, self.hold.hold)
             if self.warmup is not None:  # state indexed by the adopted index's slots
                 self.warmup = old.warmup if self._keeps_warmup_of(old) else self._new_warmup()
+            if self.episodes is not None and old.episodes is not None:  # open episodes go on
+                self.episodes = old.episodes
+                self.episodes.rule = self.config.rule
+            elif self.episodes is not None:
+                self.episodes = Episodes(self.index, self.config.rule)
         return same
 
     def _new_warmup(self) -> Warmup:
@@ -258,6 +377,7 @@ class Processor:
             self.decoder.channels,
             auto,
             float(handler.threshold),
+            config.window.hop,
         )
 
     def _keeps_warmup_of(self, old: Processor) -> bool:
@@ -277,7 +397,7 @@ class Processor:
         extra = {}
         if self.stateful:  # the handler's own per-device summaries join the core ones
             extra = {str(x["device"]): x for x in self.handler.flush()}
-        core = self.summaries.flush()
+        core = self.summaries.flush(self.episodes.open if self.episodes else None)
         seen = {s["device"] for s in core}
         for s in [*core, *[{"device": d} for d in extra if d not in seen]]:
             s.update(extra.pop(s["device"], {}))
@@ -291,6 +411,7 @@ class Processor:
             "decoded": self.counters.decoded,
             "windows": self.counters.windows,
             "anomalies": self.counters.anomalies,
+            **(self._episode_stats() if self.episodes else {}),
             "errors": dict(self.counters.errors),
             "period_errors": self.period_errors,
             **(extra_stats or {}),
@@ -300,7 +421,19 @@ class Processor:
         evicted = self.index.evict_idle(self.clock() - self.config.window.ttl)
         if evicted:
             self.log.info("devices_evicted", count=evicted, devices=len(self.index))
+            if self.episodes is not None:  # an idle device's open episode closes with it
+                records += self._episode_records(self.episodes.take_pending())
         return records
+
+    def _episode_stats(self) -> dict:
+        e = self.episodes
+        assert e is not None
+        return {
+            "episodes_open": e.open_count(),
+            "episodes_opened": e.opened,
+            "episodes_closed": e.closed,
+            "episodes_suppressed": e.suppressed,
+        }
 
 
 def _states(batch) -> list[dict]:

@@ -75,6 +75,30 @@ class ModelHandler(Protocol):
 
 
 @runtime_checkable
+class NamedChannels(Protocol):
+    """Optional decoder ability: ``channel_names`` names the ``channels`` value columns (e.g.
+    the JSON decoder's ``fields``), so events name a cause by field instead of by index."""
+
+    channel_names: list[str]
+
+
+@runtime_checkable
+class Attributing(Protocol):
+    """Optional handler ability: which channels drive a window's score.
+
+    ``attributes`` says whether the handler, as loaded, can attribute (an ONNX model only
+    when it has a per-channel output); ``attribute(slots, windows)`` returns ``[k, channels]``
+    non-negative contributions for ``k`` windows as the handler scored them (normalised, with
+    their device slots). A handler that cannot attribute does not implement this, or has
+    ``attributes`` false: events then carry no ``cause``.
+    """
+
+    attributes: bool
+
+    def attribute(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
 class StreamHandler(Protocol):
     """A stateful handler: consumes decoded samples directly instead of fixed windows.
 

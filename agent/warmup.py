@@ -3,7 +3,9 @@
 A device's first ``samples`` values are its warm-up. When they are complete the stage fits
 the device's :class:`agent.calibration.Normaliser`, scores every hop-1 window inside the
 warm-up (one handler call for all devices finishing in the batch) and sets the device's
-threshold with :func:`agent.calibration.auto_threshold`; both are then frozen. Windows that
+threshold with :func:`agent.calibration.auto_threshold` (or, with
+``false_alarms_per_day``, :func:`agent.calibration.budget_threshold` at the exceedance
+probability that budget allows at the device's own window rate); both are then frozen. Windows that
 end inside the warm-up are not scored, so the warm-up never raises events. Windows are kept
 raw and normalised when they are scored.
 
@@ -18,9 +20,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .calibration import auto_threshold, fit_normaliser
+from . import log
+from .calibration import auto_threshold, budget_threshold, fit_normaliser
 from .config import CalibrationConfig
 from .windows import DeviceIndex, Groups
+
+DAY = 86400.0
 
 
 class Warmup:
@@ -34,10 +39,13 @@ class Warmup:
         channels: int,
         auto: bool,
         fixed_threshold: float,
+        hop: int = 1,
     ) -> None:
-        self.config, self.window, self.auto = config, window, auto
+        self.config, self.window, self.auto, self.hop = config, window, auto, hop
         self.n, self.channels = config.warmup, channels
         self.fixed = fixed_threshold
+        self.log = log.get(component="warmup")
+        self._warned = False
         self._alloc(index.capacity)
         index.on_grow.append(self._grow)
         index.on_evict.append(self._evict)
@@ -48,25 +56,49 @@ class Warmup:
         self.mean = np.zeros((cap, self.channels), np.float64)
         self.scale = np.ones((cap, self.channels), np.float64)
         self.threshold = np.full(cap, self.fixed, np.float64)
+        self.first_ts = np.zeros(cap, np.float64)
+        self.last_ts = np.zeros(cap, np.float64)
+
+    def _arrays(self) -> tuple[np.ndarray, ...]:
+        return (
+            self.count,
+            self.buf,
+            self.mean,
+            self.scale,
+            self.threshold,
+            self.first_ts,
+            self.last_ts,
+        )
 
     def _grow(self, cap: int) -> None:
-        old = (self.count, self.buf, self.mean, self.scale, self.threshold)
+        old = self._arrays()
         self._alloc(cap)
-        for new, prev in zip((self.count, self.buf, self.mean, self.scale, self.threshold), old):
+        for new, prev in zip(self._arrays(), old):
             new[: len(prev)] = prev
 
     def _evict(self, slots: np.ndarray) -> None:
         self.count[slots] = 0
         self.mean[slots], self.scale[slots], self.threshold[slots] = 0, 1, self.fixed
 
-    def push(self, slots: np.ndarray, values: np.ndarray, groups: Groups, handler) -> np.ndarray:
-        """Record warm-up samples; fit devices that complete it. Returns, per sample,
-        whether its device was calibrated before it (its windows may be scored)."""
+    def push(
+        self,
+        slots: np.ndarray,
+        values: np.ndarray,
+        groups: Groups,
+        handler,
+        ts: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Record warm-up samples (and their times); fit devices that complete it. Returns,
+        per sample, whether its device was calibrated before it (its windows may be scored)."""
         pos = self.count[slots] + groups.rank
         self.count[groups.slots] += groups.counts
         warm = pos < self.n
         if warm.any():
             self.buf[slots[warm], pos[warm]] = values[warm]
+            if ts is not None:
+                first = warm & (pos == 0)
+                self.first_ts[slots[first]] = ts[first]
+                self.last_ts[slots[warm]] = ts[warm]
             done = np.unique(slots[pos == self.n - 1])
             if len(done):
                 self._fit(done, handler)
@@ -87,10 +119,37 @@ class Warmup:
         owner = np.repeat(slots, span)
         flat = self.normalise(owner, windows.reshape(-1, self.window, self.channels))
         scores = np.asarray(_score(handler, owner, flat), np.float64).reshape(len(slots), span)
+        budget = self.config.false_alarms_per_day
         for i, s in enumerate(slots.tolist()):
-            self.threshold[s] = auto_threshold(
-                scores[i], quantile=self.config.quantile, factor=self.config.factor
+            if budget is None:
+                self.threshold[s] = auto_threshold(
+                    scores[i], quantile=self.config.quantile, factor=self.config.factor
+                )
+            else:
+                self.threshold[s] = budget_threshold(scores[i], self._exceed_prob(s, budget))
+
+    def _exceed_prob(self, slot: int, budget: float) -> float:
+        """Per-window probability that keeps openings within ``budget`` a day at this
+        device's window rate (every window over the threshold counted as an opening, so
+        ``open_after`` and ``clear_after`` only lower the rate)."""
+        span = self.last_ts[slot] - self.first_ts[slot]
+        rate = (self.n - 1) / span if span > 0 else 1.0  # samples/s; 1 Hz if unstamped
+        per_day = DAY * rate / self.hop
+        p = min(budget / per_day, 0.5)
+        windows = self.n - self.window + 1
+        if not self._warned and p * windows < 1e-3:
+            self._warned = True
+            need = int(np.ceil(1e-3 / p)) + self.window - 1
+            self.log.warning(
+                "warmup_short_for_budget",
+                warmup=self.n,
+                minimum=need,
+                windows_per_day=round(per_day),
+                reason=f"a budget of {budget}/day at {per_day:.0f} windows/day extrapolates "
+                f"more than 1000x beyond {windows} warm-up windows; use calibration.warmup "
+                f">= {need} samples (about {need / rate / 3600:.1f} h at this device's rate)",
             )
+        return p
 
     def normalise(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
         """``(windows - mean) / scale`` with each window's device parameters."""

@@ -68,13 +68,13 @@ class DeviceIndex:
         if not len(used):
             return 0
         idle = used[self.last_seen[used] < before]
+        if len(idle):  # hooks first: they may still name the devices they let go
+            for hook in self.on_evict:
+                hook(idle)
         for s in idle.tolist():
             del self.slot_of[self.names[s]]
             self.names[s] = None
             self._free.append(s)
-        if len(idle):
-            for hook in self.on_evict:
-                hook(idle)
         return len(idle)
 
 

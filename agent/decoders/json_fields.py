@@ -49,6 +49,7 @@ class JsonDecoder:
     def __init__(self, config: JsonDecoderConfig) -> None:
         self.config = config
         self.channels = len(config.fields) if config.fields else int(config.channels or 0)
+        self.channel_names = [*config.fields] if config.fields else []  # else by index
         m = _TOPIC_SEGMENT.match(config.device)
         self._segment = int(m[1]) if m else None
         self._devices: dict[str, str] = {}

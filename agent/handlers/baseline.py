@@ -37,6 +37,7 @@ class BaselineHandler:
         self.config = config
         self.threshold = float("nan") if config.threshold == "auto" else config.threshold
         self.channels = 0
+        self.attributes = True
 
     def load(self, window_size: int, channels: int) -> None:
         self.channels = channels
@@ -95,6 +96,20 @@ class BaselineHandler:
         t2, q = self._stats(slots, z)
         ref = self.ref[slots]
         return (t2 / ref[:, :1] + q / ref[:, 1:]).mean(axis=1).astype(np.float32)
+
+    def attribute(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Each channel's share of the window score: its part of T2 (``z_c`` times the
+        whitened projection mapped back to channel ``c``) plus its squared residual (Q),
+        each over its warm-up reference, averaged over the window; negatives clipped."""
+        z = (windows - self.median[slots, None, :]) / self.mad[slots, None, :]
+        basis = self.basis[slots]
+        proj = np.einsum("kwc,kcr->kwr", z, basis)
+        kept = self.kept[slots].astype(np.float64)
+        back = np.einsum("kwr,kcr->kwc", proj * self.inv_eig[slots][:, None, :], basis)
+        residual = z - np.einsum("kwr,kcr->kwc", proj * kept[:, None, :], basis)
+        ref = self.ref[slots]
+        part = z * back / ref[:, None, :1] + residual**2 / ref[:, None, 1:]
+        return np.maximum(part.mean(axis=1), 0)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         raise TypeError("the baseline handler scores per device: use infer_devices")

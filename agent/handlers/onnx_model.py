@@ -24,6 +24,11 @@ class OnnxHandlerConfig(ComponentConfig):
     details: list[str] = Field(
         [], description="more outputs (one value per window) added to each event, e.g. mode"
     )
+    cause: str | None = Field(
+        "channel_error",
+        description="output of per-channel contributions [N, channels] (e.g. reconstruction "
+        "error) naming an event's cause; used when the model has it; none: never",
+    )
     threshold: float | Literal["auto"] = Field(
         1.5,
         description="a window scoring above this is an anomaly; `auto`: per device from its "
@@ -63,6 +68,7 @@ class OnnxHandler:
         self._session = None
         self._flat = True
         self.last_details: dict[str, np.ndarray] = {}
+        self.attributes = False
 
     def load(self, window_size: int, channels: int) -> None:
         import onnxruntime as ort
@@ -127,6 +133,8 @@ class OnnxHandler:
             raise ModelError(f"{path}: no output {missing}; it has {sorted(outputs)}")
         self._session, self._input = session, inp.name
         self._outputs = [out.name, *self.config.details]
+        cause = outputs.get(self.config.cause or "")
+        self.attributes = cause is not None and list(cause.shape)[1:] in ([channels], [None])
         warm = self.infer(np.zeros((2, window_size, channels), np.float32))
         if warm.shape != (2,):
             raise ModelError(f"{path}: output {out.name!r} gave shape {warm.shape} for 2 windows")
@@ -164,6 +172,14 @@ class OnnxHandler:
             name: d.reshape(len(batch)) for name, d in zip(self.config.details, details)
         }
         return scores.reshape(len(batch))
+
+    def attribute(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Per-channel contributions of ``windows`` from the model's ``cause`` output."""
+        if not self.attributes:
+            raise TypeError(f"{self.path}: the model has no {self.config.cause!r} output")
+        x = windows.reshape(len(windows), -1) if self._flat else windows
+        (out,) = self._session.run([self.config.cause], {self._input: x})
+        return np.maximum(np.asarray(out, np.float64).reshape(len(windows), -1), 0)
 
     def describe(self, hits: np.ndarray) -> list[dict]:
         """The ``details`` outputs of the last call for windows ``hits``, for their events."""

@@ -21,7 +21,8 @@ def save_autoencoder(
     ``recon`` and ``target`` are flat rows ``[N, W*C]`` (``C`` = ``input_shape[-1]``). The score
     is ``mean((recon - target)^2)``; with ``channel_power`` p it is the power mean over channels
     of each channel's mean squared error, ``mean_c(mse_c^p)^(1/p)``, which lets one channel's
-    error stand out instead of being diluted by the others.
+    error stand out instead of being diluted by the others; the model then also outputs those
+    per-channel errors as ``channel_error`` [N, C], which the runtime names as an event's cause.
     """
     import numpy as np
     import onnx
@@ -47,12 +48,17 @@ def save_autoencoder(
             helper.make_node("Pow", ["mse_c", "power"], ["mse_p"]),
             helper.make_node("ReduceMean", ["mse_p"], ["mean_p"], axes=[1], keepdims=0),
             helper.make_node("Pow", ["mean_p", "root"], ["score"]),
+            helper.make_node("Identity", ["mse_c"], ["channel_error"]),
         ]
+    outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])]
+    if channel_power is not None:
+        shape = ["N", input_shape[-1]]
+        outputs.append(helper.make_tensor_value_info("channel_error", TensorProto.FLOAT, shape))
     graph = helper.make_graph(
         nodes,
         name,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"])],
+        outputs,
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])

@@ -206,6 +206,15 @@ def manifest_entry(file: str, measured: dict[str, float], quantization: str) -> 
             "meaning": "power mean (p = 4) over channels of each channel's mean squared "
             "reconstruction error; attributed to newest sample",
         },
+        "outputs_extra": [
+            {
+                "name": "channel_error",
+                "shape": ["N", CHANNELS],
+                "dtype": "float32",
+                "meaning": "each channel's mean squared reconstruction error over the window: "
+                "the cause an event names",
+            }
+        ],
         "window": {"size": WINDOW, "channels": CHANNELS, "rate_hz": 1},
         "channels": list(datasets.SKAB_CHANNELS),
         "normalisation": {

@@ -38,6 +38,7 @@ def _config(port: int, prefix: str, model: Path, spool: Path, **over) -> dict:
         },
         "window": {"size": 32, "hop": 8},
         "handler": {"type": "onnx_autoencoder", "model": str(model), "threshold": 1.5},
+        "rule": {"events": "windows"},  # these tests count an event per anomalous window
         "summary": {"every": "1s"},
         "sinks": [
             {
@@ -259,6 +260,7 @@ def test_shared_subscription_two_agents_each_message_once(broker, tmp_path):
                 },
                 "window": "none",
                 "handler": {"type": "onnx", "model": str(model), "threshold": -1e9},
+                "rule": {"events": "windows"},  # these tests count an event per anomalous window
             },
         )
         procs.append(_agent_proc(cfg, tmp_path / f"a{k}.yaml"))

@@ -52,6 +52,7 @@ def write_config(
                 "decoder": {"type": "json", "device": "topic[2]", "channels": 8},
                 "window": {"size": 32, "hop": 8},
                 "handler": {"type": "onnx_autoencoder", "model": str(model), "threshold": 1.5},
+                "rule": {"events": "windows"},  # these tests count an event per anomalous window
                 "summary": {"every": "1s"},
                 "sinks": [
                     {

@@ -26,6 +26,7 @@ def w1_config(model: str, max_devices: int = 100_000) -> dict:
                 "decoder": {"type": "json", "channels": 8},
                 "window": {"size": 32, "hop": 8, "max_devices": max_devices},
                 "handler": {"type": "onnx", "model": model, "threshold": 1.5},
+                "rule": {"events": "windows"},
                 "sinks": [{"type": "stdout"}],
             }
         ],

@@ -101,7 +101,7 @@ class Identity:
 def test_processor_holds_events_open():
     """Through the Processor: windows after the score falls back stay anomalous (and raise
     events) for ``hold`` windows; another device is unaffected."""
-    cfg = parse_config(config({"hold": 2}), "t").pipelines[0]
+    cfg = parse_config(config({"hold": 2, "events": "windows"}), "t").pipelines[0]
     registry = Registry()
     proc = Processor(cfg, registry.get("decoder", "json")(cfg.decoder), Identity())
     values = [0, 2, 0, 0, 0, 0]

@@ -37,14 +37,19 @@ def test_skab_contract(name):
     """input [N, 32, 8] float32 -> score [N] float32; small for normal data, large when shifted."""
     entry = models.manifest()[name]
     sess = session(name)
-    (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
+    (inp,), (out, cause) = sess.get_inputs(), sess.get_outputs()
     assert (inp.name, inp.shape[1:], inp.type) == ("input", [32, 8], "tensor(float)")
     assert entry["input"]["shape"] == ["N", 32, 8] and out.name == entry["output"]["name"]
+    assert (cause.name, cause.shape[1:]) == ("channel_error", [8])
     x = np.random.default_rng(0).normal(size=(64, 32, 8)).astype(np.float32)
     (score,) = sess.run(["score"], {"input": x})
     assert score.shape == (64,) and score.dtype == np.float32
     (shifted,) = sess.run(["score"], {"input": x + 5})
     assert shifted.min() > score.max()
+    one = x.copy()
+    one[:, :, 3] += 5  # one channel off: the per-channel errors name it
+    (errors,) = sess.run(["channel_error"], {"input": one})
+    assert errors.shape == (64, 8) and (errors.argmax(axis=1) == 3).all()
 
 
 def test_int8_agrees_with_fp32():
