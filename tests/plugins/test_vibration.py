@@ -197,3 +197,21 @@ def test_evaluate_cwru_cli_json(capsys, recordings, tmp_path):
     assert out["confusion"]["outer"]["outer"] == round(out["accuracy"] * 20)
     assert main(["evaluate", "cwru", "--data", str(tmp_path / "sub" / "none")]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+def test_shipped_manifest_describes_the_model():
+    """The manifest beside the model names its file and checksum, rate, block, speeds,
+    classes, split, what was tuned on what, and the held-out figures of the shipped file."""
+    import hashlib
+
+    from edge_agent_vibration import MANIFEST
+
+    entry = MANIFEST["bearing_cwru"]
+    assert MODEL.name == entry["file"]
+    assert hashlib.sha256(MODEL.read_bytes()).hexdigest() == entry["sha256"]
+    assert (entry["sample_rate"], entry["block_size"]) == (SAMPLE_RATE, BLOCK)
+    assert entry["classes"] == list(cwru.CLASSES)
+    assert entry["shaft_hz_trained"] == [29.95, 29.95]
+    assert {"split", "tuned_on", "trained_on", "quantization"} <= entry.keys()
+    shipped = entry["heldout_int8" if "int8" in entry["file"] else "heldout_fp32"]
+    assert shipped["accuracy"] >= 0.98 and shipped["normal_blocks_scored_fault"] == 0
