@@ -221,6 +221,14 @@ def draw(plot: dict, out: Path, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cwru"]:  # bearing data: evaluated by the vibration plugin's own module
+        try:
+            from edge_agent_vibration.evaluate import main as cwru_main
+        except ImportError:
+            print("error: evaluate cwru needs pip install ./plugins/vibration", file=sys.stderr)
+            return 2
+        return cwru_main(argv[1:])
     p = argparse.ArgumentParser(prog="edge-agent evaluate", description=__doc__.splitlines()[0])
     p.add_argument("dataset", choices=["skab", "ai4i"])
     p.add_argument("--model", help="an .onnx file or builtin:NAME (default: the shipped one)")

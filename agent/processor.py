@@ -116,6 +116,9 @@ class Processor:
 
     def load(self) -> None:
         """Load the model against this pipeline's window (raises ModelError)."""
+        bind = getattr(self.handler, "bind", None)
+        if bind is not None:  # a handler that depends on how samples were decoded
+            bind(self.decoder)
         self.handler.load(self.config.window.size, self.decoder.channels)
         handler = self.handler
         self.attributes = isinstance(handler, Attributing) and handler.attributes

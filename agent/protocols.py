@@ -61,7 +61,9 @@ class ModelHandler(Protocol):
     anomaly.
 
     Optional: ``describe(hits)`` returns one dict of extra event fields (e.g. a class label)
-    for each index in ``hits`` of the last ``infer`` call.
+    for each index in ``hits`` of the last ``infer`` call. ``bind(decoder)``, called before
+    ``load``, lets a handler check how samples were decoded (e.g. the decoder's
+    ``sample_rate`` against the model's), raising :class:`agent.errors.ModelError`.
     """
 
     config_model: ClassVar[type]

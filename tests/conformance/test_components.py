@@ -80,11 +80,12 @@ DECODERS = {
         [Message("spBv1.0/g1/DDATA/n1/pump1", b"\x08\xff"), ddata(0, 1.0, node="other")],
     ),
     "vibration_block": (
-        {"type": "vibration_block"},
+        {"type": "vibration_block", "sample_rate": 1000},
         [_block(i) for i in range(4)],
         [
             Message("vib/m0/accel", b'{"ts": 1, "v": [1, "x"]}'),
             Message("vib/m0/accel", b'{"v": [1]}'),
+            Message("vib/m0/accel", b'{"ts": 1, "fs": 1234, "v": [1, 2]}'),
         ],
     ),
 }

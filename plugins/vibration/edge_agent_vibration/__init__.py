@@ -1,5 +1,12 @@
-"""edge-agent plugin: bearing condition from spectral features of high-rate vibration."""
+"""edge-agent plugin: bearing condition from high-rate vibration blocks."""
 
+import json
 from pathlib import Path
 
-MODEL = Path(__file__).parent / "models" / "bearing_lr.onnx"
+MODELS = Path(__file__).parent / "models"
+MANIFEST = (
+    json.loads((MODELS / "manifest.json").read_text())["models"]
+    if (MODELS / "manifest.json").is_file()
+    else {}
+)
+MODEL = MODELS / MANIFEST.get("bearing_cwru", {}).get("file", "bearing_cwru_int8.onnx")

@@ -1,11 +1,17 @@
-"""Bearing condition handler: spectral features of each window -> ONNX classifier."""
+"""Bearing condition handler: features of each window -> ONNX classifier -> class probabilities.
+
+The anomaly score is ``1 - P(normal)``, so a healthy bearing stays below the threshold; the
+class probabilities of every window are in ``last_details`` (``p_<class>``) and an event
+names the most likely fault. :meth:`BearingHandler.probabilities` is the typed output; the
+score and details are derived from it.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -14,7 +20,19 @@ from agent.config import ComponentConfig
 from agent.errors import ModelError
 
 from . import MODEL
-from .features import feature_count, features
+from .features import feature_names, features
+
+
+def model_metadata(session: Any) -> dict[str, Any]:
+    """The model's own metadata (JSON values written by build_model); entries that tools
+    such as the quantizer add as plain strings (``onnx.infer``) are left out."""
+    out = {}
+    for k, v in session.get_modelmeta().custom_metadata_map.items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            continue
+    return out
 
 
 class BearingConfig(ComponentConfig):
@@ -26,14 +44,22 @@ class BearingConfig(ComponentConfig):
     threshold: float = Field(
         0.5, gt=0, lt=1, description="score (1 - P(normal)) above which a window is an event"
     )
+    shaft_hz: float | None = Field(
+        None,
+        gt=0,
+        description="shaft speed (Hz) of windows whose blocks give no `rpm` (default: the "
+        "speed the model was trained at)",
+    )
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
 
 
 class BearingHandler:
     """Scores ``[n, size, channels]`` vibration windows: ``1 - P(normal)``.
 
-    The model's metadata names its classes, window size, channels and bands; ``load``
-    refuses a window it was not built for. Keeps no per-device state.
+    The model's metadata names its classes, sample rate, window size, channels, feature
+    names, bearing fault orders and nominal shaft speed. ``bind`` checks the decoder's rate
+    against the model's and learns whether the last channel is the shaft speed; ``load``
+    refuses a window the model was not built for. Keeps no per-device state.
     """
 
     config_model = BearingConfig
@@ -43,7 +69,20 @@ class BearingHandler:
         self.threshold = config.threshold
         self.path = Path(config.model)
         self.sha256 = ""
-        self._last: np.ndarray | None = None
+        self.speed_channel = False
+        self.last_details: dict[str, np.ndarray] = {}
+        self._decoder_rate: float | None = None
+
+    def bind(self, decoder: Any) -> None:
+        """Take the decoder's delivered rate and shaft-speed channel (called before load)."""
+        rate = getattr(decoder, "sample_rate", None)
+        if rate is None:
+            raise ModelError(
+                f"{self.path}: bearing_condition needs a decoder that declares its sample "
+                f"rate (vibration_block), not {type(decoder).__name__}"
+            )
+        self._decoder_rate = float(rate)
+        self.speed_channel = bool(getattr(decoder, "speed_channel", False))
 
     def load(self, window_size: int, channels: int) -> None:
         import onnxruntime as ort
@@ -60,40 +99,74 @@ class BearingHandler:
             session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise ModelError(f"{self.path}: not a loadable ONNX model ({e})") from e
-        meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+        meta = model_metadata(session)
         try:
             self.classes: list[str] = meta["classes"]
             self._normal = self.classes.index(meta.get("normal_class", "normal"))
-            size, want_ch, self.bands = meta["window_size"], meta["channels"], meta["bands"]
+            size, want_ch = meta["window_size"], meta["channels"]
+            self.sample_rate, self.bearing = float(meta["sample_rate"]), meta["bearing_orders"]
+            self.shaft_hz = float(self.config.shaft_hz or meta["shaft_hz"])
+            names = meta["features"]
         except (KeyError, ValueError) as e:
             raise ModelError(f"{self.path}: metadata lacks {e} (see build_model.py)") from e
-        if (window_size, channels) != (size, want_ch):
+        if self._decoder_rate is not None and self._decoder_rate != self.sample_rate:
+            raise ModelError(
+                f"{self.path}: built for {self.sample_rate:g} Hz, but the decoder delivers "
+                f"{self._decoder_rate:g} Hz: set decoder.sample_rate: {self.sample_rate:g} "
+                "(blocks at integer multiples of it are decimated)"
+            )
+        vib = channels - int(self.speed_channel)
+        if (window_size, vib) != (size, want_ch):
             raise ModelError(
                 f"{self.path}: built for windows of {size} samples x {want_ch} channels, but "
-                f"the pipeline gives {window_size} x {channels}: set window.size: {size} and "
+                f"the pipeline gives {window_size} x {vib}: set window.size: {size} and "
                 f"a decoder with {want_ch} channel(s)"
             )
+        if names != feature_names(want_ch):
+            raise ModelError(f"{self.path}: built on other features than this plugin computes")
         (inp,) = session.get_inputs()
-        n_feat = feature_count(channels, self.bands)
-        if inp.shape[-1] != n_feat:
-            raise ModelError(f"{self.path}: input {inp.shape} but features are [N, {n_feat}]")
+        if inp.shape[-1] != len(names):
+            raise ModelError(f"{self.path}: input {inp.shape} but features are [N, {len(names)}]")
         self._session, self._input = session, inp.name
         warm = self.infer(np.zeros((2, window_size, channels), np.float32))
         if warm.shape != (2,):
             raise ModelError(f"{self.path}: gave {warm.shape} scores for 2 windows")
 
+    def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities ``[n, classes]`` and the shaft speed (Hz) used, per window."""
+        if self.speed_channel:
+            given = batch[:, :, -1].astype(np.float64)
+            known = given > 0
+            count = known.sum(axis=1)
+            total = np.where(known, given, 0).sum(axis=1)
+            shaft = np.where(count > 0, total / np.maximum(count, 1), self.shaft_hz)
+            batch = batch[:, :, :-1]
+        else:
+            shaft = np.full(len(batch), self.shaft_hz)
+        f = features(batch, self.sample_rate, shaft, self.bearing)
+        (probs,) = self._session.run(None, {self._input: f})
+        return probs.astype(np.float64), shaft
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """``1 - P(normal)`` per window: features for the batch, then one ONNX call."""
-        (probs,) = self._session.run(None, {self._input: features(batch, self.bands)})
-        self._last = probs
-        return 1.0 - probs[:, self._normal].astype(np.float64)
+        """``1 - P(normal)`` per window; the probabilities go to ``last_details``."""
+        probs, shaft = self.probabilities(batch)
+        self.last_details = {f"p_{c}": probs[:, i] for i, c in enumerate(self.classes)}
+        self.last_details["shaft_hz"] = shaft
+        return 1.0 - probs[:, self._normal]
 
     def describe(self, hits: np.ndarray) -> list[dict]:
-        """The most likely condition and its probability for windows of the last call."""
-        assert self._last is not None
-        p = self._last[hits]
-        best = p.argmax(axis=1)
+        """For windows ``hits`` of the last call: the most likely fault, its probability and
+        every class's probability."""
+        d = self.last_details
+        probs = np.stack([d[f"p_{c}"][hits] for c in self.classes], axis=1)
+        faults = [i for i in range(len(self.classes)) if i != self._normal]
+        best = np.asarray(faults)[probs[:, faults].argmax(axis=1)]
         return [
-            {"condition": self.classes[int(k)], "probability": round(float(p[i, k]), 4)}
-            for i, k in enumerate(best)
+            {
+                "condition": self.classes[int(k)],
+                "probability": round(float(probs[j, k]), 4),
+                "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, probs[j])},
+                "shaft_hz": round(float(d["shaft_hz"][hits[j]]), 3),
+            }
+            for j, k in enumerate(best)
         ]
