@@ -25,7 +25,6 @@ from .rule import Hold
 from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex, Groups
 
-
 UNSET_CLOCK = 1e9  # s: before 2001-09-09, a clock never set (a camera without NTP: 1970)
 
 
