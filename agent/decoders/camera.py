@@ -322,7 +322,7 @@ class AnalyticsConfig(ComponentConfig):
 class DeepStreamAnalyticsDecoder:
     """nvdsanalytics counts (ROI occupancy, line crossings, overcrowding) from a DeepStream
     message: one single-channel sample per camera and line or ROI, so a windowed handler
-    scores each count on its own. See docs/configuration.md for the DeepStream config keys
+    scores each count on its own. See docs/devices.md for the DeepStream config keys
     each count comes from."""
 
     config_model = AnalyticsConfig
