@@ -6,6 +6,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "deepstream_full": "agent.decoders.camera:DeepStreamFullDecoder",
         "deepstream_minimal": "agent.decoders.camera:DeepStreamMinimalDecoder",
         "detections_json": "agent.decoders.camera:DetectionsJsonDecoder",
+        "deepstream_analytics": "agent.decoders.camera:DeepStreamAnalyticsDecoder",
         "sparkplug_b": "agent.decoders.sparkplug:SparkplugDecoder",
     },
     "handler": {

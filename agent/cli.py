@@ -152,6 +152,7 @@ TOOLS = (
     ("evaluate", "agent.evaluate:main", "replay SKAB or AI4I through the pipeline and score it"),
     ("quantize", "agent.quantize:main", "quantize an ONNX model to int8 and compare it"),
     ("bench", "bench.w1:main", "the benchmarks: bench w1 | bench floor [options]"),
+    ("decode", "agent.decode_tool:main", "run payloads through a pipeline's decoder, show it"),
 )
 BENCHES = {"w1": "bench.w1", "floor": "bench.floor"}  # bench alone: w1
 

@@ -55,6 +55,19 @@ Duration = Annotated[
 ]
 
 
+def _none_word(v: Any) -> Any:
+    """``none`` written in YAML as a word (the docs' spelling) is the same as null."""
+    return None if isinstance(v, str) and v.strip().lower() == "none" else v
+
+
+_DURATION_SCHEMA = Duration.__metadata__[-1].json_schema  # type: ignore[attr-defined]
+OptionalDuration = Annotated[
+    Duration | None,
+    BeforeValidator(_none_word),
+    WithJsonSchema({"anyOf": [*_DURATION_SCHEMA["anyOf"], {"type": "null"}, {"const": "none"}]}),
+]
+
+
 class Model(BaseModel):
     """Base of every config model: frozen, unknown keys rejected."""
 
@@ -129,10 +142,11 @@ class SourceConfig(Model):
         "drop_oldest", description="what a full intake does (block: QoS 1 backpressure)"
     )
     max_payload: int = Field(65536, gt=0, description="larger payloads are rejected")
-    max_clock_skew: Duration | None = Field(
+    max_clock_skew: OptionalDuration = Field(
         86400,
         description="a sample whose timestamp is further than this from the agent's clock is "
-        "rejected (counted as ts_future / ts_past); none: accept any timestamp",
+        "rejected (counted as ts_future / ts_past); none: accept any timestamp (a camera "
+        "without NTP stamps 1970)",
     )
     fast_path: bool = Field(
         True, description="split PUBLISH packets in bulk beside paho (false: stock paho)"

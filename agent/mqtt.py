@@ -73,6 +73,7 @@ class Connection:
         client_id: str,
         *,
         will: tuple[str, bytes] | None = None,
+        will_retain: bool = True,
         on_publish: fastpath.PublishCallback | None = None,
         coalesce: float = 0.0,
     ) -> None:
@@ -97,7 +98,7 @@ class Connection:
         if broker.tls is not None:
             self.client.tls_set_context(tls_context(broker))
         if will:
-            self.client.will_set(will[0], will[1], qos=1, retain=True)
+            self.client.will_set(will[0], will[1], qos=1, retain=will_retain)
         self.client.on_connect = self._on_connect
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect

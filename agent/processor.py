@@ -27,6 +27,8 @@ from .rule import Hold
 from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex, Groups
 
+UNSET_CLOCK = 1e9  # s: before 2001-09-09, a clock never set (a camera without NTP: 1970)
+
 
 @dataclass
 class Counters:
@@ -329,7 +331,9 @@ class Processor:
         reason = f"device {batch.devices[first]}: ts {batch.ts[first]:.3f} is {kind[3:]}"
         self._count_errors({k: v for k, v in errors.items() if v}, [])
         if self._limit.allow(kind):
-            self.log.warning("sample_rejected", kind=kind, reason=reason, skew=skew)
+            unset = batch.ts[first] < UNSET_CLOCK
+            hint = "the source's clock is not set: source.max_clock_skew: none" if unset else None
+            self.log.warning("sample_rejected", kind=kind, reason=reason, skew=skew, hint=hint)
         keep = np.flatnonzero(~bad)
         batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
         batch.devices = [batch.devices[i] for i in keep.tolist()]

@@ -7,12 +7,19 @@ The full schema sends one object per message, so each of its messages is a one-o
 "frame" (merging messages by timestamp would make samples depend on batching); handlers
 that need occupancy count live tracks instead (see the people-flow plugin).
 
+As DeepStream sends them: a full-schema ``object.id`` is a string (``"11"``, or a text id
+such as ``^S10_110_127_110_A1_^O1``, mapped to a stable number); a class block is keyed by
+the model's label (``person``, ``Person``, a custom label); tracker id ``-1`` and 2^64-1
+are untracked, and an int32-wrapped negative id is read back as unsigned. An empty payload
+(DeepStream sends one for a frame without objects) is skipped, not an error.
+
 Error kinds: ``json`` (not a JSON object), ``schema`` (no camera id, timestamp or object
 list), ``object`` (one malformed object: that object is dropped, the rest of the frame kept).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from datetime import datetime
@@ -25,8 +32,8 @@ from pydantic import Field
 from ..config import ComponentConfig
 from ..records import Detections, Message, SampleBatch
 
-# class-specific blocks of the DeepStream full schema, by the key that names them
-FULL_CLASS_BLOCKS = ("person", "vehicle", "face", "bicycle", "bag", "roadsign")
+# object blocks of the DeepStream full schema that are not the class block
+FULL_NON_CLASS_BLOCKS = frozenset({"bbox", "location", "coordinate", "pose", "embedding"})
 
 
 class CameraConfig(ComponentConfig):
@@ -127,11 +134,53 @@ class _Frames:
 
 
 def _track(value: Any) -> int:
-    """A tracker id as an int; -1 when untracked (DeepStream sends "-1" or a large id)."""
+    """A tracker id as an int; -1 when untracked ("-1", or 2^64-1 from an unsigned field).
+
+    An int32-wrapped id (a tracker id over 2^31 printed as signed) is read as unsigned; a
+    text id (the smart-parking app's ``^S..._^O1``) becomes a stable 62-bit number."""
     if value is None or value == "":
         return -1
-    t = int(value)
-    return t if t < (1 << 63) else -1
+    if isinstance(value, bool):
+        raise ValueError(f"not a tracker id: {value!r}")
+    if isinstance(value, str):
+        try:
+            t = int(value)
+        except ValueError:
+            digest = hashlib.blake2b(value.encode(), digest_size=8).digest()
+            return int.from_bytes(digest, "big") >> 2
+    else:
+        t = int(value)
+    if t == -1 or t >= (1 << 63):
+        return -1
+    if -(1 << 31) <= t < 0:
+        return t + (1 << 32)
+    return t if t >= 0 else -1
+
+
+def _frame_seq(value: Any) -> int:
+    """A frame number from an int or a digit string (current DeepStream); -1 otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return -1
+
+
+class CameraId:
+    """Where a message's camera id is: ``topic[N]`` or a payload field (dots for nesting)."""
+
+    def __init__(self, spec: str) -> None:
+        topic = spec.startswith("topic[") and spec.endswith("]")
+        self.segment = int(spec[6:-1]) if topic else None
+        self.path = spec
+
+    def __call__(self, msg: Message, obj: dict) -> str:
+        if self.segment is not None:
+            return msg.topic.split("/")[self.segment]
+        value = _field(obj, self.path)
+        if not isinstance(value, (str, int)) or value == "":
+            raise ValueError("camera id is not a string")
+        return str(value)
 
 
 class _CameraDecoder:
@@ -141,21 +190,13 @@ class _CameraDecoder:
     def __init__(self, config: CameraConfig) -> None:
         self.config = config
         self.channels = 1 + len(config.classes)
-        dev = config.device or self.default_device
-        self._segment = int(dev[6:-1]) if dev.startswith("topic[") and dev.endswith("]") else None
-        self._device = dev
-
-    def _camera(self, msg: Message, obj: dict) -> str:
-        if self._segment is not None:
-            return msg.topic.split("/")[self._segment]
-        value = _field(obj, self._device)
-        if not isinstance(value, (str, int)) or value == "":
-            raise ValueError("camera id is not a string")
-        return str(value)
+        self._camera = CameraId(config.device or self.default_device)
 
     def decode_many(self, messages: Sequence[Message]) -> SampleBatch:
         out = _Frames(self.config.classes)
         for msg in messages:
+            if not msg.payload.strip() or msg.payload.strip() == b'""':
+                continue  # a frame without objects, as deepstream-test5 sends it
             try:
                 obj = orjson.loads(msg.payload)
             except orjson.JSONDecodeError as e:
@@ -191,8 +232,10 @@ class DeepStreamFullDecoder(_CameraDecoder):
             float(b["bottomrightx"]),
             float(b["bottomrighty"]),
         )
-        label = next((k for k in FULL_CLASS_BLOCKS if isinstance(o.get(k), dict)), "")
-        block = o.get(label, {}) if label else {}
+        label = next(
+            (k for k, v in o.items() if isinstance(v, dict) and k not in FULL_NON_CLASS_BLOCKS), ""
+        )
+        block = o[label] if label else {}
         conf = block.get("confidence", o.get("confidence", -1.0))
         track = _track(o.get("id"))
         conf = float(conf) if isinstance(conf, (int, float)) else -1.0
@@ -203,7 +246,8 @@ class DeepStreamFullDecoder(_CameraDecoder):
 
 class DeepStreamMinimalDecoder(_CameraDecoder):
     """DeepStream minimal schema: a frame per message, ``objects`` as pipe-delimited
-    ``trackingId|left|top|right|bottom|label|...`` strings; a malformed one is dropped."""
+    ``trackingId|left|top|right|bottom|label|#|attributes...|confidence`` strings (the
+    confidence is the last field after ``#``); a malformed one is dropped."""
 
     default_device = "sensorId"
 
@@ -213,15 +257,25 @@ class DeepStreamMinimalDecoder(_CameraDecoder):
         objects = obj.get("objects", [])
         if not isinstance(objects, list):
             raise TypeError("objects is not a list")
-        frame_id = obj.get("id", -1)
-        out.start(camera, ts, int(frame_id) if isinstance(frame_id, int) else -1)
+        out.start(camera, ts, _frame_seq(obj.get("id")))
         for item in objects:
             try:
                 parts = item.split("|")
                 box = (float(parts[1]), float(parts[2]), float(parts[3]), float(parts[4]))
-                out.add(_track(parts[0]), box, parts[5], -1.0)
+                out.add(_track(parts[0]), box, parts[5], _trailing_confidence(parts))
             except (AttributeError, IndexError, ValueError) as e:
                 out.reject(None, "object", f"{msg.topic}: bad object {item!r} ({e})")
+
+
+def _trailing_confidence(parts: list[str]) -> float:
+    """The confidence ending a minimal-schema object after its ``#`` attributes; -1 if none."""
+    if len(parts) < 8 or parts[6] != "#":
+        return -1.0
+    try:
+        conf = float(parts[-1])
+    except ValueError:
+        return -1.0
+    return conf if 0.0 <= conf <= 1.0 else -1.0
 
 
 class DetectionsJsonDecoder(_CameraDecoder):
@@ -237,8 +291,7 @@ class DetectionsJsonDecoder(_CameraDecoder):
         dets = obj["detections"]
         if not isinstance(dets, list):
             raise TypeError("detections is not a list")
-        frame_id = obj.get("frame", -1)
-        out.start(camera, ts, int(frame_id) if isinstance(frame_id, int) else -1)
+        out.start(camera, ts, _frame_seq(obj.get("frame")))
         for d in dets:
             try:
                 box = tuple(float(v) for v in d["bbox"])
@@ -248,3 +301,95 @@ class DetectionsJsonDecoder(_CameraDecoder):
                 out.add(_track(d.get("id")), box, str(d["label"]), float(score))
             except (KeyError, TypeError, ValueError, AttributeError) as e:
                 out.reject(None, "object", f"{msg.topic}: bad detection ({e!r})")
+
+
+class AnalyticsConfig(ComponentConfig):
+    type: Literal["deepstream_analytics"]
+    device: str | None = Field(
+        None,
+        description="camera id: topic[N], a payload field (dots for nesting), or none: sensor.id",
+    )
+    block: str = Field(
+        "analyticsModule", description="the payload field holding the nvdsanalytics counts"
+    )
+    counts: dict[str, str] = Field(
+        {"objInROIcnt": "roi", "objLCCumCnt": "line", "ocStatus": "overcrowding"},
+        description="maps in the block (name -> count) and the device kind each becomes: "
+        "<camera>/<kind>/<name>; any other number or boolean in the block is <camera>/<key>",
+    )
+
+
+class DeepStreamAnalyticsDecoder:
+    """nvdsanalytics counts (ROI occupancy, line crossings, overcrowding) from a DeepStream
+    message: one single-channel sample per camera and line or ROI, so a windowed handler
+    scores each count on its own. See docs/devices.md for the DeepStream config keys
+    each count comes from."""
+
+    config_model = AnalyticsConfig
+    channels = 1
+
+    def __init__(self, config: AnalyticsConfig) -> None:
+        self.config = config
+        self._camera = CameraId(config.device or "sensor.id")
+
+    def decode_many(self, messages: Sequence[Message]) -> SampleBatch:
+        devices: list[str] = []
+        ts: list[float] = []
+        seq: list[int] = []
+        values: list[float] = []
+        errors: dict[str, int] = {}
+        rejects: list[tuple[Message, str, str]] = []
+        for msg in messages:
+            if not msg.payload.strip() or msg.payload.strip() == b'""':
+                continue
+            try:
+                obj = orjson.loads(msg.payload)
+                if not isinstance(obj, dict):
+                    raise TypeError("not a JSON object")
+            except (orjson.JSONDecodeError, TypeError) as e:
+                errors["json"] = errors.get("json", 0) + 1
+                rejects.append((msg, "json", f"not a JSON object ({e})"))
+                continue
+            try:
+                counts = self._counts(msg, obj)
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                errors["schema"] = errors.get("schema", 0) + 1
+                rejects.append((msg, "schema", f"bad or missing field ({e!r})"))
+                continue
+            when, frame = parse_time(obj["@timestamp"]), _frame_seq(obj.get("id"))
+            for device, value in counts:
+                devices.append(device)
+                ts.append(when)
+                seq.append(frame)
+                values.append(value)
+        return SampleBatch(
+            devices,
+            np.asarray(ts, np.float64),
+            np.asarray(seq, np.int64),
+            np.asarray(values, np.float32).reshape(-1, 1),
+            errors,
+            rejects,
+        )
+
+    def _counts(self, msg: Message, obj: dict) -> list[tuple[str, float]]:
+        camera = self._camera(msg, obj)
+        parse_time(obj["@timestamp"])
+        block = _field(obj, self.config.block)
+        if not isinstance(block, dict):
+            raise TypeError(f"{self.config.block} is not an object")
+        out = []
+        for key, value in block.items():
+            kind = self.config.counts.get(key)
+            if kind is not None:
+                if not isinstance(value, dict):
+                    raise TypeError(f"{self.config.block}.{key} is not an object")
+                out += [(f"{camera}/{kind}/{name}", _count(v)) for name, v in value.items()]
+            elif isinstance(value, (int, float)):
+                out.append((f"{camera}/{key}", _count(value)))
+        return out
+
+
+def _count(value: Any) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"not a count: {value!r}")
+    return float(value)

@@ -13,6 +13,12 @@ and ``DDEATH`` mark devices offline (``SampleBatch.states``).
 Error kinds: ``protobuf`` (payload does not parse), ``topic`` (not a Sparkplug topic),
 ``no_birth`` (data before a birth, or after a death), ``unknown_alias``, ``seq_gap``,
 ``incomplete`` (a configured metric has no value yet). The last four ask for a rebirth.
+
+As third-party encoders send them: a signed integer may be stored at its own width (Int8
+-3 as 253, Python encoders) or sign-extended to 32 bits (Eclipse Tahu Java); both decode to
+-3. Data metrics may omit the datatype, as the specification recommends: the one declared
+in the birth is used. A message without ``seq`` is not checked for gaps. Offline states
+are stamped when the death arrives: an ``NDEATH`` will carries the time of the connect.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ REBIRTH = "Node Control/Rebirth"
 INT8, INT16, INT32, INT64 = 1, 2, 3, 4
 UINT8, UINT16, UINT32, UINT64 = 5, 6, 7, 8
 FLOAT, DOUBLE, BOOLEAN, STRING, DATETIME = 9, 10, 11, 12, 13
-_SIGNED_BITS = {INT8: 32, INT16: 32, INT32: 32, INT64: 64}  # two's complement in the field
+_SIGNED_BITS = {INT8: 8, INT16: 16, INT32: 32, INT64: 64}
 
 
 class SparkplugDecoderConfig(ComponentConfig):
@@ -53,17 +59,28 @@ class SparkplugDecoderConfig(ComponentConfig):
     )
 
 
-def metric_value(m: Payload.Metric) -> float | None:
-    """A metric's value as a float (booleans 0/1); None for null, text or bytes."""
+def signed(v: int, bits: int) -> int:
+    """A two's-complement ``bits``-wide integer from its unsigned field: stored at its own
+    width (253 for Int8 -3), sign-extended to 32 bits (4294967293) or to 64."""
+    if v >= 1 << 63:
+        return v - (1 << 64)
+    if bits <= 32 and v >= 1 << 31:
+        return v - (1 << 32)
+    if 1 << (bits - 1) <= v < 1 << bits:
+        return v - (1 << bits)
+    return v
+
+
+def metric_value(m: Payload.Metric, datatype: int = 0) -> float | None:
+    """A metric's value as a float (booleans 0/1); None for null, text or bytes.
+    ``datatype`` is used when the metric has none (data after a birth)."""
     if m.is_null:
         return None
     kind = m.WhichOneof("value")
     if kind in ("int_value", "long_value"):
         v = getattr(m, kind)
-        bits = _SIGNED_BITS.get(m.datatype)
-        if bits and v >= 1 << (bits - 1):
-            v -= 1 << bits
-        return float(v)
+        bits = _SIGNED_BITS.get(m.datatype or datatype)
+        return float(signed(v, bits) if bits else v)
     if kind in ("float_value", "double_value"):
         return float(getattr(m, kind))
     if kind == "boolean_value":
@@ -88,6 +105,7 @@ class _Node:
     bd_seq: int | None = None
     online: bool = False
     values: dict[str, dict[str, float]] = field(default_factory=dict)  # entity -> name -> v
+    datatypes: dict[str, dict[str, int]] = field(default_factory=dict)  # from the births
     devices_online: set[str] = field(default_factory=set)
     rebirth_at: float = -math.inf
 
@@ -162,12 +180,15 @@ class SparkplugDecoder:
         except DecodeError as e:
             self._reject(msg, "protobuf", f"not a Sparkplug B payload ({e})")
             return
-        ts = p.timestamp / 1000 if p.HasField("timestamp") else (msg.received or time.time())
+        arrived = msg.received or time.time()
+        ts = p.timestamp / 1000 if p.HasField("timestamp") else arrived
+        seq = p.seq if p.HasField("seq") else None
         key = (group, name)
         node_id = f"{group}/{name}"
         if mtype == "NBIRTH":
-            node = self.nodes[key] = _Node(seq=p.seq, online=True)
+            node = self.nodes[key] = _Node(seq=-1 if seq is None else seq, online=True)
             node.values[node_id] = {}
+            node.datatypes[node_id] = {}
             self._learn(node, node_id, p, birth=True)
             bd = [metric_value(m) for m in p.metrics if m.name == "bdSeq"]
             node.bd_seq = int(bd[0]) if bd and bd[0] is not None else None
@@ -182,22 +203,24 @@ class SparkplugDecoder:
                 return  # the will of an older session
             node.online = False
             for d in sorted(node.devices_online):
-                self._state(d, "offline", ts)
+                self._state(d, "offline", arrived)
             node.devices_online.clear()
-            self._state(node_id, "offline", ts)
+            self._state(node_id, "offline", arrived)
             return
         if node is None or not node.online:
             self._reject(msg, "no_birth", f"{mtype} before NBIRTH of {node_id}")
             self._rebirth(group, name, node or self.nodes.setdefault(key, _Node()), msg)
             return
-        expected = (node.seq + 1) % 256
-        node.seq = p.seq
-        if p.seq != expected:
-            self._reject(msg, "seq_gap", f"{node_id}: seq {p.seq}, expected {expected}")
-            self._rebirth(group, name, node, msg)
+        if seq is not None:  # the specification requires it; without it nothing is checked
+            expected, known = (node.seq + 1) % 256, node.seq >= 0
+            node.seq = seq
+            if known and seq != expected:
+                self._reject(msg, "seq_gap", f"{node_id}: seq {seq}, expected {expected}")
+                self._rebirth(group, name, node, msg)
         entity = f"{node_id}/{device}" if device is not None else node_id
         if mtype == "DBIRTH" and device is not None:
             node.values[entity] = {}
+            node.datatypes[entity] = {}
             if not self._learn(node, entity, p, birth=True):
                 self._reject(msg, "unknown_alias", f"{entity}: DBIRTH metric without a name")
             node.devices_online.add(entity)
@@ -214,13 +237,14 @@ class SparkplugDecoder:
             if not self._learn(node, entity, p, birth=False):
                 self._reject(msg, "unknown_alias", f"{entity}: an alias not in any birth")
                 self._rebirth(group, name, node, msg)
-            self._sample(node, entity, ts, p.seq, msg, group, name)
+            self._sample(node, entity, ts, -1 if seq is None else seq, msg, group, name)
         else:
             self._reject(msg, "topic", f"unknown message type {mtype}")
 
     def _learn(self, node: _Node, entity: str, p: Payload, birth: bool) -> bool:
         """Apply a payload's metrics to ``entity``; False if an alias was unknown."""
         values = node.values.setdefault(entity, {})
+        datatypes = node.datatypes.setdefault(entity, {})
         ok = True
         for m in p.metrics:
             if m.HasField("name"):
@@ -232,9 +256,11 @@ class SparkplugDecoder:
             else:
                 ok = False
                 continue
+            if birth and m.datatype:
+                datatypes[metric] = m.datatype
             if m.is_historical or metric not in self._index:
                 continue
-            v = metric_value(m)
+            v = metric_value(m, datatypes.get(metric, 0))
             if v is not None and math.isfinite(v):
                 values[metric] = v
         return ok

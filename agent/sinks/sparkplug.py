@@ -11,6 +11,13 @@ Device metrics: ``event/score``, ``event/threshold`` (Double), ``event/anomaly``
 ``summary/count``, ``summary/windows``, ``summary/anomalies`` (Int64), ``summary/mean``,
 ``summary/max`` (Double), and one Double ``event/<f>`` and ``summary/<f>`` per
 ``extra_metrics`` field.
+
+Device states from the decoder (a Sparkplug source's births and deaths): ``offline`` sends a
+``DDEATH`` for a device this node has born (its next record births it again); ``online``
+sends nothing (the device is born with its first record). A record with none of the
+metrics above (a state of a device never born, a plugin's summary without ``count``) is not
+sent: Sparkplug has no empty ``DDATA``. The ``NDEATH`` will is not retained, as the
+specification requires.
 """
 
 from __future__ import annotations
@@ -95,7 +102,7 @@ class SparkplugSink:
         self._born: set[str] = set()
         broker = agent_cfg.brokers[config.broker]
         cid = f"{agent_cfg.agent.id}-{config.broker}-spb"
-        self.conn = Connection(config.broker, broker, cid, will=self._will())
+        self.conn = Connection(config.broker, broker, cid, will=self._will(), will_retain=False)
         self.conn.on_connected.append(self._on_connect)
         disconnected = self.conn.client.on_disconnect
 
@@ -155,13 +162,19 @@ class SparkplugSink:
             return
         if any(m.name == REBIRTH and m.boolean_value for m in p.metrics):
             with self._lock:
+                alive = [d for d in self.devices if d in self._born]
                 self._nbirth()
-                for device in list(self.devices):
+                for device in alive:
                     self._dbirth(device)
 
     # -- sink --------------------------------------------------------------------------
     def start(self) -> None:
         self.conn.start()
+
+    def _ddeath(self, device: str) -> mqtt.MQTTMessageInfo:
+        self._born.discard(device)
+        p = Payload(timestamp=int(time.time() * 1000), seq=self._next_seq())
+        return self._publish(f"{NAMESPACE}/{self.config.group}/DDEATH/{self.node}/{device}", p)
 
     def _payload(self, r: Record, device: str) -> Payload:
         offset = self.devices[device]
@@ -180,6 +193,15 @@ class SparkplugSink:
                 _set(m, datatype, fields[f])
         return p
 
+    def _has_metric(self, r: Record) -> bool:
+        prefix = "event" if r.kind == EVENT else "summary"
+        return any(
+            name.partition("/")[2] in r.payload
+            or (name == "event/anomaly" and "score" in r.payload)
+            for name, _ in self.metrics
+            if name.startswith(prefix + "/")
+        )
+
     def write_many(self, records: Sequence[Record]) -> None:
         if not self.conn.connected.is_set():
             raise NotConnectedError(f"broker {self.conn.name} not connected")
@@ -189,6 +211,12 @@ class SparkplugSink:
                 if r.kind not in (EVENT, SUMMARY) or not r.device:
                     continue
                 device = topic_level(r.device)
+                if r.kind == EVENT and "state" in r.payload and "score" not in r.payload:
+                    if r.payload["state"] == "offline" and device in self._born:
+                        infos.append(self._ddeath(device))
+                    continue
+                if not self._has_metric(r):
+                    continue
                 if device not in self._born:
                     infos.append(self._dbirth(device))
                 infos.append(self._publish(self._ddata + device, self._payload(r, device)))

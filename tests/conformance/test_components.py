@@ -19,7 +19,7 @@ from agent.testing.conformance import (
     check_sink_unavailable,
     check_stream_handler,
 )
-from tests.support.payloads import T0, births, ddata, full, minimal
+from tests.support.payloads import T0, analytics, births, ddata, full, minimal
 
 REG = Registry()
 
@@ -73,6 +73,11 @@ DECODERS = {
             for i in range(4)
         ],
         [Message("cam", b"1"), Message("cam", b'{"camera": "k", "ts": 1}')],
+    ),
+    "deepstream_analytics": (
+        {"type": "deepstream_analytics"},
+        [analytics(f"c{i % 2}", T0 + i, i, {"RF": i}, {"Entry": 2 * i}) for i in range(4)],
+        [Message("ds/c0", b"[1]"), Message("ds/c0", b'{"sensor": {"id": "c0"}}')],
     ),
     "sparkplug_b": (
         {"type": "sparkplug_b", "metrics": ["Pressure", "Temp"]},

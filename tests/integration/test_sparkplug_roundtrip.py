@@ -110,8 +110,13 @@ def test_sparkplug_in_and_out(broker, w1_models, tmp_path):
         kinds = [t.split("/")[2] for t, _ in out()]
         assert kinds[0] == "NBIRTH" and "DBIRTH" in kinds
         assert kinds.index("DBIRTH") < kinds.index("DDATA")
-        states = [t for t, _ in out() if t.endswith(f"/DBIRTH/edge1/{group}_n1")]
-        assert states, "the node's online state event went out as device data too"
+        assert not [t for t, _ in out() if t.endswith(f"/edge1/{group}_n1")], (
+            "the source node's state invented a device"
+        )
+        assert all(p.metrics for t, p in out() if "/DDATA/" in t), "a DDATA without metrics"
+        ddeath = _payload(seq % 256, [], now + 100)
+        pub.publish(f"{base}/DDEATH/n1/pump1", ddeath, qos=1).wait_for_publish(10)
+        assert col.wait_for(lambda: any(t.endswith(f"/DDEATH/edge1/{dev}") for t, _ in out()))
         seqs = [p.seq for _, p in out()]
         assert seqs == list(range(len(seqs))), "seq runs 0, 1, 2... from NBIRTH"
         pub.loop_stop()

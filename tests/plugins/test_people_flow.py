@@ -51,3 +51,49 @@ def test_occupancy_anomaly_event_once():
     # the crowd plus the two tracks seen a second ago (a track lasts track_timeout, 2 s)
     assert ev["event"] == "occupancy_anomaly" and ev["occupancy"] == 14
     assert abs(ev["expected"] - 2) < 0.01 and ev["device"] == "cam2"
+
+
+def test_each_camera_keeps_its_own_clock():
+    """A camera whose clock was never set (1970) is analysed beside one on time, across
+    summary periods; a camera is forgotten after camera_ttl of silence on the agent's clock,
+    and a frame older than its camera's last is counted, not silently dropped."""
+    p = _processor()
+    now = [0.0]
+    p.handler.clock = lambda: now[0]
+    for period in range(3):
+        t_on, t_1970 = T0 + period * 10, 1000.0 + period * 10
+        msgs = [minimal("on-time", t_on + i, [obj(1, 300, 950)], i) for i in range(3)]
+        msgs += [minimal("no-ntp", t_1970 + i, [obj(-2147483000, 300, 950)], i) for i in range(3)]
+        p.process(msgs)
+        now[0] += 300
+        summaries = {r.payload["device"]: r.payload for r in p.flush() if r.kind == "summary"}
+        assert set(summaries) == {"on-time", "no-ntp"}, period
+        assert summaries["no-ntp"]["frames"] == 3
+        assert summaries["no-ntp"]["zones"]["entrance"]["occupancy_mean"] == 1.0
+    p.process([minimal("no-ntp", 999.0, [obj(5, 300, 950)], 9)])  # before its last frame
+    summary = [r.payload for r in p.flush() if r.kind == "summary"]
+    assert [(s["device"], s["frames"], s["late_frames"]) for s in summary] == [("no-ntp", 0, 1)]
+    now[0] += 601
+    assert [r for r in p.flush() if r.kind == "summary"] == []
+    assert p.handler.cameras == {}
+
+
+def test_full_schema_person_block_from_peoplenet_is_kept():
+    """`classes: [person]` keeps the full schema's `Person` block (PeopleNet's label), with
+    the text object ids current DeepStream sends."""
+    import yaml
+
+    from agent.config import parse_config
+    from tests.support.payloads import full
+
+    data = yaml.safe_load((ROOT / "configs" / "people_flow.yaml").read_text())
+    data["pipelines"][0]["decoder"] = {"type": "deepstream_full", "classes": ["person"]}
+    p = build_processor(parse_config(data, "people_flow.yaml").pipelines[0])
+    msgs = [
+        full("cam3", T0 + i * 0.5, 4, (280, 700 + 60 * i, 320, 800 + 60 * i), "Person")
+        for i in range(4)
+    ]
+    p.process(msgs)
+    (summary,) = [r.payload for r in p.flush() if r.kind == "summary"]
+    assert summary["tracks"] == {"Person": 1}
+    assert summary["lines"] == {"door": {"in": 0, "out": 1}}

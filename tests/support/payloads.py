@@ -77,3 +77,35 @@ def full(camera: str, ts: float, track: int, box, label="person", conf=0.9) -> M
     }
     body = {"messageid": "x", "mdsversion": "1.0", "@timestamp": iso, "sensor": {"id": camera}}
     return Message(f"ds/{camera}", orjson.dumps({**body, "object": obj}), ts)
+
+
+def iso(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def analytics(
+    camera: str, ts: float, frame: int, roi: dict, lines: dict, oc: bool = False, **flat
+) -> Message:
+    """A DeepStream full-schema message with nvdsanalytics frame counts in
+    ``analyticsModule`` (maps named after NvDsAnalyticsFrameMeta's fields), plus any
+    flattened counters a custom nvmsgconv adds."""
+    body = {
+        "messageid": f"m-{frame}",
+        "mdsversion": "1.0",
+        "@timestamp": iso(ts),
+        "id": str(frame),
+        "sensor": {"id": camera, "type": "Camera", "description": "", "location": {}},
+        "analyticsModule": {
+            "id": "",
+            "description": "nvdsanalytics",
+            "source": "",
+            "version": "1.0",
+            "objInROIcnt": roi,
+            "objLCCumCnt": lines,
+            "ocStatus": {"OC": oc},
+            **flat,
+        },
+    }
+    return Message(f"ds/{camera}", orjson.dumps(body), ts)

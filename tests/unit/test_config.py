@@ -141,3 +141,17 @@ def test_schema_covers_components(capsys):
     assert main(["schema"]) == 0
     out = capsys.readouterr().out
     assert '"JsonDecoderConfig"' in out and '"MqttSinkConfig"' in out
+
+
+@pytest.mark.parametrize("word", ["none", "None", "null", "~"])
+def test_max_clock_skew_none_as_documented(tmp_path, word):
+    """`max_clock_skew: none` (the docs' spelling) turns the check off, like YAML null."""
+    text = W1.replace("      qos: ${W1_QOS:-0}\n", f"      qos: 0\n      max_clock_skew: {word}\n")
+    assert "max_clock_skew" in text
+    assert load_config(write(tmp_path, text)).pipelines[0].source.max_clock_skew is None
+
+
+def test_max_clock_skew_bad_word_names_the_key(tmp_path):
+    p = w1_with(tmp_path, lambda d: d["pipelines"][0]["source"].update(max_clock_skew="never"))
+    (error,) = errors_of(p)
+    assert error.startswith("pipelines[0].source.max_clock_skew: ") and "duration" in error

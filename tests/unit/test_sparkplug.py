@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from agent.decoders.sparkplug import (
     DOUBLE,
+    INT8,
+    INT16,
+    INT32,
+    INT64,
     REBIRTH,
     SparkplugDecoder,
     SparkplugDecoderConfig,
@@ -90,3 +94,72 @@ def test_incomplete_metrics_counted():
     d = decoder(metrics=["Pressure", "Missing"])
     b = d.decode_many([*births(), ddata(2, 1.0)])
     assert b.errors == {"incomplete": 1} and len(b) == 0
+
+
+def _signed_births(ints: list[tuple[str, int, int, int]]) -> list[Message]:
+    """NBIRTH and a DBIRTH declaring ``(name, alias, datatype, stored value)`` metrics."""
+    metrics = [{"name": n, "alias": a, "datatype": dt, "int_value": v} for n, a, dt, v in ints]
+    return [births()[0], spb("spBv1.0/g1/DBIRTH/n1/pump1", 1, metrics)]
+
+
+def _with_seq(msg: Message, seq: int) -> Message:
+    p = Payload.FromString(msg.payload)
+    p.seq = seq
+    return Message(msg.topic, p.SerializeToString(), msg.received)
+
+
+def test_signed_ints_at_their_own_width_or_sign_extended():
+    """Int8 -3 arrives as 253 (Python encoders) or 4294967293 (Tahu Java): both are -3."""
+    d = decoder(metrics=["a", "b", "c", "d", "e"])
+    born = _signed_births(
+        [
+            ("a", 1, INT8, 253),  # -3 at 8 bits
+            ("b", 2, INT8, (-3) & 0xFFFFFFFF),  # -3 sign-extended to 32 bits
+            ("c", 3, INT16, 65533),  # -3 at 16 bits
+            ("d", 4, INT16, 0),
+            ("e", 5, INT32, (-12) & 0xFFFFFFFF),
+        ]
+    )
+    data = spb("spBv1.0/g1/DDATA/n1/pump1", 2, [{"alias": 4, "int_value": 32767}])
+    b = d.decode_many([*born, data])
+    assert not b.errors
+    assert b.values.tolist() == [[-3.0, -3.0, -3.0, 32767.0, -12.0]]
+
+
+def test_alias_only_data_takes_the_datatype_of_the_birth():
+    """Data metrics without a datatype (as the specification recommends) keep their sign."""
+    d = decoder(metrics=["t8", "t16", "t32", "t64"])
+    born = _signed_births([("t8", 1, INT8, 0), ("t16", 2, INT16, 0), ("t32", 3, INT32, 0)])
+    p = Payload.FromString(born[1].payload)
+    p.metrics.add(name="t64", alias=4, datatype=INT64, long_value=0)
+    born[1] = Message(born[1].topic, p.SerializeToString(), T0)
+    data = [
+        {"alias": 1, "int_value": 254},
+        {"alias": 2, "int_value": 65536 - 1000},
+        {"alias": 3, "int_value": (-12) & 0xFFFFFFFF},
+        {"alias": 4, "long_value": (-7) & 0xFFFFFFFFFFFFFFFF},
+    ]
+    b = d.decode_many([*born, spb("spBv1.0/g1/DDATA/n1/pump1", 2, data)])
+    assert not b.errors
+    assert b.values.tolist() == [[-2.0, -1000.0, -12.0, -7.0]]
+
+
+def test_message_without_seq_is_not_a_gap():
+    """A DDEATH without seq (some encoders) is not read as seq 0: no gap, no rebirth."""
+    d = decoder()
+    ddeath = spb("spBv1.0/g1/DDEATH/n1/pump1", None, [])
+    reborn = _with_seq(births()[1], 2)
+    b = d.decode_many([*births(), ddeath, reborn, ddata(3, 1.0)])
+    assert not b.errors and not b.control
+    assert len(b) == 1 and b.seq.tolist() == [3]
+    assert [s[1] for s in b.states if s[0] == "g1/n1/pump1"] == ["online", "offline", "online"]
+
+
+def test_offline_stamped_on_arrival_not_with_the_wills_timestamp():
+    """A will NDEATH is stamped at connect; the offline states take its arrival time."""
+    d = decoder()
+    bd = [{"name": "bdSeq", "datatype": INT64, "long_value": 0}]
+    will = spb("spBv1.0/g1/NDEATH/n1", None, bd, ts=T0 - 60)  # stamped before the NBIRTH
+    arrived = Message(will.topic, will.payload, T0 + 30)
+    b = d.decode_many([*births(), arrived])
+    assert b.states[-2:] == [("g1/n1/pump1", "offline", T0 + 30), ("g1/n1", "offline", T0 + 30)]

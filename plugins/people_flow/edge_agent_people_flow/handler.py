@@ -3,14 +3,17 @@
 A :class:`agent.protocols.StreamHandler`: it needs the tracks of each camera, so it is the
 documented exception to "handlers keep no per-device state". The state lives here, is
 touched only from the pipeline's worker thread, and is bounded: a track ends after
-``track_timeout`` without a detection, a camera is forgotten after ``camera_ttl`` (both
-measured on the cameras' own timestamps, so results do not depend on batching or on the
-wall clock).
+``track_timeout`` without a detection (on that camera's own timestamps, so results do not
+depend on batching), a camera is forgotten after ``camera_ttl`` without frames (on the
+agent's clock: cameras' clocks are not compared with each other, so a camera whose clock
+lags, or was never set and stamps 1970, is analysed like any other). A frame older than its
+camera's last one is not analysed and is counted in ``late_frames``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
@@ -54,7 +57,9 @@ class PeopleFlowConfig(ComponentConfig):
         "bottom_center", description="point of a box that decides its zone (feet: bottom)"
     )
     track_timeout: Duration = Field(2.0, description="a track unseen this long has left")
-    camera_ttl: Duration = Field(600, description="a camera silent this long is forgotten")
+    camera_ttl: Duration = Field(
+        600, description="a camera that sent no frame this long (agent's clock) is forgotten"
+    )
     profile_slot: Duration = Field(
         3600, description="occupancy profile resolution: one slot per this much of a day"
     )
@@ -100,12 +105,14 @@ class _Profile:
 class _Camera:
     def __init__(self, zones: list[str], lines: list[str]) -> None:
         self.tracks: dict[int, _Track] = {}
-        self.last = -math.inf
+        self.last = -math.inf  # the camera's own clock
+        self.heard = -math.inf  # the agent's clock
         self.profile: dict[tuple[str, int], _Profile] = {}
         self.reset(zones, lines)
 
     def reset(self, zones: list[str], lines: list[str]) -> None:
         self.frames = 0
+        self.late = 0
         self.occ_sum = dict.fromkeys(zones, 0.0)
         self.occ_max = dict.fromkeys(zones, 0)
         self.entries: dict[str, dict[str, int]] = {z: defaultdict(int) for z in zones}
@@ -120,6 +127,7 @@ class PeopleFlowHandler:
     config_model = PeopleFlowConfig
     stateful = True
     threshold = math.inf  # not a window scorer: events come from update()
+    clock = staticmethod(time.monotonic)  # when a camera was last heard from
 
     def __init__(self, config: PeopleFlowConfig) -> None:
         self.config = config
@@ -131,7 +139,6 @@ class PeopleFlowHandler:
         }
         self.classes = {c.lower() for c in config.classes}
         self.cameras: dict[str, _Camera] = {}
-        self.now = -math.inf
 
     def load(self, window_size: int, channels: int) -> None:
         """Nothing to load; the decoder must give detections (checked on the first batch)."""
@@ -152,7 +159,9 @@ class PeopleFlowHandler:
         order = np.argsort(det.frame, kind="stable")
         starts = np.searchsorted(det.frame[order], np.arange(len(batch) + 1))
         events: list[dict] = []
+        heard = self.clock()
         for i, camera in enumerate(batch.devices):
+            self._camera(camera).heard = heard
             rows = order[starts[i] : starts[i + 1]]
             rows = rows[keep[rows]]
             events += self._frame(camera, float(batch.ts[i]), rows, det, points, inside)
@@ -167,9 +176,9 @@ class PeopleFlowHandler:
     def _frame(self, name, t, rows, det, points, inside) -> list[dict]:
         cam = self._camera(name)
         if t < cam.last:  # late frame: tracks must move forward in time
+            cam.late += 1
             return []
         cam.last = t
-        self.now = max(self.now, t)
         cam.frames += 1
         self._expire(cam, t)
         untracked = dict.fromkeys(self.zone_names, 0)
@@ -247,17 +256,18 @@ class PeopleFlowHandler:
     def flush(self) -> list[dict]:
         """One summary per camera that sent frames this period; forget silent cameras."""
         out = []
+        now = self.clock()
         for name, cam in list(self.cameras.items()):
-            if cam.last < self.now - self.config.camera_ttl:
+            if cam.heard < now - self.config.camera_ttl:
                 del self.cameras[name]
                 continue
-            if not cam.frames:
+            if not cam.frames and not cam.late:
                 continue
             zones = {}
             for z in self.zone_names:
                 dwell = np.asarray(cam.dwell[z], np.float64)
                 zones[z] = {
-                    "occupancy_mean": round(cam.occ_sum[z] / cam.frames, 3),
+                    "occupancy_mean": round(cam.occ_sum[z] / max(cam.frames, 1), 3),
                     "occupancy_max": cam.occ_max[z],
                     "entries": dict(sorted(cam.entries[z].items())),
                     "dwell_count": len(dwell),
@@ -269,6 +279,7 @@ class PeopleFlowHandler:
                 {
                     "device": name,
                     "frames": cam.frames,
+                    "late_frames": cam.late,
                     "tracks": {k: len(v) for k, v in sorted(cam.seen.items())},
                     "active_tracks": len(cam.tracks),
                     "zones": zones,
