@@ -150,6 +150,7 @@ def _components(args: argparse.Namespace) -> int:
 
 TOOLS = (
     ("evaluate", "agent.evaluate:main", "replay SKAB or AI4I through the pipeline and score it"),
+    ("replay", "agent.replay:main", "backtest a pipeline on recorded CSV rows: events, scores"),
     ("quantize", "agent.quantize:main", "quantize an ONNX model to int8 and compare it"),
     ("bench", "bench.w1:main", "the benchmarks: bench w1 | bench floor [options]"),
     ("decode", "agent.decode_tool:main", "run payloads through a pipeline's decoder, show it"),

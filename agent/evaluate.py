@@ -1,8 +1,9 @@
 """``edge-agent evaluate skab|ai4i``: replay a labelled dataset through the pipeline code.
 
-The rows become JSON messages and go through the same :class:`agent.processor.Processor` as
-``run`` (decoder, windows, warm-up calibration, handler, threshold rule), then the scored
-windows are compared with the labels.
+Presets of ``edge-agent replay`` (:mod:`agent.replay`): the rows become JSON messages and go
+through the same :class:`agent.processor.Processor` as ``run`` (decoder, windows, warm-up
+calibration, handler, rule, episodes), then the scored windows and the episodes are compared
+with the labels.
 
 - SKAB: each of the 34 anomaly files is one device; its first 400 rows are the warm-up
   (normaliser and ``threshold: auto``), every later row is scored by the hop-1 window that
@@ -14,23 +15,18 @@ windows are compared with the labels.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import orjson
 
+from . import replay
 from .config import parse_config
 from .errors import AgentError, ConfigError
 from .handlers.onnx_model import resolve_model, sha256_of
-from .processor import Processor, build_processor
-from .records import Message
 
 DEFAULT_MODELS = {"skab": "builtin:skab_pump_ae_int8", "ai4i": "builtin:ai4i_pdm"}
-BATCH = 1024
+AI4I_T0 = 1.6e9  # the held-out products replayed one per second from here
 
 
 class DatasetError(AgentError):
@@ -55,48 +51,12 @@ def _pipeline(
     return {"brokers": {"none": {}}, "pipelines": [pipe]}
 
 
-def _progress(done: int, total: int, what: str) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r{what} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
-    if done >= total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
-
-
-def replay(
-    proc: Processor, devices: Iterable[tuple[str, np.ndarray, np.ndarray]], total: int, what: str
-) -> dict[str, dict[str, np.ndarray]]:
-    """Feed each device's rows (values, ts) through ``proc``; scores by device and row."""
-    out: dict[str, dict[str, list]] = {}
-    for k, (device, values, ts) in enumerate(devices):
-        msgs = [
-            Message(
-                f"eval/{device}",
-                orjson.dumps({"ts": float(t), "seq": i, "v": row.tolist()}),
-                0.0,
-            )
-            for i, (row, t) in enumerate(zip(values, ts))
-        ]
-        for lo in range(0, len(msgs), BATCH):
-            _, scored = proc.process(msgs[lo : lo + BATCH])
-            if scored is None:
-                continue
-            for j, d in enumerate(scored.devices):
-                rec = out.setdefault(d, {"seq": [], "score": [], "anomalous": [], "details": []})
-                rec["seq"].append(int(scored.seq[j]))
-                rec["score"].append(float(scored.scores[j]))
-                rec["anomalous"].append(bool(scored.anomalous[j]))
-                rec["details"].append({n: v[j] for n, v in scored.details.items()})
-        _progress(k + 1, total, what)
-    return {d: {k: np.asarray(v) for k, v in rec.items()} for d, rec in out.items()}
-
-
 def evaluate_skab(
     model: str, root: str | None, handler: str = "onnx", rule: dict | None = None
 ) -> dict:
-    """Replay SKAB through a Processor; a shipped model brings its manifest's window,
-    calibration and threshold rule, which ``rule`` (e.g. ``{"hold": 5}``) overrides."""
+    """Replay SKAB (each file a device) through the pipeline code; a shipped model brings its
+    manifest's window, calibration and rule, which ``rule`` (e.g. ``{"hold": 5}``) overrides.
+    The files are separate experiments, not one line: the flood guard is off."""
     from .training import datasets, metrics
 
     files = _dataset(lambda: datasets.skab_files(root))
@@ -107,33 +67,46 @@ def evaluate_skab(
         spec["model"] = model
         size, calibration, shipped = _manifest_settings(model, size, calibration)
         rule = {**shipped, **(rule or {})}
+    rule = {"flood": None, **(rule or {})}
     cfg = parse_config(
         _pipeline({"channels": 8}, {"size": size, "hop": 1}, spec, calibration, rule), "evaluate"
     )
-    proc = build_processor(cfg.pipelines[0])
-    names = [f"f{i}" for i in range(len(files))]
-    scored = replay(proc, ((n, f.values, f.ts) for n, f in zip(names, files)), len(files), "skab")
+    recordings = replay.recordings_of(
+        (f"f{i}", f.values, f.ts, f.anomaly > 0) for i, f in enumerate(files)
+    )
+    result = replay.replay(cfg.pipelines[0], recordings, progress=True)
     preds, scores, thresholds = [], [], []
-    for n, f in zip(names, files):
-        rec = scored[n]
-        if rec["seq"].tolist() != list(range(warm, len(f.values))):
+    for rec, f in zip(recordings, files):
+        trace = result.traces[rec.device]
+        if not trace.scored[warm:].all() or trace.scored[:warm].any():
             raise AgentError(f"{f.name}: rows after the warm-up were not all scored")
-        preds.append(rec["anomalous"].astype(np.int8))
-        scores.append(rec["score"])
-        thresholds.append(float(proc.warmup.threshold[proc.index.slot_of[n]]))
-    result = metrics.skab_all(
+        preds.append(trace.anomalous[warm:].astype(np.int8))
+        scores.append(trace.score[warm:])
+        thresholds.append(float(trace.threshold[-1]))
+    out = metrics.skab_all(
         [f.ts[warm:] for f in files],
         [f.anomaly[warm:] for f in files],
         [f.changepoint[warm:] for f in files],
         preds,
     )
     plot = {"scores": scores, "thresholds": thresholds, "labels": [f.anomaly[warm:] for f in files]}
-    return {"metrics": result, "plot": plot}
+    return {"metrics": out, "episodes": _episode_keys(result), "plot": plot, "result": result}
+
+
+def _episode_keys(result: replay.Result) -> dict:
+    """The replay's episode figures, with ``opened_per_labelled`` (pointwise F1, FAR and MAR
+    come from the dataset's own metric definitions instead)."""
+    keys = replay.episode_metrics(result)
+    for k in ("f1", "far_pct", "mar_pct"):
+        keys.pop(k, None)
+    if keys.get("labelled"):
+        keys["opened_per_labelled"] = round(keys["episodes"] / keys["labelled"], 3)
+    return keys
 
 
 def _manifest_settings(model: str, size: int, calibration: dict) -> tuple[int, dict, dict]:
-    """A shipped model's window size, calibration parameters and threshold rule settings
-    (``rule: {hold}``) from its manifest entry."""
+    """A shipped model's window size, calibration parameters and rule settings (``hold`` and
+    the recommended episode rule) from its manifest entry."""
     from .models import manifest
 
     entry = manifest().get(model.removeprefix("builtin:")) if model.startswith("builtin:") else None
@@ -148,10 +121,13 @@ def _manifest_settings(model: str, size: int, calibration: dict) -> tuple[int, d
     }
     hold = entry.get("threshold", {}).get("hold")
     rule = {"hold": hold} if hold else {}
+    rule.update(entry.get("threshold", {}).get("episodes", {}))
     return int(entry.get("window", {}).get("size", size)), calibration, rule
 
 
 def evaluate_ai4i(model: str, root: str | None) -> dict:
+    """The held-out products in order, one per second, as one machine's rows (size-1
+    windows); the failure score, mode and pipeline decision against the labels."""
     from .training import datasets, metrics
 
     data = _dataset(lambda: datasets.ai4i(root))
@@ -162,21 +138,23 @@ def evaluate_ai4i(model: str, root: str | None) -> dict:
             {"size": 1, "hop": 1},
             {"type": "onnx", "model": model, "threshold": 0.5, "details": ["mode"]},
             None,
+            {"flood": None},
         ),
         "evaluate",
     )
-    proc = build_processor(cfg.pipelines[0])
-    now = np.full(len(test), time.time())
-    rec = replay(proc, [("machine", data.x[test], now)], 1, "ai4i")["machine"]
-    mode = np.array([d["mode"] for d in rec["details"]], np.int64)
+    ts = AI4I_T0 + np.arange(len(test), dtype=np.float64)
+    recordings = replay.recordings_of([("machine", data.x[test], ts, data.failure[test] > 0)])
+    result = replay.replay(cfg.pipelines[0], recordings, progress=True, details=["mode"])
+    trace = result.traces["machine"]
+    mode = trace.details["mode"].astype(np.int64)
     modes = data.modes.shape[1]
     onehot = np.eye(modes + 1, dtype=np.int64)[mode][:, 1:]  # class 0 is "no failure"
-    result = metrics.ai4i_metrics(
-        data.failure[test], rec["score"], data.modes[test], onehot, threshold=0.5
+    out = metrics.ai4i_metrics(
+        data.failure[test], trace.score, data.modes[test], onehot, threshold=0.5
     )
-    result["f1_pipeline"] = metrics.binary_f1(data.failure[test], rec["anomalous"])[0]
-    plot = {"scores": [rec["score"]], "thresholds": [0.5], "labels": [data.failure[test]]}
-    return {"metrics": result, "plot": plot}
+    out["f1_pipeline"] = metrics.binary_f1(data.failure[test], trace.anomalous)[0]
+    plot = {"scores": [trace.score], "thresholds": [0.5], "labels": [data.failure[test]]}
+    return {"metrics": out, "episodes": _episode_keys(result), "plot": plot, "result": result}
 
 
 def _dataset(load):
@@ -262,11 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     except (AgentError, ConfigError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    result = {"dataset": args.dataset, "model": name, "sha256": digest, **out["metrics"]}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(len(k) for k in result)
-        for k, v in result.items():
-            print(f"{k:<{width}}  {v}")
+    result = {
+        "dataset": args.dataset,
+        "model": name,
+        "sha256": digest,
+        **out["metrics"],
+        **out["episodes"],
+    }
+    replay.print_result(result, args.json)
     return 0

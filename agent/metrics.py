@@ -78,7 +78,23 @@ class AgentCollector:
             ),
             "windows": CounterMetricFamily("edge_agent_windows", "windows scored", labels=lbl),
             "anomalies": CounterMetricFamily(
-                "edge_agent_anomalies", "windows above the threshold (events)", labels=lbl
+                "edge_agent_anomalies", "anomalous windows", labels=lbl
+            ),
+        }
+        episodes = {
+            "episodes_opened": CounterMetricFamily(
+                "edge_agent_episodes_opened", "episodes opened (events sent)", labels=lbl
+            ),
+            "episodes_closed": CounterMetricFamily(
+                "edge_agent_episodes_closed", "episodes closed (events sent)", labels=lbl
+            ),
+            "episodes_suppressed": CounterMetricFamily(
+                "edge_agent_episodes_suppressed",
+                "openings suppressed by the flood guard",
+                labels=lbl,
+            ),
+            "episodes_open": GaugeMetricFamily(
+                "edge_agent_episodes_open", "episodes open now", labels=lbl
             ),
         }
         errors = CounterMetricFamily(
@@ -97,6 +113,9 @@ class AgentCollector:
         for name, s in self.agent.status().items():
             for key, f in fam.items():
                 f.add_metric([name], s[key])
+            for key, f in episodes.items():
+                if key in s:
+                    f.add_metric([name], s[key])
             for kind, n in s["errors"].items():
                 errors.add_metric([name, kind], n)
             queued.add_metric([name], s["queued"])
@@ -105,7 +124,7 @@ class AgentCollector:
             b, name = p.processor.batch_stats, p.processor.name
             latency.add_metric([name], _buckets(LATENCY_BUCKETS, b.latency), b.latency_sum)
             size.add_metric([name], _buckets(BATCH_BUCKETS, b.size), b.size_sum)
-        yield from (*fam.values(), errors, queued, devices, latency, size)
+        yield from (*fam.values(), *episodes.values(), errors, queued, devices, latency, size)
 
         spool = self.agent.spool
         depth = GaugeMetricFamily("edge_agent_spool_depth", "records waiting in the spool")

@@ -215,6 +215,7 @@ class Processor:
             scores,
             anomalous,
             dict(getattr(self.handler, "last_details", {})),
+            threshold,
         )
         if self.episodes is not None:
             moves = self.episodes.step(slots[due], scored.ts, scores, threshold)
@@ -418,7 +419,7 @@ class Processor:
             "decoded": self.counters.decoded,
             "windows": self.counters.windows,
             "anomalies": self.counters.anomalies,
-            **(self._episode_stats() if self.episodes else {}),
+            **self.episode_stats(),
             "errors": dict(self.counters.errors),
             "period_errors": self.period_errors,
             **(extra_stats or {}),
@@ -432,9 +433,11 @@ class Processor:
                 records += self._episode_records(self.episodes.take_pending())
         return records
 
-    def _episode_stats(self) -> dict:
+    def episode_stats(self) -> dict:
+        """Episodes open now and opened, closed and suppressed since start ({} without)."""
         e = self.episodes
-        assert e is not None
+        if e is None:
+            return {}
         return {
             "episodes_open": e.open_count(),
             "episodes_opened": e.opened,

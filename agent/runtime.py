@@ -231,6 +231,7 @@ class Agent:
                 "decoded": c.decoded,
                 "windows": c.windows,
                 "anomalies": c.anomalies,
+                **p.processor.episode_stats(),
                 "errors": dict(c.errors),
                 "devices": len(p.processor.index),
             }

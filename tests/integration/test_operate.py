@@ -77,6 +77,7 @@ def test_metrics_endpoint_scraped_and_parsed(broker, w1_models, tmp_path):
         w1_models[1],
         tmp_path / "spool.db",
         metrics={"host": "127.0.0.1", "port": 0},
+        pipeline={"rule": {}},  # episodes, the default
     )
     agent = Agent(parse_config(raw, "test"))
     agent.build()
@@ -106,6 +107,12 @@ def test_metrics_endpoint_scraped_and_parsed(broker, w1_models, tmp_path):
         assert batches >= 1
         assert value[("edge_agent_batch_windows_sum", p)] == value[("edge_agent_windows_total", p)]
         assert ("edge_agent_spool_depth", ()) in value
+        opened = value[("edge_agent_episodes_opened_total", p)]
+        assert opened >= 1  # the W1 payloads carry spikes
+        assert opened == (
+            value[("edge_agent_episodes_closed_total", p)] + value[("edge_agent_episodes_open", p)]
+        )
+        assert value[("edge_agent_episodes_suppressed_total", p)] == 0
         assert all(v == 1 for (n, _), v in value.items() if n == "edge_agent_broker_connected")
         assert _get(base + "/healthz")[0] == 200
         code, ready = _get(base + "/readyz")

@@ -12,7 +12,7 @@ from tests.support.mqtt import ROOT, AgentProcess, Collector, publish
 
 pytestmark = pytest.mark.mosquitto
 
-WARMUP, SAMPLES, FAULT_AT = 200, 400, 320
+SAMPLES, FAULT_AT = 1000, 800
 
 
 def starter_payloads(seed: int = 3):
@@ -33,8 +33,9 @@ def starter_payloads(seed: int = 3):
 
 
 def test_starter_config_counts_every_sample_and_reports_the_fault(broker, tmp_path):
-    """Run as the README says: every sample in a summary, pump-3's fault raises an event on
-    pump-3 after its onset, and the stats record counts what was decoded."""
+    """Run as the README says: every sample in a summary; pump-3's fault opens one episode
+    after its onset, naming the faulted channel, closed when the agent stops; the healthy
+    pumps open none."""
     collector = Collector(broker.port, ["edge/starter/#"])
     agent = AgentProcess(
         ROOT / "configs" / "starter.yaml",
@@ -54,4 +55,10 @@ def test_starter_config_counts_every_sample_and_reports_the_fault(broker, tmp_pa
     for d in ("pump-1", "pump-2", "pump-3"):
         assert sum(s["count"] for s in summaries if s["device"] == d) == SAMPLES, d
     fault_ts = orjson.loads(items[FAULT_AT * 3 + 2][2])["ts"]
-    assert any(e["device"] == "pump-3" and e["ts"] >= fault_ts for e in events), events
+    assert [(e["device"], e["event"]) for e in events] == [
+        ("pump-3", "opened"),
+        ("pump-3", "closed"),
+    ], events
+    opened, closed = events
+    assert opened["onset"] >= fault_ts and opened["cause"][0]["channel"] == 1
+    assert closed["reason"] == "stop" and closed["episode"] == opened["episode"]

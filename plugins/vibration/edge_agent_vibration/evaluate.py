@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from agent.config import parse_config
 from agent.errors import AgentError
 from agent.processor import Processor, build_processor
 from agent.records import Message
+from agent.replay import print_result
 
 from . import MODEL, cwru
 from .handler import model_metadata
@@ -157,12 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     digest = hashlib.sha256(args.model.read_bytes()).hexdigest()
     result = {"dataset": "cwru", "model": str(args.model), "sha256": digest, **out}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        width = max(len(k) for k in result)
-        for k, v in result.items():
-            print(f"{k:<{width}}  {v}")
+    print_result(result, args.json)
     return 0
 
 
