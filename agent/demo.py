@@ -360,15 +360,18 @@ def _live(title: str, pub: Publisher, up: Upstream, agent, started: float):
             state = "[red]fault[/red]" if pub.faulty.get(d.name) else "[green]normal[/green]"
             devs.add_row(d.name, state, str(w), str(e), f"{m:.2f}")
         events = Table(title="events as they arrive upstream", expand=True)
-        for c in ("time", "device", "seq", "score", "threshold"):
+        for c in ("time", "device", "event", "score", "threshold", "cause"):
             events.add_column(c)
         for t, e in list(up.recent):
+            score = e.get("score", e.get("peak", 0))  # a closed episode reports its peak
+            cause = ", ".join(f"{c['channel']} {c['share']:.0%}" for c in e.get("cause", []))
             events.add_row(
                 t,
                 str(e.get("device")),
-                str(e.get("seq")),
-                f"{e.get('score', 0):.2f}",
+                str(e.get("event", "window")),
+                f"{score:.2f}",
                 f"{e.get('threshold', 0):.2f}",
+                cause,
             )
     return Panel(Group(head, devs, events), title=title)
 

@@ -169,7 +169,7 @@ class Warmup:
         windows = 2 * (self.n // 2 - self.window + 1)  # the held-out scores fitted
         if not self._warned and p * windows < 1e-3:
             self._warned = True
-            need = int(np.ceil(1e-3 / p)) + self.window - 1
+            need = int(np.ceil(1e-3 / p)) + 2 * (self.window - 1)  # both halves
             self.log.warning(
                 "warmup_short_for_budget",
                 warmup=self.n,

@@ -208,3 +208,39 @@ def local_ids(event: dict) -> dict:
     return (
         {**event, "episode": event["episode"].rsplit("-", 1)[-1]} if "episode" in event else event
     )
+
+
+def test_a_warm_up_too_short_for_the_budget_is_named_at_start_up():
+    """Start-up names the minimum warm-up; the first fit names the minimum for the
+    device's rate when the budget would extrapolate far beyond the warm-up."""
+    from structlog.testing import capture_logs
+
+    pipe = {
+        "name": "p",
+        "source": {"broker": "local", "topics": ["t/+"], "max_clock_skew": None},
+        "decoder": {"type": "json", "device": "topic[1]", "channels": 2},
+        "window": {"size": 8, "hop": 4},
+        "calibration": {"warmup": 100, "false_alarms_per_day": 1},
+        "handler": {"type": "baseline"},
+        "sinks": [{"type": "stdout"}],
+    }
+    cfg = parse_config({"brokers": {"local": {}}, "pipelines": [pipe]}, "t").pipelines[0]
+    registry = Registry()
+    with capture_logs() as logs:
+        proc = Processor(
+            cfg,
+            registry.get("decoder", "json")(cfg.decoder),
+            registry.get("handler", "baseline")(cfg.handler),
+        )
+        proc.load()
+        rng = np.random.default_rng(0)
+        proc.process(  # 100 samples/s: 2.2 million windows a day
+            [
+                Message("t/a", orjson.dumps({"ts": T0 + k / 100, "v": rng.normal(size=2).tolist()}))
+                for k in range(120)
+            ]
+        )
+    warned = [r for r in logs if r["event"] == "warmup_short_for_budget"]
+    assert [w["minimum"] for w in warned] == [507, 4334]  # 1e-3 / p + 2 (size - 1)
+    assert "calibration.warmup >= 507" in warned[0]["reason"]
+    assert warned[1]["windows_per_day"] == 2_160_000
