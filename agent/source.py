@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -30,6 +31,7 @@ class MqttSource:
         self.conn = Connection(
             name, broker, client_id, on_publish=fast, coalesce=config.coalesce or 0.0
         )
+        self.subscribed = threading.Event()  # the broker granted the subscriptions (SUBACK)
         self.conn.on_connected.append(self._subscribe)
         self.conn.client.on_message = self._on_message
         self.conn.client.on_subscribe = self._on_subscribe
@@ -40,6 +42,7 @@ class MqttSource:
         self.paused = False
 
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
+        self.subscribed.clear()
         client.subscribe([(t, self.config.qos) for t in self.config.topics])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -48,6 +51,7 @@ class MqttSource:
             self.conn.log.error("subscribe_refused", topics=self.config.topics, reasons=failed)
         else:
             self.conn.log.info("source_subscribed", topics=self.config.topics)
+            self.subscribed.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         if self.paused:  # not acknowledged: the broker redelivers it to the next session
