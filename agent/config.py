@@ -145,7 +145,10 @@ class SourceConfig(Model):
     qos: int = Field(0, ge=0, le=1, description="subscription QoS (0 or 1)")
     queue: int = Field(100_000, gt=0, description="intake bound, messages")
     overflow: Literal["drop_oldest", "drop_newest", "block"] = Field(
-        "drop_oldest", description="what a full intake does (block: QoS 1 backpressure)"
+        "drop_oldest",
+        description="what a full intake does: drop_oldest, drop_newest (both counted as "
+        "dropped) or block (the broker holds the backlog); QoS 1 with clean_start: false "
+        "always blocks",
     )
     max_payload: int = Field(65536, gt=0, description="larger payloads are rejected")
     max_clock_skew: OptionalDuration = Field(

@@ -20,6 +20,8 @@ class MqttSource:
     to the broker only after the worker processed it (its sample counted, its events in
     the spool): the worker calls :meth:`acknowledge`. Until then the broker keeps it in
     the session and redelivers it after a crash, so a SIGKILL loses nothing accepted.
+    Such a source's full intake blocks (``overflow`` is ``block`` for it): the network
+    thread stops reading and the broker holds the backlog.
     """
 
     def __init__(
@@ -38,7 +40,9 @@ class MqttSource:
         self.deferred = config.qos == 1 and not broker.clean_start
         if self.deferred:
             self.conn.client.manual_ack_set(True)
-            intake.on_drop = lambda m: self.acknowledge([m])  # counted as dropped
+            # A full intake pushes back whatever the configured policy: dropping would
+            # mean acknowledging what was never processed, and the broker would forget it.
+            intake.policy = "block"
         self.paused = False
 
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
