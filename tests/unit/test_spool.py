@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from agent.records import EVENT, STATS, SUMMARY, Record
@@ -142,3 +144,21 @@ def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
     (_, first), (_, second) = s.take("a", 10)
     assert first.payload == {"score": 1.5, "n": 3, "v": [0, 1], "at": str(tmp_path)}
     assert second.payload == {"score": 2.0}
+
+
+def test_a_callback_that_raises_does_not_stop_the_writer(tmp_path):
+    """Before, the writer thread died and ``wait`` (the agent's shutdown) blocked for ever."""
+    s = Spool(tmp_path / "s.db")
+    ran: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("acknowledgement failed")
+
+    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r1")], broken)
+    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r2")], lambda: ran.append(2))
+    waiter = threading.Thread(target=s.wait, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "wait() blocked: the writer died"
+    assert ran == [2] and s.depth("a") == 2
+    s.close()
