@@ -1,9 +1,11 @@
 """SQLite store-and-forward outbox for upstream records (WAL, one file).
 
-A record is written here before any attempt to send it, and deleted only after the sink
-confirmed delivery. Events (priority 0) leave before summaries and stats. A size cap drops
-the oldest rows (by insertion order) and a TTL drops rows older than it; both are counted
-(``dropped``, ``expired``) and reported in stats records and the status heartbeat.
+Every record is submitted here before any attempt to send it (fresh events are published
+while their commit runs, see below; everything else after it) and deleted only after the
+sink confirmed delivery (a PUBACK at QoS 1; at QoS 0, the publish written to the socket).
+Events (priority 0) leave before summaries and stats. A size cap drops the oldest rows (by
+insertion order) and a TTL drops rows older than it; both are counted (``dropped``,
+``expired``) and reported in stats records and the status heartbeat.
 Commits are ``synchronous=FULL`` by default: a committed row survives a power loss, not only
 a crash (``sync: normal`` trades that for lower latency: a crash of the agent loses nothing,
 a power cut may lose the last commits).
@@ -183,10 +185,6 @@ class Spool:
         with self._cv:
             self._jobs.append(_Job("", [], self._next_id, then, list(ids)))
             self._cv.notify()
-
-    def put_many(self, sink: str, records: Sequence[Record]) -> None:
-        """Store ``records`` and return once they are committed."""
-        self.wait(self.submit(sink, records))
 
     def wait(self, last: int | None = None) -> None:
         """Until every submission (up to id ``last``) is committed and its callback ran."""

@@ -11,6 +11,7 @@ from agent.errors import NotConnectedError
 from agent.log import structlog
 from agent.records import EVENT, SUMMARY, Record
 from agent.spool import Spool
+from tests.support.spooling import put_many
 from tests.support.waiting import until
 
 
@@ -46,7 +47,7 @@ def wait_for(pred, timeout: float = 10.0) -> None:
 def test_express_rows_are_handed_over_before_commit_and_skipped_by_take(tmp_path):
     s = Spool(tmp_path / "s.db")
     express = s.express("a")
-    s.put_many("a", [rec(SUMMARY, 0), rec(EVENT, 1), rec(EVENT, 2)])
+    put_many(s, "a", [rec(SUMMARY, 0), rec(EVENT, 1), rec(EVENT, 2)])
     fresh = express.pop(10)
     assert [r.id for _, r in fresh] == ["event-1", "event-2"]
     taken = s.take("a", 10)
@@ -68,7 +69,7 @@ def test_every_record_delivered_once_while_events_take_the_express_queue(tmp_pat
     sent = []
     for i in range(300):
         batch = [rec(EVENT, i)] + ([rec(SUMMARY, i)] if i % 10 == 0 else [])
-        s.put_many("a", batch)
+        put_many(s, "a", batch)
         sent += [r.id for r in batch]
         if i % 50 == 0:  # let the lane catch up: the events after this take the express queue
             wait_for(lambda: s.depth("a") == 0)
@@ -86,11 +87,11 @@ def test_backlog_after_an_outage_keeps_its_order_and_loses_nothing(tmp_path):
     f = Forwarder("a", sink, s, batch=16, rate=1e6)
     f.start()
     for i in range(100):
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
     wait_for(lambda: f.failures >= 1)  # the event lane has failed: not caught up
     sink.down.clear()
     for i in range(100, 150):  # fresh events while the backlog drains
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
     wait_for(lambda: s.depth("a") == 0 and len(sink.got) >= 150)
     f.stop(drain_timeout=1)
     assert sink.got == [f"event-{i}" for i in range(150)]
@@ -116,7 +117,7 @@ def test_a_backlog_is_paced_at_the_replay_rate(tmp_path):
     sink.down.set()
     f = PacedForwarder("a", sink, s, 8, 40.0)
     f.start()
-    s.put_many("a", [rec(SUMMARY, i) for i in range(40)])
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(40)])
     wait_for(lambda: f.failures >= 1)  # the lane has failed: what it finds is a backlog
     sink.down.clear()
     wait_for(lambda: len(sink.got) == 40)
@@ -133,9 +134,9 @@ def test_live_records_are_not_paced_like_a_backlog(tmp_path):
     sink = RecordingSink()
     f = PacedForwarder("a", sink, s, 8, 1.0)  # a paced backlog of 64 rows would take 64 s
     f.start()
-    s.put_many("a", [rec(SUMMARY, 0)])
+    put_many(s, "a", [rec(SUMMARY, 0)])
     wait_for(lambda: sink.got == ["summary-0"])  # the lane has caught up
-    s.put_many("a", [rec(SUMMARY, i) for i in range(1, 65)])
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(1, 65)])
     wait_for(lambda: len(sink.got) == 65, timeout=20)
     f.stop(drain_timeout=1)
     assert sink.got == [f"summary-{i}" for i in range(65)]
@@ -182,7 +183,7 @@ def caught_up(tmp_path) -> tuple[Spool, PipeliningSink, Forwarder]:
     sink = PipeliningSink()
     f = Forwarder("a", sink, s, batch=16, rate=1e6)
     f.start()
-    s.put_many("a", [rec(EVENT, -1)])
+    put_many(s, "a", [rec(EVENT, -1)])
     wait_for(lambda: s.depth("a") == 0 and f.live.caught_up)
     return s, sink, f
 
@@ -191,7 +192,7 @@ def test_pipelined_events_go_out_before_the_earlier_ones_are_acknowledged(tmp_pa
     s, sink, f = caught_up(tmp_path)
     sink.acks.clear()  # the broker holds its acknowledgements
     for i in range(40):
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: len(sink.got) == 41)  # all published, none acknowledged
     assert s.depth("a") == 40
@@ -221,12 +222,12 @@ def test_failed_pipelined_deliveries_are_replayed_from_the_spool(tmp_path):
     s, sink, f = caught_up(tmp_path)
     sink.acks.clear()
     for i in range(30):
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: len(sink.got) == 31)
     sink.down.set()  # the connection is lost with 30 events in flight
     for i in range(30, 40):
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: f.failures >= 1)  # the lane saw the loss
     sink.down.clear()
@@ -259,7 +260,7 @@ def test_a_record_the_sink_refuses_on_its_own_is_moved_aside_and_the_lane_goes_o
     sink = RefusingSink({"summary-3"})
     f = Forwarder("a", sink, s, batch=4, rate=1e6)
     f.start()
-    s.put_many("a", [rec(SUMMARY, i) for i in range(10)])
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(10)])
     wait_for(lambda: s.depth("a") == 0 and len(sink.got) == 9)
     f.stop(drain_timeout=1)
     assert sink.got == [f"summary-{i}" for i in range(10) if i != 3]
@@ -277,7 +278,7 @@ def test_a_sink_that_refuses_everything_keeps_the_rows_and_backs_off(tmp_path):
     sink = RefusingSink({"*"})
     f = Forwarder("a", sink, s, batch=4, rate=1e6)
     f.start()
-    s.put_many("a", [rec(SUMMARY, i) for i in range(6)])
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(6)])
     wait_for(lambda: f.errors >= 4, timeout=30)  # past the one-by-one attempt
     assert s.depth("a") == 6 and f.moved_aside == 0
     sink.refuse = set()
