@@ -159,11 +159,8 @@ class AgentProcess:
 
     def wait_ready_count(self, n: int, timeout: float = 30) -> None:
         """Wait until ``n`` sources (e.g. worker processes) have subscribed."""
-        deadline = time.monotonic() + timeout
-        while self.subscribed < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.subscribed} of {n} sources ready: {self.logs[-10:]}")
-            time.sleep(0.05)
+        if not until(lambda: self.subscribed >= n, timeout):
+            raise AssertionError(f"{self.subscribed} of {n} sources ready: {self.logs[-10:]}")
 
     def stop(self, sig: int = 15, timeout: float = 60) -> int:
         self.proc.send_signal(sig)
