@@ -72,10 +72,35 @@ def _run_pool(pool: workers.WorkerPool) -> int:
     return 1 if failed else 0
 
 
+SYSTEM_RUN_DIR = Path("/run/edge-agent")  # the systemd unit's RuntimeDirectory
+
+
+def _pid_dirs() -> list[Path]:
+    """Where PID files go, in order: $RUNTIME_DIRECTORY (set by systemd for the unit), the
+    unit's runtime directory (seen from an admin's shell, where that variable is unset),
+    $XDG_RUNTIME_DIR, /tmp."""
+    dirs = [os.environ.get("RUNTIME_DIRECTORY"), SYSTEM_RUN_DIR, os.environ.get("XDG_RUNTIME_DIR")]
+    return [Path(d) for d in dirs if d] + [Path("/tmp")]
+
+
 def default_pid_file(agent_id: str) -> Path:
-    """Where ``run`` records its PID for ``reload``: $RUNTIME_DIRECTORY, XDG or /tmp."""
-    base = os.environ.get("RUNTIME_DIRECTORY") or os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
-    return Path(base) / f"edge-agent-{agent_id}.pid"
+    """Where ``run`` records its PID for ``reload``: ``edge-agent-<id>.pid`` in the first
+    of :func:`_pid_dirs` that exists and can be written to."""
+    name = f"edge-agent-{agent_id}.pid"
+    for d in _pid_dirs():
+        if d.is_dir() and os.access(d, os.W_OK):
+            return d / name
+    return Path("/tmp") / name
+
+
+def find_pid_file(agent_id: str) -> Path:
+    """The PID file of the running agent ``agent_id``: the first that exists among
+    :func:`_pid_dirs` (the directory ``run`` chose may not be the first one here)."""
+    name = f"edge-agent-{agent_id}.pid"
+    for d in _pid_dirs():
+        if (d / name).is_file():
+            return d / name
+    return default_pid_file(agent_id)
 
 
 def _write_pid(path: Path) -> None:
@@ -91,7 +116,7 @@ def _reload(args: argparse.Namespace) -> int:
     pid_file = args.pid_file
     if args.config:
         cfg = load_config(args.config)  # an invalid file is reported here, nothing signalled
-        pid_file = pid_file or default_pid_file(cfg.agent.id)
+        pid_file = pid_file or find_pid_file(cfg.agent.id)
     if args.pid is None and pid_file is None:
         print("error: give -c CONFIG, --pid-file or --pid", file=sys.stderr)
         return 2

@@ -92,7 +92,13 @@ class BrokerConfig(Model):
     host: str = Field("127.0.0.1", description="broker host name or address")
     port: int = Field(1883, gt=0, lt=65536, description="broker TCP port")
     protocol: Literal["3.1.1", "5"] = Field("5", description="MQTT protocol version")
-    client_id: str | None = Field(None, description="client id; default <agent.id>-<role>")
+    client_id: str | None = Field(
+        None,
+        description="client id prefix; each connection adds its role: <prefix>-<pipeline>-in "
+        "(a source), <prefix>-out (upstream sinks), <prefix>-spb (Sparkplug). Default prefix "
+        "<agent.id> for sources, <agent.id>-<broker> otherwise; worker processes add "
+        "-<pipeline>-w<k>",
+    )
     keepalive: int = Field(30, ge=5, description="keepalive interval in seconds")
     username: str | None = Field(None, description="user name; must be ${VAR}, never literal")
     password: str | None = Field(None, description="password; must be ${VAR}, never literal")
@@ -139,7 +145,10 @@ class SourceConfig(Model):
     qos: int = Field(0, ge=0, le=1, description="subscription QoS (0 or 1)")
     queue: int = Field(100_000, gt=0, description="intake bound, messages")
     overflow: Literal["drop_oldest", "drop_newest", "block"] = Field(
-        "drop_oldest", description="what a full intake does (block: QoS 1 backpressure)"
+        "drop_oldest",
+        description="what a full intake does: drop_oldest, drop_newest (both counted as "
+        "dropped) or block (the broker holds the backlog); QoS 1 with clean_start: false "
+        "always blocks",
     )
     max_payload: int = Field(65536, gt=0, description="larger payloads are rejected")
     max_clock_skew: OptionalDuration = Field(

@@ -15,6 +15,7 @@ from .records import Record
 from .spool import Express, Spool
 
 SETTLE_POLL = 0.005  # s between checks for the acknowledgements of pipelined events
+ISOLATE_AFTER = 3  # sink errors in a row (not connection errors) before rows go one by one
 
 
 class Forwarder:
@@ -25,10 +26,11 @@ class Forwarder:
     other sinks get one lane, events first. A sink with ``publish_many`` (publish now,
     return a delivery to check later) has its caught-up events pipelined: the worker that
     spooled them publishes them (:meth:`kick`), and the next ones go out before the last
-    ones are acknowledged. On ``NotConnectedError`` a lane waits with
-    jittered exponential backoff; a backlog (what was spooled before start or during a
-    failure) drains at no more than ``rate`` records per second per lane, live records
-    without pacing.
+    ones are acknowledged. On ``NotConnectedError`` a lane waits with jittered exponential
+    backoff; on any other sink error too, and then a record the sink refuses on its own is
+    moved aside (:meth:`_failed`). A backlog (what was spooled before start or during a
+    failure) drains at no more than ``rate`` records per second per lane (so a sink with
+    two lanes may drain at twice that), live records without pacing.
     """
 
     def __init__(self, name: str, sink: Sink, spool: Spool, batch: int, rate: float) -> None:
@@ -36,6 +38,9 @@ class Forwarder:
         self.batch, self.rate = batch, rate
         self.delivered = 0
         self.failures = 0
+        self.errors = 0  # failures in a row that were not about the connection
+        self.moved_aside = 0
+        self._limit = log.RateLimit(10.0)
         self.log = log.get(component="forwarder", sink=name)
         self._stop = threading.Event()
         pipelined = getattr(sink, "concurrent", False) and hasattr(sink, "publish_many")
@@ -111,10 +116,9 @@ class Forwarder:
                     backoff = min(max(backoff * 2, 0.2), 5.0)
                     if self.failures == 1 or self.failures % 20 == 0:
                         self.log.warning("sink_unavailable", error=str(e), backlog=len(rows))
-                    self._stop.wait(backoff * random.uniform(0.5, 1.0))
                 else:
-                    self.log.exception("sink_failed")
-                    self._stop.wait(1.0)
+                    backoff = self._failed(lane, rows, e, backoff)
+                self._stop.wait(backoff * random.uniform(0.5, 1.0))
                 continue
             if idle:
                 if stopping and not lane.inflight:
@@ -124,9 +128,62 @@ class Forwarder:
             backoff = 0.0
             replaying = replaying and not lane.caught_up
             if replaying and len(rows) == self.batch:  # a backlog: pace it; live rows are not
-                pause = len(rows) / self.rate - (time.monotonic() - started)
-                if pause > 0:
-                    time.sleep(pause)
+                self._pace(len(rows) / self.rate - (time.monotonic() - started))
+
+    def _failed(self, lane: _Lane, rows: list, error: Exception, backoff: float) -> float:
+        """A sink error that is not about the connection: retry with growing waits (up to
+        a minute) and, from the third failure in a row on, try the rows one by one and move
+        aside those that fail alone (:meth:`Spool.move_aside`), so that one record the sink
+        cannot take does not hold up the lane for ever. Returns the next wait."""
+        self.errors += 1
+        if self._limit.allow("sink_failed"):
+            self.log.error(
+                "sink_failed",
+                error=f"{type(error).__name__}: {error}",
+                failures=self.errors,
+                records=len(rows),
+                exc_info=error if self.errors == 1 else None,
+            )
+        if rows and self.errors >= ISOLATE_AFTER:
+            with lane.lock:
+                moved = self._isolate(rows)
+            if moved < len(rows):  # the sink took some: the others were the problem
+                self.errors = 0
+                return 0.0
+        return min(max(backoff * 2, 0.5), 60.0)
+
+    def _isolate(self, rows: list) -> int:
+        """Deliver ``rows`` one at a time; move aside each one the sink refuses alone, unless
+        it refuses them all (then the sink is at fault: they stay). Returns how many
+        failed. Raises NotConnectedError."""
+        refused: list[tuple[tuple[int, Record], Exception]] = []
+        for row in rows:
+            try:
+                self.sink.write_many([row[1]])
+            except NotConnectedError:
+                raise
+            except Exception as e:
+                refused.append((row, e))
+                continue
+            self.spool.ack([row[0]])
+            self.delivered += 1
+        if len(refused) < len(rows):
+            for (rid, r), e in refused:
+                self.spool.move_aside([rid], f"{type(e).__name__}: {e}")
+                self.moved_aside += 1
+                self.log.error(
+                    "record_moved_aside",
+                    id=r.id,
+                    kind=r.kind,
+                    device=r.device,
+                    error=f"{type(e).__name__}: {e}",
+                )
+        return len(refused)
+
+    def _pace(self, pause: float) -> None:
+        """Wait ``pause`` s (if positive) after a backlog batch; a stop ends the wait."""
+        if pause > 0:
+            self._stop.wait(pause)
 
     def kick(self) -> None:
         """Publish fresh events from the calling thread (the worker, after it spooled them)
@@ -140,9 +197,11 @@ class Forwarder:
         try:
             if lane.caught_up:
                 self._publish_express(lane, self.spool.express(self.name))
-        except Exception:  # the lane finds out itself, and replays from the spool
+        except Exception as e:  # the lane replays them from the spool and handles the error
             lane.caught_up = False
             self.spool.wake_event(self.name, 0).set()
+            if self._limit.allow("kick"):
+                self.log.warning("sink_publish_failed", error=f"{type(e).__name__}: {e}")
         finally:
             lane.lock.release()
 
@@ -180,7 +239,7 @@ class Forwarder:
         """The sink acknowledged ``rows``: delete them from the spool."""
         if self.failures:
             self.log.info("sink_recovered", after_failures=self.failures)
-            self.failures = 0
+            self.failures = self.errors = 0
         if express is not None:  # the spool's writer deletes them after their commit;
             express.hold(rows)  # pending until then, so a take cannot send them again
             self.spool.ack_later([rid for rid, _ in rows], lambda done=rows: express.done(done))

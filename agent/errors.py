@@ -4,8 +4,8 @@ AgentError
 ├── ConfigError        a YAML file that does not validate; stops start-up (exit 2)
 ├── PluginError        a component that cannot be found, imported or registered
 ├── ModelError         a model file missing, corrupt, tampered, or of the wrong shape
-├── DecodeError        one payload that cannot become samples; counted, never fatal
-└── NotConnectedError  a sink lost its broker; the spool keeps the records and retries
+├── NotConnectedError  a sink lost its broker; the spool keeps the records and retries
+└── SpoolError         the spool could not commit; the agent takes no more data
 """
 
 from __future__ import annotations
@@ -30,14 +30,6 @@ class PluginError(AgentError):
 
 class ModelError(AgentError):
     """A model file is missing, corrupt, fails its checksum or does not fit the window."""
-
-
-class DecodeError(AgentError):
-    """One payload could not be decoded; ``kind`` is the counter it lands in."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        self.kind = kind
-        super().__init__(message)
 
 
 class NotConnectedError(AgentError):

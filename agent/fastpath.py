@@ -4,8 +4,9 @@ paho-mqtt keeps the connection, session, keepalive, TLS, reconnect and every con
 packet. Stock paho costs ~15 us of Python per received message (header read byte by byte,
 an MQTTMessage, callback matching); here the source reads its socket in 64 KiB chunks,
 cuts PUBLISH packets out itself (MQTT 3.1.1 and 5, QoS 0 and 1) and hands every other
-packet's bytes to paho unchanged, through the socket paho reads from. QoS 1 PUBLISHes are
-acknowledged through paho's public manual-ack API (``Client.ack``).
+packet's bytes, and any it does not expect (see :class:`PublishSplitter`), to paho
+unchanged, through the socket paho reads from. QoS 1 PUBLISHes are acknowledged through
+paho's public manual-ack API (``Client.ack``).
 
 On a busy stream (over ``BUSY_RATE`` messages/s) the reader waits ``coalesce`` seconds
 before each read, so a read, and the worker's batch behind it, carries tens of messages
@@ -28,7 +29,7 @@ import paho.mqtt.client as mqtt
 
 from .records import Message
 
-TESTED_PAHO = ("2.1.0", "2.2.0")  # tests/integration/test_source_paths.py passed with both
+TESTED_PAHO = ("2.2.0",)  # the version CI installs; tests/unit/test_fastpath_splitter.py
 READ_SIZE = 65536
 MAX_ROUNDS = 32  # bulk reads per recv() call before paho gets its loop back
 BUSY_RATE = 2000.0  # messages/s over RATE_WINDOW above which reads are coalesced
@@ -42,39 +43,42 @@ def available() -> bool:
     return paho.mqtt.__version__ in TESTED_PAHO and hasattr(mqtt.Client, "_create_socket")
 
 
-class ProtocolError(Exception):
-    """The byte stream is not MQTT (bad remaining length)."""
-
-
 class PublishSplitter:
     """Cuts complete MQTT packets out of a byte stream.
 
     ``feed`` returns the PUBLISH packets as messages (plus QoS 1 packet ids to acknowledge)
     and the bytes of every other packet, whole and in order. Partial packets wait for the
-    next ``feed``.
+    next ``feed``. Anything it does not expect goes to paho unchanged, which has the last
+    word on it: a QoS 2 PUBLISH (paho runs its PUBREC/PUBREL exchange and delivers it
+    through ``on_message``), a PUBLISH whose lengths do not fit its packet (paho finds it
+    malformed and drops the connection), and everything after a remaining length longer
+    than 4 bytes (the stream can no longer be framed; so the splitter stays out of the
+    rest of this connection). It never raises on what the broker sends.
     """
 
     def __init__(self, v5: bool) -> None:
         self.v5 = v5
         self._buf = bytearray()
         self._topics: dict[bytes, str] = {}
+        self.passthrough = False  # the stream could not be framed: all of it goes to paho
 
     def feed(self, data: bytes, now: float) -> tuple[list[Message], list[int], bytes]:
         buf = self._buf
         buf += data
+        if self.passthrough:
+            out = bytes(buf)
+            buf.clear()
+            return [], [], out
         n = len(buf)
         off = 0
         msgs: list[Message] = []
         acks: list[int] = []
         other: list[bytes] = []
-        topics = self._topics
-        v5 = self.v5
         while n - off >= 2:
-            head = buf[off]
             i = off + 1
             length = shift = 0
             complete = False
-            while i < n:
+            while i < n and shift < 28:
                 b = buf[i]
                 i += 1
                 length |= (b & 127) << shift
@@ -82,43 +86,68 @@ class PublishSplitter:
                     complete = True
                     break
                 shift += 7
-                if shift >= 28:
-                    raise ProtocolError("remaining length longer than 4 bytes")
             if not complete:
+                if shift >= 28:  # not MQTT: paho reads the same header and disconnects
+                    self.passthrough = True
+                    other.append(bytes(buf[off:]))
+                    off = n
                 break
             end = i + length
             if end > n:
                 break
-            if head & 0xF0 == 0x30:
-                tlen = (buf[i] << 8) | buf[i + 1]
-                p = i + 2 + tlen
-                raw = bytes(buf[i + 2 : p])
-                topic = topics.get(raw)
-                if topic is None:
-                    topic = raw.decode("utf-8", "replace")
-                    if len(topics) > 100_000:
-                        topics.clear()
-                    topics[raw] = topic
-                if head & 0x06:
-                    acks.append((buf[p] << 8) | buf[p + 1])
-                    p += 2
-                if v5:
-                    plen = shift = 0
-                    while True:
-                        b = buf[p]
-                        p += 1
-                        plen |= (b & 127) << shift
-                        shift += 7
-                        if b < 128:
-                            break
-                    p += plen
-                msgs.append(Message(topic, bytes(buf[p:end]), now))
+            head = buf[off]
+            if (
+                head & 0xF0 == 0x30
+                and (msg := self._publish(buf, head, i, end, now, acks)) is not None
+            ):
+                msgs.append(msg)
             else:
                 other.append(bytes(buf[off:end]))
             off = end
         if off:
             del buf[:off]
         return msgs, acks, b"".join(other)
+
+    def _publish(
+        self, buf: bytearray, head: int, i: int, end: int, now: float, acks: list[int]
+    ) -> Message | None:
+        """The message of a QoS 0/1 PUBLISH in ``buf[i:end]`` (its variable header and
+        payload), or None when its fields do not fit in it (or QoS 2): paho's to handle."""
+        qos = (head >> 1) & 3
+        if qos > 1 or end - i < 2:
+            return None
+        tlen = (buf[i] << 8) | buf[i + 1]
+        p = i + 2 + tlen
+        if tlen == 0 or p + 2 * qos > end:  # an empty topic: malformed (3.1.1) or an alias (5)
+            return None
+        raw = bytes(buf[i + 2 : p])
+        topic = self._topics.get(raw)
+        if topic is None:
+            topic = raw.decode("utf-8", "replace")
+            if len(self._topics) > 100_000:
+                self._topics.clear()
+            self._topics[raw] = topic
+        mid = None
+        if qos:
+            mid = (buf[p] << 8) | buf[p + 1]
+            p += 2
+        if self.v5:
+            plen = shift = 0
+            while True:
+                if p >= end or shift >= 28:
+                    return None
+                b = buf[p]
+                p += 1
+                plen |= (b & 127) << shift
+                shift += 7
+                if b < 128:
+                    break
+            p += plen
+            if p > end:
+                return None
+        if mid is not None:
+            acks.append(mid)
+        return Message(topic, bytes(buf[p:end]), now)
 
 
 class SplittingSocket:

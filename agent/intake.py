@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
 
 from .records import Message
 
 
 class Intake:
-    """Bounded FIFO with an overflow policy; every drop is counted.
+    """Bounded FIFO with an overflow policy; every drop is counted (``dropped``).
 
     ``put`` runs in the network thread and does no more than append (and wake a sleeping
-    worker). ``drop_oldest`` discards the oldest queued message, ``drop_newest`` the
-    arriving one, ``block`` makes the network thread wait (QoS 1: the broker holds the
-    backlog).
+    worker). When full, ``drop_oldest`` discards the oldest queued message (the freshest
+    data is kept), ``drop_newest`` the arriving one (the backlog is kept), and ``block``
+    makes the network thread wait for room: nothing is dropped here, the socket stops
+    being read and the backlog waits in the broker, within its own limits for a session's
+    queue (beyond them the broker drops; a wait longer than 1.5 x keepalive ends the
+    connection, and QoS 0 messages in flight are gone). A QoS 1
+    source on a persistent session always blocks (:class:`~agent.source.MqttSource`).
     """
 
     def __init__(self, bound: int, policy: str = "drop_oldest") -> None:
@@ -28,12 +31,9 @@ class Intake:
         self._wake = threading.Event()
         self._space = threading.Condition()
         self.closed = False
-        self.on_drop: Callable[[Message], None] | None = None  # e.g. acknowledge it anyway
 
     def _dropped(self, msg: Message) -> None:
         self.dropped += 1
-        if self.on_drop is not None and msg.ack is not None:
-            self.on_drop(msg)
 
     def __len__(self) -> int:
         return len(self._q)

@@ -57,6 +57,14 @@ def topic_level(name: str) -> str:
     return _NOT_IN_LEVEL.sub("_", name)
 
 
+def client_id(configured: str | None, default: str, role: str) -> str:
+    """The client id of one connection: ``<prefix>-<role>``, the prefix being the broker's
+    configured ``client_id`` or ``default``. Every connection needs its own: a broker
+    closes a connection whenever another one connects with the same id, so two sharing
+    one would take turns being connected."""
+    return f"{configured or default}-{role}"
+
+
 class Connection:
     """One paho client with reconnect/backoff in paho's network thread.
 
@@ -78,6 +86,7 @@ class Connection:
         coalesce: float = 0.0,
     ) -> None:
         self.name = name
+        self.client_id = client_id
         self.broker = broker
         self.v5 = broker.protocol == "5"
         self.log = log.get(component="mqtt", broker=name, client_id=client_id)

@@ -18,7 +18,7 @@ from . import log
 from .config import Config, PipelineConfig
 from .delivery import Forwarder
 from .intake import Intake
-from .mqtt import Connection
+from .mqtt import Connection, client_id
 from .pipeline import Pipeline
 from .processor import Processor, build_processor
 from .records import EVENT, Message, Record
@@ -67,7 +67,7 @@ class Agent:
         """The shared upstream connection to ``broker`` (one per broker)."""
         if broker not in self._connections:
             cfg = self.config.brokers[broker]
-            cid = cfg.client_id or f"{self.config.agent.id}-{broker}-out"
+            cid = client_id(cfg.client_id, f"{self.config.agent.id}-{broker}", "out")
             will = None
             status = self.config.agent.status_topic
             if status and broker == self._status_broker():
@@ -132,7 +132,7 @@ class Agent:
             cfg.brokers[p.source.broker],
             p.source,
             intake,
-            cfg.brokers[p.source.broker].client_id or f"{cfg.agent.id}-{p.name}-in",
+            client_id(cfg.brokers[p.source.broker].client_id, cfg.agent.id, f"{p.name}-in"),
         )
         pipeline = Pipeline(
             processor,

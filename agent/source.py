@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import paho.mqtt.client as mqtt
@@ -19,6 +20,8 @@ class MqttSource:
     to the broker only after the worker processed it (its sample counted, its events in
     the spool): the worker calls :meth:`acknowledge`. Until then the broker keeps it in
     the session and redelivers it after a crash, so a SIGKILL loses nothing accepted.
+    Such a source's full intake blocks (``overflow`` is ``block`` for it): the network
+    thread stops reading and the broker holds the backlog.
     """
 
     def __init__(
@@ -30,16 +33,20 @@ class MqttSource:
         self.conn = Connection(
             name, broker, client_id, on_publish=fast, coalesce=config.coalesce or 0.0
         )
+        self.subscribed = threading.Event()  # the broker granted the subscriptions (SUBACK)
         self.conn.on_connected.append(self._subscribe)
         self.conn.client.on_message = self._on_message
         self.conn.client.on_subscribe = self._on_subscribe
         self.deferred = config.qos == 1 and not broker.clean_start
         if self.deferred:
             self.conn.client.manual_ack_set(True)
-            intake.on_drop = lambda m: self.acknowledge([m])  # counted as dropped
+            # A full intake pushes back whatever the configured policy: dropping would
+            # mean acknowledging what was never processed, and the broker would forget it.
+            intake.policy = "block"
         self.paused = False
 
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
+        self.subscribed.clear()
         client.subscribe([(t, self.config.qos) for t in self.config.topics])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
@@ -48,6 +55,7 @@ class MqttSource:
             self.conn.log.error("subscribe_refused", topics=self.config.topics, reasons=failed)
         else:
             self.conn.log.info("source_subscribed", topics=self.config.topics)
+            self.subscribed.set()
 
     def _on_message(self, client, userdata, msg) -> None:
         if self.paused:  # not acknowledged: the broker redelivers it to the next session

@@ -1,9 +1,11 @@
 """SQLite store-and-forward outbox for upstream records (WAL, one file).
 
-A record is written here before any attempt to send it, and deleted only after the sink
-confirmed delivery. Events (priority 0) leave before summaries and stats. A size cap drops
-the oldest rows (by insertion order) and a TTL drops rows older than it; both are counted
-(``dropped``, ``expired``) and reported in stats records and the status heartbeat.
+Every record is submitted here before any attempt to send it (fresh events are published
+while their commit runs, see below; everything else after it) and deleted only after the
+sink confirmed delivery (a PUBACK at QoS 1; at QoS 0, the publish written to the socket).
+Events (priority 0) leave before summaries and stats. A size cap drops the oldest rows (by
+insertion order) and a TTL drops rows older than it; both are counted (``dropped``,
+``expired``) and reported in stats records and the status heartbeat.
 Commits are ``synchronous=FULL`` by default: a committed row survives a power loss, not only
 a crash (``sync: normal`` trades that for lower latency: a crash of the agent loses nothing,
 a power cut may lose the last commits).
@@ -116,6 +118,7 @@ class Spool:
         self.stored = 0
         self.dropped = 0
         self.expired = 0
+        self.moved = 0  # rows moved aside (a sink refused them on their own)
         self._next_expiry = 0.0
         self.log = log.get(component="spool")
         self._lock = threading.Lock()
@@ -183,10 +186,6 @@ class Spool:
             self._jobs.append(_Job("", [], self._next_id, then, list(ids)))
             self._cv.notify()
 
-    def put_many(self, sink: str, records: Sequence[Record]) -> None:
-        """Store ``records`` and return once they are committed."""
-        self.wait(self.submit(sink, records))
-
     def wait(self, last: int | None = None) -> None:
         """Until every submission (up to id ``last``) is committed and its callback ran."""
         with self._cv:
@@ -224,7 +223,7 @@ class Spool:
                 return
             for job in jobs:
                 if job.then is not None:
-                    job.then()
+                    self._run(job.then)
             with self._cv:
                 self._done = jobs[-1].first + len(jobs[-1].records) - 1
                 self._cv.notify_all()
@@ -232,6 +231,16 @@ class Spool:
             for sink, prio in added:
                 self.wake_event(sink).set()
                 self.wake_event(sink, prio).set()
+
+    def _run(self, then: Callable[[], None]) -> None:
+        """A committed job's callback. One that raises (a defect, say an acknowledgement
+        that failed) is logged; the writer goes on, or every later commit and ``wait``
+        would stall behind it."""
+        try:
+            then()
+        except Exception:
+            if self._limit.allow("callback"):
+                self.log.exception("spool_callback_failed")
 
     def _commit(self, jobs: list[_Job]) -> None:
         """One transaction for every job; bodies serialised one at a time (orjson gives each
@@ -357,14 +366,36 @@ class Spool:
             ).fetchone()[0]
 
     def stats(self) -> dict:
-        """Rows stored since start, waiting now, approximate bytes, dropped (cap), expired."""
+        """Rows stored since start, waiting now, approximate bytes, dropped (cap), expired,
+        moved aside (refused by a sink)."""
         return {
             "stored": self.stored,
             "depth": self.depth(),
             "bytes": self._bytes,
             "dropped": self.dropped,
             "expired": self.expired,
+            "moved_aside": self.moved,
         }
+
+    def move_aside(self, ids: Sequence[int], reason: str) -> None:
+        """Move rows a sink refused on their own out of the outbox into ``moved_aside``,
+        with the reason: kept on disk for a person to look at, no longer delivered."""
+        self.wait(max(ids))
+        marks = ",".join("?" * len(ids))
+        with self._lock:
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS moved_aside (id INTEGER PRIMARY KEY, sink TEXT,"
+                " created REAL, moved REAL, reason TEXT, body BLOB)"
+            )
+            self._db.execute("BEGIN")
+            self._db.execute(
+                "INSERT OR REPLACE INTO moved_aside SELECT id, sink, created, ?, ?, body"
+                f" FROM outbox WHERE id IN ({marks})",
+                [time.time(), reason, *ids],
+            )
+            self._bytes = max(0, self._bytes - self._delete_counted(list(ids)))
+            self._db.execute("COMMIT")
+            self.moved += len(ids)
 
     def close(self) -> None:
         """Commit what was submitted, stop the writer, close the file."""

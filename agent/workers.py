@@ -32,10 +32,17 @@ def split(cfg: Config) -> tuple[Config | None, list[Config]]:
                 update={"id": f"{cfg.agent.id}-{p.name}-w{k}", "status_topic": None}
             )
             spool_path = cfg.spool.path.with_name(f"{cfg.spool.path.name}.{p.name}-w{k}")
+            brokers = {  # a configured client id, too, must differ from process to process
+                name: b.model_copy(update={"client_id": f"{b.client_id}-{p.name}-w{k}"})
+                if b.client_id
+                else b
+                for name, b in cfg.brokers.items()
+            }
             children.append(
                 cfg.model_copy(
                     update={
                         "agent": agent,
+                        "brokers": brokers,
                         "pipelines": [pipe],
                         "spool": cfg.spool.model_copy(update={"path": spool_path}),
                         "metrics": None,

@@ -34,7 +34,7 @@ from pydantic import Field
 from ..config import ComponentConfig
 from ..decoders.sparkplug import BOOLEAN, DOUBLE, INT64, NAMESPACE, REBIRTH, UINT64
 from ..errors import NotConnectedError
-from ..mqtt import Connection, topic_level
+from ..mqtt import Connection, client_id, topic_level
 from ..proto.sparkplug_b_pb2 import Payload
 from ..records import EVENT, SUMMARY, Record
 
@@ -101,7 +101,7 @@ class SparkplugSink:
         self.devices: dict[str, int] = {}  # sanitized device -> alias offset
         self._born: set[str] = set()
         broker = agent_cfg.brokers[config.broker]
-        cid = f"{agent_cfg.agent.id}-{config.broker}-spb"
+        cid = client_id(broker.client_id, f"{agent_cfg.agent.id}-{config.broker}", "spb")
         self.conn = Connection(config.broker, broker, cid, will=self._will(), will_retain=False)
         self.conn.on_connected.append(self._on_connect)
         disconnected = self.conn.client.on_disconnect

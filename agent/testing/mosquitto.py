@@ -41,6 +41,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _hold(port: int) -> socket.socket:
+    """``port`` bound with SO_REUSEADDR and not listening: refused to clients, taken by no
+    other bind, and still free for mosquitto (which sets SO_REUSEADDR) to listen on."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    return s
+
+
 def wait_for_connack(port: int, timeout: float = 10.0, tls: bool = False) -> None:
     """Open a raw MQTT 3.1.1 session until the broker answers CONNECT with CONNACK."""
     connect = bytes([0x10, 14, 0, 4]) + b"MQTT" + bytes([4, 2, 0, 10, 0, 2]) + b"pr"
@@ -73,6 +82,9 @@ class Mosquitto:
     ) -> None:
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.port = port or free_port()
+        # A port chosen here is held (bound, not listening) until mosquitto has it: no
+        # other process can take it meanwhile, and connecting to it is refused.
+        self._held = None if port else _hold(self.port)
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="mosq-"))
         self.extra = extra
         self.persistence = persistence
@@ -106,9 +118,17 @@ class Mosquitto:
                 logs = [self.dir / "mosquitto.log", self.dir / "mosquitto.stderr"]
                 text = "".join(p.read_text() for p in logs if p.exists())
                 raise RuntimeError(f"mosquitto did not start: {text}") from None
+        self._release()
         return self
 
-    def stop(self) -> None:
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+    def stop(self, hold: bool = False) -> None:
+        """Stop mosquitto; with ``hold``, keep its port until the next :meth:`start` (a
+        broker that is down, with its port still its own)."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -117,6 +137,9 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        self._release()
+        if hold:
+            self._held = _hold(self.port)
 
     def restart(self) -> None:
         self.stop()

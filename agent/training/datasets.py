@@ -114,15 +114,6 @@ def skab_anomaly_free(root: str | os.PathLike[str] | None = None) -> SkabFile:
     return read_skab_file(_require(path, "SKAB anomaly-free.csv"), "anomaly-free/anomaly-free.csv")
 
 
-def read_skab_predictions(path: Path) -> dict[str, np.ndarray]:
-    """Per-file binary predictions from a ``file,datetime,predicted_anomaly`` CSV."""
-    preds: dict[str, list[int]] = {}
-    with open(_require(path, "a SKAB predictions CSV"), newline="") as f:
-        for row in csv.DictReader(f):
-            preds.setdefault(row["file"], []).append(int(row["predicted_anomaly"]))
-    return {k: np.array(v, np.int8) for k, v in preds.items()}
-
-
 @dataclass(frozen=True)
 class Ai4i:
     """AI4I 2020: raw features ``x[n, 6]`` in ``AI4I_FEATURES`` order, labels and the split."""

@@ -140,7 +140,7 @@ def ai4i_metrics(
     threshold: float = 0.5,
 ) -> dict[str, float]:
     """``f1``, ``precision``, ``recall``, ``pr_auc`` of failure and ``macro_f1`` over modes."""
-    f1, precision, recall = binary_f1(failure, np.asarray(score) >= threshold)
+    f1, precision, recall = binary_f1(failure, np.asarray(score) > threshold)  # as the runtime
     return {
         "f1": round(float(f1), 4),
         "precision": round(float(precision), 4),

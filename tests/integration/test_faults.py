@@ -16,7 +16,7 @@ import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.testing.mosquitto import Mosquitto, free_port
+from agent.testing.mosquitto import Mosquitto
 from tests.support.faults import samples_per_device, spool_rows, tally, write_config
 from tests.support.mqtt import AgentProcess, Collector, client, publish, w1_payloads
 from tests.support.waiting import until
@@ -84,7 +84,7 @@ def test_upstream_outage_delivers_everything(broker, w1_models, tmp_path):
         pub.disconnect()
         publish(broker.port, topic, items[:10_000], qos=1)  # samples 0-99 of every device
         assert col.wait_for(lambda: summed(col) >= 10_000, 60)
-        up.stop()
+        up.stop(hold=True)
         down = time.monotonic()
         publish(broker.port, topic, items[10_000:30_000], qos=1)  # 100-299 while down
         peak = len(spool_rows(tmp_path / "spool.db"))
@@ -96,7 +96,7 @@ def test_upstream_outage_delivers_everything(broker, w1_models, tmp_path):
         seen = col.wait_for(lambda: summed(col) >= len(items), 120)
         assert seen, (summed(col), [r.get("event") for r in agent.logs[-30:]])
         assert agent.stop() == 0, agent.logs[-20:]
-        col.wait_for(lambda: False, 1.0)
+        col.settle()
     finally:
         if agent.proc.poll() is None:
             agent.proc.kill()
@@ -164,14 +164,14 @@ def test_local_broker_restart_with_persistent_session(broker, w1_models, tmp_pat
             infos.append(pub.publish(f"plant/{line}/{d}/telemetry", body, qos=1))
             if i == len(items) // 3:
                 local.restart()  # persistence file kept: sessions and queued messages survive
-            if i % 1000 == 999:
-                time.sleep(0.05)
+            if i % 1000 == 999:  # at most 2,000 unacknowledged: the broker's queue holds them
+                assert until(lambda i=i: i + 1 - len(acked) <= 2000, 60), i + 1 - len(acked)
         assert until(lambda: len(acked) >= len(infos), 60), len(infos) - len(acked)
         pub.loop_stop()
         pub.disconnect()
         assert col.wait_for(lambda: summed(col) >= len(items), 90), summed(col)
         assert agent.stop() == 0, agent.logs[-20:]
-        col.wait_for(lambda: False, 1.0)
+        col.settle()
     finally:
         if agent.proc.poll() is None:
             agent.proc.kill()
@@ -195,7 +195,9 @@ def test_local_broker_restart_with_persistent_session(broker, w1_models, tmp_pat
 def test_sigkill_with_full_spool_then_restart_drains_it(broker, w1_models, tmp_path):
     """SIGKILL while upstream is unreachable; a restart delivers every spooled row."""
     line = uniq()
-    up_port = free_port()
+    (tmp_path / "up").mkdir()
+    up = Mosquitto(workdir=tmp_path / "up")  # not started: its port is held, refused
+    up_port = up.port
     spool = tmp_path / "spool.db"
     status_topic = f"status/{line}"
     status = Collector(broker.port, [status_topic])
@@ -226,8 +228,7 @@ def test_sigkill_with_full_spool_then_restart_drains_it(broker, w1_models, tmp_p
     agent.proc.wait(10)
     assert status.wait_for(lambda: status.of(status_topic)[-1]["state"] == "offline", 10)
 
-    (tmp_path / "up").mkdir()
-    up = Mosquitto(port=up_port, workdir=tmp_path / "up").start()
+    up.start()
     col = Collector(up.port, ["events/#", "summary/#", "stats/#"])
     again = AgentProcess(cfg, {})
     try:
@@ -265,7 +266,9 @@ def test_sigkill_with_full_spool_then_restart_drains_it(broker, w1_models, tmp_p
 def test_spool_cap_drops_oldest_counted_reported_agent_runs_on(broker, w1_models, tmp_path):
     """A 24 KB spool with upstream down: oldest rows dropped, counted in status and stats."""
     line = uniq()
-    up_port = free_port()
+    (tmp_path / "up").mkdir()
+    up = Mosquitto(workdir=tmp_path / "up")  # not started: its port is held, refused
+    up_port = up.port
     status_topic = f"status/{line}"
     status = Collector(broker.port, [status_topic])
     cfg = write_config(
@@ -293,12 +296,11 @@ def test_spool_cap_drops_oldest_counted_reported_agent_runs_on(broker, w1_models
 
         assert status.wait_for(lambda: dropped() > 0, 30)
         assert agent.proc.poll() is None
-        (tmp_path / "up").mkdir()
-        up = Mosquitto(port=up_port, workdir=tmp_path / "up").start()
+        up.start()
         col = Collector(up.port, ["summary/#", "stats/#"])
         assert col.wait_for(lambda: col.of("stats/"), 30)  # the backlog is flowing again
         assert agent.stop() == 0, agent.logs[-20:]
-        col.wait_for(lambda: False, 1.0)
+        col.settle()
         up.stop()
     finally:
         if agent.proc.poll() is None:
@@ -350,7 +352,7 @@ def test_sigterm_with_upstream_down_spools_final_summaries(broker, w1_models, tm
     again = None
     try:
         agent.wait_ready()
-        up.stop()
+        up.stop(hold=True)
 
         def decoded() -> int:
             beats = [m for m in status.of(status_topic) if "pipelines" in m]
@@ -373,7 +375,7 @@ def test_sigterm_with_upstream_down_spools_final_summaries(broker, w1_models, tm
         got = lambda: {m["id"] for _, m in col.messages}  # noqa: E731
         assert col.wait_for(lambda: wanted <= got(), 60), len(wanted - got())
         assert again.stop() == 0, again.logs[-20:]
-        col.wait_for(lambda: False, 1.0)
+        col.settle()
     finally:
         for a in (agent, again):
             if a is not None and a.proc.poll() is None:

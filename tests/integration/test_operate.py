@@ -86,9 +86,7 @@ def test_metrics_endpoint_scraped_and_parsed(broker, w1_models, tmp_path):
         base = f"http://127.0.0.1:{agent.metrics.port}"
         col = Collector(broker.port, [f"{prefix}-sum/#"])
         items = w1_payloads(10, 80)
-        while not all(s.conn.connected.is_set() for s in agent.sources):
-            threading.Event().wait(0.05)
-        threading.Event().wait(0.3)
+        assert all(s.subscribed.wait(15) for s in agent.sources)  # SUBACK: nothing missed
         publish(broker.port, prefix + "/{device}/telemetry", items, qos=1)
         assert col.wait_for(lambda: sum(m["count"] for m in col.of(prefix)) == len(items))
         status, body = _get(base + "/metrics")

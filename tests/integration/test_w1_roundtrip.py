@@ -35,7 +35,7 @@ def test_w1_round_trip_loses_nothing(broker, w1_models, tmp_path, qos, stop_sign
     )
     assert agent.stop(stop_signal) == 0, agent.logs[-20:]
     assert agent.events("agent_stopped")
-    collector.wait_for(lambda: False, timeout=0.5)
+    collector.settle()
     summaries = collector.of("summary/")
     events = collector.of("events/")
     collector.close()

@@ -56,14 +56,19 @@ class Collector:
         self.c.reconnect_delay_set(0.2, 1)
         self.c.on_message = self._on_message
         self.c.on_subscribe = lambda *a: self._subscribed.set()
+        self._marker = f"collector-marker/{uuid.uuid4().hex}"
+        self._markers: set[bytes] = set()
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600 if session else 0
         self.c.connect("127.0.0.1", port, 30, clean_start=not session, properties=props)
-        self.c.subscribe([(t, qos) for t in topics])
+        self.c.subscribe([(t, qos) for t in [*topics, self._marker]])
         self.c.loop_start()
         assert self._subscribed.wait(10), "collector not subscribed"
 
     def _on_message(self, c, u, msg) -> None:
+        if msg.topic == self._marker:
+            self._markers.add(msg.payload)
+            return
         with self._lock:
             self.raw.append((msg.topic, msg.payload, msg.properties))
             with contextlib.suppress(orjson.JSONDecodeError):
@@ -75,6 +80,14 @@ class Collector:
 
     def wait_for(self, predicate, timeout: float = 30) -> bool:
         return until(predicate, timeout)
+
+    def settle(self, timeout: float = 30) -> None:
+        """Until everything the broker had accepted for this collector has arrived: a marker
+        published now comes back after it (a broker delivers to a subscriber in order).
+        For counting duplicates once the publishers have stopped."""
+        token = uuid.uuid4().bytes
+        self.c.publish(self._marker, token, qos=1)
+        assert until(lambda: token in self._markers, timeout), "the marker did not come back"
 
     def close(self) -> None:
         self.c.loop_stop()
@@ -146,11 +159,8 @@ class AgentProcess:
 
     def wait_ready_count(self, n: int, timeout: float = 30) -> None:
         """Wait until ``n`` sources (e.g. worker processes) have subscribed."""
-        deadline = time.monotonic() + timeout
-        while self.subscribed < n:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.subscribed} of {n} sources ready: {self.logs[-10:]}")
-            time.sleep(0.05)
+        if not until(lambda: self.subscribed >= n, timeout):
+            raise AssertionError(f"{self.subscribed} of {n} sources ready: {self.logs[-10:]}")
 
     def stop(self, sig: int = 15, timeout: float = 60) -> int:
         self.proc.send_signal(sig)

@@ -3,13 +3,15 @@ and a backlog in order."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-import time
 
 from agent.delivery import Forwarder
 from agent.errors import NotConnectedError
+from agent.log import structlog
 from agent.records import EVENT, SUMMARY, Record
 from agent.spool import Spool
+from tests.support.spooling import put_many
 from tests.support.waiting import until
 
 
@@ -45,7 +47,7 @@ def wait_for(pred, timeout: float = 10.0) -> None:
 def test_express_rows_are_handed_over_before_commit_and_skipped_by_take(tmp_path):
     s = Spool(tmp_path / "s.db")
     express = s.express("a")
-    s.put_many("a", [rec(SUMMARY, 0), rec(EVENT, 1), rec(EVENT, 2)])
+    put_many(s, "a", [rec(SUMMARY, 0), rec(EVENT, 1), rec(EVENT, 2)])
     fresh = express.pop(10)
     assert [r.id for _, r in fresh] == ["event-1", "event-2"]
     taken = s.take("a", 10)
@@ -67,10 +69,10 @@ def test_every_record_delivered_once_while_events_take_the_express_queue(tmp_pat
     sent = []
     for i in range(300):
         batch = [rec(EVENT, i)] + ([rec(SUMMARY, i)] if i % 10 == 0 else [])
-        s.put_many("a", batch)
+        put_many(s, "a", batch)
         sent += [r.id for r in batch]
-        if i % 50 == 0:
-            time.sleep(0.02)
+        if i % 50 == 0:  # let the lane catch up: the events after this take the express queue
+            wait_for(lambda: s.depth("a") == 0)
     wait_for(lambda: s.depth("a") == 0 and len(sink.got) >= len(sent))
     f.stop(drain_timeout=1)
     assert sorted(sink.got) == sorted(sent)  # each once
@@ -85,35 +87,44 @@ def test_backlog_after_an_outage_keeps_its_order_and_loses_nothing(tmp_path):
     f = Forwarder("a", sink, s, batch=16, rate=1e6)
     f.start()
     for i in range(100):
-        s.put_many("a", [rec(EVENT, i)])
-    time.sleep(0.3)  # the event lane has failed at least once: not caught up
+        put_many(s, "a", [rec(EVENT, i)])
+    wait_for(lambda: f.failures >= 1)  # the event lane has failed: not caught up
     sink.down.clear()
     for i in range(100, 150):  # fresh events while the backlog drains
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
     wait_for(lambda: s.depth("a") == 0 and len(sink.got) >= 150)
     f.stop(drain_timeout=1)
     assert sink.got == [f"event-{i}" for i in range(150)]
 
 
-def test_a_backlog_drains_at_no_more_than_the_replay_rate(tmp_path):
-    """After an outage the spooled rows go out in order, at most ``rate`` per second: a lower
-    bound the forwarder's own pauses guarantee, whatever the machine's speed."""
+class PacedForwarder(Forwarder):
+    """Records the pauses it asks for instead of waiting them out (no clock in the test)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.pauses: list[float] = []
+
+    def _pace(self, pause: float) -> None:
+        self.pauses.append(pause)
+
+
+def test_a_backlog_is_paced_at_the_replay_rate(tmp_path):
+    """After an outage the spooled rows go out in order, and after each full batch of the
+    backlog the lane pauses for the batch's share of ``rate`` (8 rows at 40/s: 0.2 s, less
+    the time the batch took)."""
     s = Spool(tmp_path / "s.db")
     sink = RecordingSink()
     sink.down.set()
-    calls: list[float] = []
-    write = sink.write_many
-    sink.write_many = lambda records: (write(records), calls.append(time.monotonic()))
-    f = Forwarder("a", sink, s, batch=8, rate=40.0)
+    f = PacedForwarder("a", sink, s, 8, 40.0)
     f.start()
-    s.put_many("a", [rec(SUMMARY, i) for i in range(40)])
-    time.sleep(0.3)  # the lane has failed at least once: a backlog
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(40)])
+    wait_for(lambda: f.failures >= 1)  # the lane has failed: what it finds is a backlog
     sink.down.clear()
     wait_for(lambda: len(sink.got) == 40)
     f.stop(drain_timeout=1)
     assert sink.got == [f"summary-{i}" for i in range(40)]
-    assert len(calls) == 5  # five full batches of 8
-    assert calls[-1] - calls[0] >= 4 * 8 / 40.0 * 0.95  # four paced gaps of 0.2 s
+    assert len(f.pauses) == 5  # after each of the five full batches of 8
+    assert all(p <= 8 / 40.0 for p in f.pauses), f.pauses
 
 
 def test_live_records_are_not_paced_like_a_backlog(tmp_path):
@@ -121,14 +132,15 @@ def test_live_records_are_not_paced_like_a_backlog(tmp_path):
     each second would fall ever further behind)."""
     s = Spool(tmp_path / "s.db")
     sink = RecordingSink()
-    f = Forwarder("a", sink, s, batch=8, rate=1.0)  # paced, 64 rows would take 64 s
+    f = PacedForwarder("a", sink, s, 8, 1.0)  # a paced backlog of 64 rows would take 64 s
     f.start()
-    s.put_many("a", [rec(SUMMARY, 0)])
+    put_many(s, "a", [rec(SUMMARY, 0)])
     wait_for(lambda: sink.got == ["summary-0"])  # the lane has caught up
-    s.put_many("a", [rec(SUMMARY, i) for i in range(1, 65)])
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(1, 65)])
     wait_for(lambda: len(sink.got) == 65, timeout=20)
     f.stop(drain_timeout=1)
     assert sink.got == [f"summary-{i}" for i in range(65)]
+    assert f.pauses == []
 
 
 class PipeliningSink(RecordingSink):
@@ -171,7 +183,7 @@ def caught_up(tmp_path) -> tuple[Spool, PipeliningSink, Forwarder]:
     sink = PipeliningSink()
     f = Forwarder("a", sink, s, batch=16, rate=1e6)
     f.start()
-    s.put_many("a", [rec(EVENT, -1)])
+    put_many(s, "a", [rec(EVENT, -1)])
     wait_for(lambda: s.depth("a") == 0 and f.live.caught_up)
     return s, sink, f
 
@@ -180,7 +192,7 @@ def test_pipelined_events_go_out_before_the_earlier_ones_are_acknowledged(tmp_pa
     s, sink, f = caught_up(tmp_path)
     sink.acks.clear()  # the broker holds its acknowledgements
     for i in range(40):
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: len(sink.got) == 41)  # all published, none acknowledged
     assert s.depth("a") == 40
@@ -210,17 +222,87 @@ def test_failed_pipelined_deliveries_are_replayed_from_the_spool(tmp_path):
     s, sink, f = caught_up(tmp_path)
     sink.acks.clear()
     for i in range(30):
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: len(sink.got) == 31)
     sink.down.set()  # the connection is lost with 30 events in flight
     for i in range(30, 40):
-        s.put_many("a", [rec(EVENT, i)])
+        put_many(s, "a", [rec(EVENT, i)])
         f.kick()
-    time.sleep(0.3)
+    wait_for(lambda: f.failures >= 1)  # the lane saw the loss
     sink.down.clear()
     sink.acks.set()
     wait_for(lambda: s.depth("a") == 0)
     f.stop(drain_timeout=1)
     firsts = list(dict.fromkeys(sink.got))  # sent again after the loss: same ids
     assert firsts == ["event--1"] + [f"event-{i}" for i in range(40)]
+
+
+class RefusingSink(RecordingSink):
+    """Raises ValueError (not a connection error) for the ids in ``refuse``."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        super().__init__()
+        self.refuse = refuse
+        self.refusals = 0
+
+    def write_many(self, records) -> None:
+        bad = [r.id for r in records if r.id in self.refuse or "*" in self.refuse]
+        if bad:
+            self.refusals += 1
+            raise ValueError(f"cannot take {bad}")
+        super().write_many(records)
+
+
+def test_a_record_the_sink_refuses_on_its_own_is_moved_aside_and_the_lane_goes_on(tmp_path):
+    """Before, the batch was retried every second for ever and nothing behind it left."""
+    s = Spool(tmp_path / "s.db")
+    sink = RefusingSink({"summary-3"})
+    f = Forwarder("a", sink, s, batch=4, rate=1e6)
+    f.start()
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(10)])
+    wait_for(lambda: s.depth("a") == 0 and len(sink.got) == 9)
+    f.stop(drain_timeout=1)
+    assert sink.got == [f"summary-{i}" for i in range(10) if i != 3]
+    assert f.moved_aside == 1 and s.stats()["moved_aside"] == 1
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        rows = db.execute("SELECT sink, reason, body FROM moved_aside").fetchall()
+    assert len(rows) == 1 and rows[0][0] == "a" and "ValueError" in rows[0][1]
+    assert b"summary-3" in rows[0][2]
+
+
+def test_a_sink_that_refuses_everything_keeps_the_rows_and_backs_off(tmp_path):
+    """Nothing is moved aside when the sink takes no record at all: it is the sink that is
+    broken. Once it takes records again, all of them go out, in order."""
+    s = Spool(tmp_path / "s.db")
+    sink = RefusingSink({"*"})
+    f = Forwarder("a", sink, s, batch=4, rate=1e6)
+    f.start()
+    put_many(s, "a", [rec(SUMMARY, i) for i in range(6)])
+    wait_for(lambda: f.errors >= 4, timeout=30)  # past the one-by-one attempt
+    assert s.depth("a") == 6 and f.moved_aside == 0
+    sink.refuse = set()
+    wait_for(lambda: s.depth("a") == 0, timeout=70)
+    f.stop(drain_timeout=1)
+    assert sink.got == [f"summary-{i}" for i in range(6)]
+    assert f.errors == 0
+
+
+def test_kick_logs_what_it_could_not_publish(tmp_path):
+    s = Spool(tmp_path / "s.db")
+    sink = PipeliningSink()
+
+    def refuse(records):
+        raise ValueError("no topic for this record")
+
+    sink.publish_many = refuse
+    f = Forwarder("a", sink, s, batch=16, rate=1e6)  # lanes not started: kick alone
+    f.live.caught_up = True
+    s.express("a")
+    s.submit("a", [rec(EVENT, 0)])
+    with structlog.testing.capture_logs() as logs:
+        f.kick()
+    assert [e["event"] for e in logs] == ["sink_publish_failed"]
+    assert "ValueError: no topic" in logs[0]["error"]
+    assert not f.live.caught_up  # the lane replays it from the spool
+    s.close()

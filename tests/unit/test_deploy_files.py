@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
+from agent import cli
 from agent.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,3 +55,33 @@ def test_systemd_unit_refers_to_real_things():
     assert (ROOT / "docs" / Path(doc).name).is_file()
     for option in ("NoNewPrivileges=true", "ProtectSystem=strict", "CapabilityBoundingSet="):
         assert option in unit
+
+
+def test_reload_from_a_shell_signals_the_agent_the_unit_started(tmp_path, monkeypatch):
+    """`edge-agent reload -c CONFIG` in an admin's shell (no $RUNTIME_DIRECTORY) finds the
+    PID file that `run`, started by the unit's ExecStart with $RUNTIME_DIRECTORY set, wrote.
+    The unit's runtime directory stands in tmp_path; the agent is a process that waits for
+    its SIGHUP."""
+    unit = (ROOT / "deploy/edge-agent.service").read_text()
+    run_dir = tmp_path / re.search(r"^RuntimeDirectory=(\S+)$", unit, re.M)[1]
+    run_dir.mkdir()
+    monkeypatch.setattr(cli, "SYSTEM_RUN_DIR", run_dir, raising=False)
+    args = build_parser().parse_args(shlex.split(re.search(r"^ExecStart=(.+)$", unit, re.M)[1])[1:])
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(run_dir))  # as systemd sets it for the unit
+    agent_pid_file = Path(args.pid_file or cli.default_pid_file("starter"))
+
+    waiter = (
+        "import signal, sys; signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGHUP]);"
+        " print('ready', flush=True); signal.sigwait([signal.SIGHUP]); sys.exit(7)"
+    )
+    agent = subprocess.Popen([sys.executable, "-c", waiter], stdout=subprocess.PIPE, text=True)
+    try:
+        assert agent.stdout.readline().strip() == "ready"
+        agent_pid_file.write_text(f"{agent.pid}\n")
+        monkeypatch.delenv("RUNTIME_DIRECTORY")  # the admin's shell
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "user"))
+        assert cli.main(["reload", "-c", str(ROOT / "configs/starter.yaml")]) == 0
+        assert agent.wait(10) == 7
+    finally:
+        agent.kill()
+        agent.wait()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from agent.training import datasets, metrics
+from tests.support.skab_results import read_skab_predictions
 
 SKAB = datasets.data_root() / "skab"
 
@@ -47,7 +48,7 @@ def test_average_precision_and_macro_f1():
 def test_conv_ae_golden():
     """Re-scoring the published Conv-AE predictions reproduces the SKAB leaderboard row."""
     files = datasets.skab_files()
-    preds = datasets.read_skab_predictions(SKAB / "results" / "predictions-Conv_AE.csv")
+    preds = read_skab_predictions(SKAB / "results" / "predictions-Conv_AE.csv")
     w = datasets.SKAB_WARMUP
     got = metrics.skab_all(
         [f.ts[w:] for f in files],

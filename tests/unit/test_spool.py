@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from agent.records import EVENT, STATS, SUMMARY, Record
 from agent.spool import Spool
+from tests.support.spooling import put_many
 
 
 def rec(kind: str, i: int) -> Record:
@@ -15,7 +18,7 @@ def rec(kind: str, i: int) -> Record:
 def test_row_leaves_only_after_ack(tmp_path):
     """Taking is not deleting: unacknowledged rows come back; acknowledged ones are gone."""
     s = Spool(tmp_path / "s.db")
-    s.put_many("a", [rec(EVENT, i) for i in range(3)])
+    put_many(s, "a", [rec(EVENT, i) for i in range(3)])
     first = s.take("a", 10)
     assert [r.id for _, r in s.take("a", 10)] == [r.id for _, r in first]
     s.ack([rid for rid, _ in first[:2]])
@@ -26,8 +29,8 @@ def test_row_leaves_only_after_ack(tmp_path):
 def test_events_before_summaries_each_in_order(tmp_path):
     """Events leave first; within a kind, the order of insertion."""
     s = Spool(tmp_path / "s.db")
-    s.put_many("a", [rec(SUMMARY, 1), rec(STATS, 2), rec(EVENT, 3)])
-    s.put_many("a", [rec(SUMMARY, 4), rec(EVENT, 5)])
+    put_many(s, "a", [rec(SUMMARY, 1), rec(STATS, 2), rec(EVENT, 3)])
+    put_many(s, "a", [rec(SUMMARY, 4), rec(EVENT, 5)])
     ids = [r.id for _, r in s.take("a", 10)]
     assert ids == ["id-event-3", "id-event-5", "id-summary-1", "id-stats-2", "id-summary-4"]
 
@@ -35,7 +38,7 @@ def test_events_before_summaries_each_in_order(tmp_path):
 def test_rows_survive_a_reopen(tmp_path):
     """What was committed is there after the process is gone (the file is the outbox)."""
     s = Spool(tmp_path / "s.db")
-    s.put_many("a", [rec(EVENT, i) for i in range(50)])
+    put_many(s, "a", [rec(EVENT, i) for i in range(50)])
     del s  # no close(): as after a crash
     again = Spool(tmp_path / "s.db")
     assert [r.payload["i"] for _, r in again.take("a", 100)] == list(range(50))
@@ -46,7 +49,7 @@ def test_cap_drops_the_oldest_counted_and_reported(tmp_path):
     s = Spool(tmp_path / "s.db", max_bytes=20_000)
     n = 1000
     for i in range(0, n, 10):
-        s.put_many("a", [rec(EVENT if j % 2 else SUMMARY, j) for j in range(i, i + 10)])
+        put_many(s, "a", [rec(EVENT if j % 2 else SUMMARY, j) for j in range(i, i + 10)])
     kept = [r.payload["i"] for _, r in s.take("a", n)]
     stats = s.stats()
     print(f"\nspool cap: put {n}, kept {len(kept)}, dropped {stats['dropped']}")
@@ -58,7 +61,7 @@ def test_cap_drops_the_oldest_counted_and_reported(tmp_path):
 def test_ttl_expires_rows_counted(tmp_path):
     """Rows older than the TTL are dropped on the next take, and counted."""
     s = Spool(tmp_path / "s.db", ttl=1e-6)
-    s.put_many("a", [rec(EVENT, i) for i in range(7)])
+    put_many(s, "a", [rec(EVENT, i) for i in range(7)])
     assert s.take("a", 10) == []
     assert s.stats()["expired"] == 7 and s.depth() == 0
 
@@ -72,7 +75,7 @@ def test_put_many_holds_one_serialised_body_at_a_time(tmp_path):
     records = [rec(SUMMARY, i) for i in range(10_000)]
     tracemalloc.start()
     try:
-        s.put_many("a", records)
+        put_many(s, "a", records)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -121,7 +124,7 @@ def test_a_failed_commit_stops_intake_with_an_error_naming_the_file(tmp_path):
     from agent.errors import SpoolError
 
     s = Spool(tmp_path / "s.db")
-    s.put_many("a", [rec(EVENT, 0)])
+    put_many(s, "a", [rec(EVENT, 0)])
     s._db.execute("DROP TABLE outbox")  # stands in for a disk that refuses writes
     acked = []
     s.submit("a", [rec(EVENT, 1)], lambda: acked.append(1))
@@ -137,8 +140,26 @@ def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
     is written (numbers, lists, str()) instead of failing the commit for every later record."""
     s = Spool(tmp_path / "s.db")
     odd = {"score": np.float32(1.5), "n": np.int64(3), "v": np.arange(2), "at": tmp_path}
-    s.put_many("a", [Record(EVENT, "p", "d", odd, "e-1")])
-    s.put_many("a", [Record(EVENT, "p", "d", {"score": 2.0}, "e-2")])
+    put_many(s, "a", [Record(EVENT, "p", "d", odd, "e-1")])
+    put_many(s, "a", [Record(EVENT, "p", "d", {"score": 2.0}, "e-2")])
     (_, first), (_, second) = s.take("a", 10)
     assert first.payload == {"score": 1.5, "n": 3, "v": [0, 1], "at": str(tmp_path)}
     assert second.payload == {"score": 2.0}
+
+
+def test_a_callback_that_raises_does_not_stop_the_writer(tmp_path):
+    """Before, the writer thread died and ``wait`` (the agent's shutdown) blocked for ever."""
+    s = Spool(tmp_path / "s.db")
+    ran: list[int] = []
+
+    def broken() -> None:
+        raise RuntimeError("acknowledgement failed")
+
+    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r1")], broken)
+    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r2")], lambda: ran.append(2))
+    waiter = threading.Thread(target=s.wait, daemon=True)
+    waiter.start()
+    waiter.join(10)
+    assert not waiter.is_alive(), "wait() blocked: the writer died"
+    assert ran == [2] and s.depth("a") == 2
+    s.close()

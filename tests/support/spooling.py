@@ -1,0 +1,13 @@
+"""Spool helpers for tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agent.records import Record
+from agent.spool import Spool
+
+
+def put_many(spool: Spool, sink: str, records: Sequence[Record]) -> None:
+    """Store ``records`` and return once they are committed."""
+    spool.wait(spool.submit(sink, records))
