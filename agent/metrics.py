@@ -8,6 +8,7 @@ Off unless the config has a ``metrics:`` section; listens on loopback by default
 from __future__ import annotations
 
 import bisect
+import errno
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import log
+from .errors import SettingError
 
 if TYPE_CHECKING:
     from .config import MetricsConfig
@@ -156,6 +158,20 @@ def readiness(agent: Agent) -> tuple[bool, dict]:
     return ok, {"ready": ok, "started": agent.started, "down": down, "failed": failed}
 
 
+def listen_problem(host: str, port: int, error: OSError) -> str:
+    """Why ``metrics:`` cannot listen, as a config error line."""
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"metrics.port: {host}:{port} is already in use (another agent or exporter?): "
+            "choose a free port, or 0 for any free one"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"metrics.host: {host} is not an address of this machine"
+    if error.errno == errno.EACCES:
+        return f"metrics.port: {port} needs privileges (ports below 1024): choose 1024 or above"
+    return f"metrics: cannot listen on {host}:{port}: {error.strerror or error}"
+
+
 class MetricsServer:
     """HTTP server (daemon thread) for ``/metrics``, ``/healthz`` and ``/readyz``."""
 
@@ -166,7 +182,10 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
         self.log = log.get(component="metrics")
-        self._server = ThreadingHTTPServer((config.host, config.port), self._handler())
+        try:
+            self._server = ThreadingHTTPServer((config.host, config.port), self._handler())
+        except OSError as e:
+            raise SettingError(listen_problem(config.host, config.port, e)) from e
         self._server.daemon_threads = True
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(

@@ -89,6 +89,10 @@ class Agent:
     def build(self) -> None:
         """Create and load everything (models included) without connecting."""
         cfg = self.config
+        if cfg.metrics is not None:  # bound first: a port in use stops start-up at once
+            from .metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, cfg.metrics)
         self.spool = Spool(
             cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl, cfg.spool.sync
         )
@@ -289,10 +293,7 @@ class Agent:
         for s in self.sources:
             s.start()
         self.started = True
-        if self.config.metrics is not None:
-            from .metrics import MetricsServer
-
-            self.metrics = MetricsServer(self, self.config.metrics)
+        if self.metrics is not None:
             self.metrics.start()
         self.log.info("agent_started", pipelines=[p.processor.name for p in self.pipelines])
 

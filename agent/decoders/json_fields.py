@@ -34,6 +34,12 @@ class JsonDecoderConfig(ComponentConfig):
     def _one_layout(self) -> JsonDecoderConfig:
         if self.fields is None and self.channels is None:
             raise ValueError("set `channels` (length of the values list) or `fields`")
+        if self.fields is not None and self.channels not in (None, len(self.fields)):
+            raise ValueError(
+                f"`fields` names {len(self.fields)} fields but `channels` is "
+                f"{self.channels}: with `fields` the channels are the fields; drop "
+                "`channels` or make the two agree"
+            )
         return self
 
 

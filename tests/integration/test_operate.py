@@ -19,7 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import parse_config
 from agent.runtime import Agent
-from tests.support.mqtt import ROOT, AgentProcess, Collector, publish, w1_payloads
+from tests.support.mqtt import (
+    ROOT,
+    AgentProcess,
+    Collector,
+    publish,
+    runtime_env,
+    w1_payloads,
+)
 
 pytestmark = pytest.mark.mosquitto
 
@@ -129,9 +136,11 @@ def _agent_proc(cfg: dict, path: Path) -> AgentProcess:
     return proc
 
 
-def _reload(cfg_path: Path) -> subprocess.CompletedProcess:
+def _reload(cfg_path: Path, other: Path | None = None) -> subprocess.CompletedProcess:
+    """``edge-agent reload -c`` for the agent run from ``cfg_path`` (``other``: apply that)."""
     return subprocess.run(
-        [sys.executable, "-m", "agent", "reload", "-c", str(cfg_path)],
+        [sys.executable, "-m", "agent", "reload", "-c", str(other or cfg_path)],
+        env=runtime_env(cfg_path),
         cwd=ROOT,
         capture_output=True,
         text=True,
