@@ -3,16 +3,18 @@ port in use and a missing CA file, `check --connect` / `run --dry-run`, `reload 
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.support.mqtt import ROOT, AgentProcess, runtime_env
+from tests.support.mqtt import ROOT, AgentProcess, Collector, client, runtime_env
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.mosquitto
@@ -177,3 +179,34 @@ def test_reload_c_applies_the_other_file(broker, w1_models, tmp_path):
 def _wait(agent: AgentProcess, event: str, count: int) -> list[dict]:
     assert until(lambda: len(agent.events(event)) >= count, 20), agent.logs[-5:]
     return agent.events(event)
+
+
+def test_millisecond_timestamp_is_dead_lettered_with_a_hint(broker, w1_models, tmp_path):
+    """A payload stamped in milliseconds: counted as ts_future, logged with its topic and the
+    hint, and dead-lettered (payload kept, reason and topic as MQTT 5 user properties)."""
+    line = uuid.uuid4().hex[:6]
+    path = _config(tmp_path, broker.port, w1_models[1])
+    raw = yaml.safe_load(path.read_text())
+    raw["pipelines"][0]["source"].update(topics=[f"ms{line}/+/t"], dead_letter=f"dl{line}/{{kind}}")
+    path.write_text(yaml.safe_dump(raw))
+    dead = Collector(broker.port, [f"dl{line}/#"])
+    agent = AgentProcess(path, {})
+    try:
+        agent.wait_ready()
+        body = json.dumps({"ts": round(time.time() * 1000), "v": [0.0] * 8}).encode()
+        pub = client(broker.port, "ms")
+        pub.publish(f"ms{line}/pump7/t", body, qos=1).wait_for_publish(10)
+        pub.disconnect()
+        assert dead.wait_for(lambda: dead.raw, 20)
+        (rejected,) = _wait(agent, "sample_rejected", 1)
+    finally:
+        assert agent.stop() == 0
+        dead.close()
+    topic, payload, props = dead.raw[0]
+    assert topic == f"dl{line}/ts_future" and payload == body
+    user = dict(props.UserProperty)
+    assert user["topic"] == f"ms{line}/pump7/t"
+    hint = "ts looks like milliseconds since 1970: send unix seconds (ts / 1000)"
+    assert user["reason"].endswith(hint) and "device pump7" in user["reason"]
+    assert rejected["topic"] == f"ms{line}/pump7/t" and rejected["hint"] == hint
+    assert rejected["reason"].startswith("device pump7: ts ")
