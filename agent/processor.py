@@ -52,6 +52,7 @@ class Counters:
     windows: int = 0
     anomalies: int = 0
     batches: int = 0
+    events: int = 0  # event records handed to the spool
     errors: dict[str, int] = field(default_factory=dict)
 
     def add_errors(self, errors: dict[str, int]) -> None:
@@ -466,6 +467,15 @@ class Processor:
             if self.episodes is not None:  # an idle device's open episode closes with it
                 records += self._episode_records(self.episodes.take_pending())
         return records
+
+    def warming_up(self) -> int:
+        """Devices tracked whose calibration warm-up is not complete (read by scrapes)."""
+        if self.warmup is None:
+            return 0
+        count = self.warmup.count
+        used = np.fromiter(self.index.slot_of.values(), np.int64)
+        used = used[used < len(count)]
+        return int((count[used] < self.warmup.n).sum())
 
     def episode_stats(self) -> dict:
         """Episodes open now and opened, closed and suppressed since start ({} without)."""

@@ -235,19 +235,25 @@ class Agent:
                 "decoded": c.decoded,
                 "windows": c.windows,
                 "anomalies": c.anomalies,
+                "events": c.events,
                 **p.processor.episode_stats(),
                 "errors": dict(c.errors),
                 "devices": len(p.processor.index),
+                "warming_up": p.processor.warming_up(),
             }
         return out
 
     def connection_states(self) -> list[tuple[str, str, bool]]:
         """(broker, role, connected) of every MQTT connection: sources and upstream."""
+        return [(b, role, conn.connected.is_set()) for b, role, conn in self.connections()]
+
+    def connections(self) -> list[tuple[str, str, Connection]]:
+        """(broker, role, connection) of every MQTT connection: sources and upstream."""
         out = [
-            (s.conn.name, f"source:{n}", s.conn.connected.is_set())
+            (s.conn.name, f"source:{n}", s.conn)
             for n, s in zip([p.processor.name for p in self.pipelines], self.sources)
         ]
-        out += [(name, "upstream", c.connected.is_set()) for name, c in self._connections.items()]
+        out += [(name, "upstream", c) for name, c in self._connections.items()]
         return out
 
     def schedule_summaries(self, p: Pipeline) -> None:
