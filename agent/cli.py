@@ -225,7 +225,12 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
         const="console",
         help="same as --log-format console",
     )
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="lowest level logged (default: info)",
+    )
     run.add_argument(
         "--pid-file",
         metavar="FILE",

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=20, help="samples/s per device (default 20)")
     p.add_argument("--duration", type=float, default=60, help="seconds (default 60)")
     p.add_argument("--headless", action="store_true", help="no live view; final table only")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulator (--simulate)")
 
 
 # -- data -----------------------------------------------------------------------------------
