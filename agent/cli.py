@@ -58,6 +58,7 @@ def _serve(
 ) -> int:
     """Build, start and supervise the agent (and worker processes) until ``stop``; a set
     ``hup`` reloads (the file a ``reload -c`` asked for, else the agent's own)."""
+    from .notify import notify, reloading
     from .reload import take_request
     from .runtime import Agent, settle_heap
 
@@ -76,26 +77,31 @@ def _serve(
         pool.stop()
         raise
     settle_heap()
+    notify("READY=1")
     while not stop.wait(0.2):
         if pool.failed():
             log.get(component="cli").error("worker_failed", workers=pool.failed())
             stop.set()
         if hup.is_set():
             hup.clear()
+            reloading()
             agent.reload(take_request(pid_file))
             settle_heap()
+            notify("READY=1")
         if any(p.error is not None for p in agent.pipelines):
-            pool.stop()
-            agent.stop()
-            return 1
+            stop.set()
+    notify("STOPPING=1")
     pool.stop()
     agent.stop()
-    return 0
+    return 0 if all(p.error is None for p in agent.pipelines) else 1
 
 
 def _run_pool(pool: workers.WorkerPool, stop: threading.Event) -> int:
     """Every pipeline runs in worker processes: supervise them until a signal."""
+    from .notify import notify
+
     pool.start()
+    notify("READY=1")
     while not stop.wait(0.2) and not pool.failed():
         pass
     failed = pool.failed()
@@ -150,6 +156,15 @@ def _check(args: argparse.Namespace) -> int:
 
                 status = max(status, report(path, cfg))
     return status
+
+
+def _health(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .health import check
+
+    ok, why = check(load_config(args.config))
+    print(why)
+    return 0 if ok else 1
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -291,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics port) and report each as ok or its problem; exit 1 if any fails",
     )
     check.set_defaults(func=_check)
+
+    health = sub.add_parser(
+        "health",
+        help="whether the agent run from a config is healthy (container HEALTHCHECK)",
+        description="Exit 0 when the agent run from FILE is healthy: /readyz answers 200 on "
+        "its metrics port, or, without a `metrics:` section, an agent holds its spool. Exit 1 "
+        "otherwise, with one line saying why.",
+    )
+    health.add_argument("-c", "--config", required=True, metavar="FILE", help="its config")
+    health.set_defaults(func=_health)
 
     schema = sub.add_parser(
         "schema",

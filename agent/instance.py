@@ -27,6 +27,21 @@ def lock_path(spool: Path) -> Path:
     return spool.with_name(spool.name + ".lock")
 
 
+def holder(spool: Path) -> str | None:
+    """The PID of the agent that holds ``spool`` now, or None when none does."""
+    lock = lock_path(spool.resolve())
+    try:
+        f = open(lock)  # noqa: SIM115
+    except FileNotFoundError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return (f.read().split() or ["unknown"])[0]
+        return None
+
+
 class InstanceGuard:
     """Holds the spool lock and the PID file lock until :meth:`release`."""
 

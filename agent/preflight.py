@@ -9,7 +9,6 @@ and every file sink's folder. Nothing is kept: no spool is created, no message p
 
 from __future__ import annotations
 
-import fcntl
 import os
 import socket
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 from . import log
 from .config import Config
 from .errors import AgentError
-from .instance import lock_path
+from .instance import holder
 
 BROKER_TIMEOUT = 5.0  # s a broker gets to answer CONNECT
 Result = str | tuple[None, str] | None  # the problem, or None / (None, detail) when ok
@@ -33,15 +32,8 @@ def _spool(cfg: Config) -> str | None:
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable by this user (spool.path)"
-    lock = lock_path(cfg.spool.path.resolve())
-    if lock.exists():
-        with open(lock) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = (f.read().split() or ["?"])[0]
-                return f"held by a running agent (PID {pid})"
-    return None
+    pid = holder(cfg.spool.path)
+    return None if pid is None else f"held by a running agent (PID {pid})"
 
 
 def _metrics(cfg: Config) -> str | None:

@@ -210,3 +210,64 @@ def test_millisecond_timestamp_is_dead_lettered_with_a_hint(broker, w1_models, t
     assert user["reason"].endswith(hint) and "device pump7" in user["reason"]
     assert rejected["topic"] == f"ms{line}/pump7/t" and rejected["hint"] == hint
     assert rejected["reason"].startswith("device pump7: ts ")
+
+
+def test_health_follows_the_config(broker, w1_models, tmp_path):
+    """`edge-agent health` (the container's HEALTHCHECK): /readyz on the configured port when
+    there is one, else whether an agent holds the spool."""
+    plain = _config(tmp_path, broker.port, w1_models[1])
+    assert _cli(plain, "health", "-c", str(plain)).returncode == 1  # nothing running
+    agent = AgentProcess(plain, {})
+    try:
+        agent.wait_ready()
+        done = _cli(plain, "health", "-c", str(plain))
+        assert done.returncode == 0
+        spool = yaml.safe_load(plain.read_text())["spool"]["path"]
+        assert done.stdout.strip() == (
+            f"agent running (PID {agent.proc.pid}, spool {spool}; no metrics port)"
+        )
+    finally:
+        assert agent.stop() == 0
+    assert _cli(plain, "health", "-c", str(plain)).stdout.startswith("no agent holds the spool")
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed
+    (tmp_path / "m").mkdir()
+    metered = _config(
+        tmp_path / "m", broker.port, w1_models[1], metrics={"host": "127.0.0.1", "port": port}
+    )
+    agent = AgentProcess(metered, {})
+    try:
+        agent.wait_ready()
+        done = _cli(metered, "health", "-c", str(metered))
+        assert (done.returncode, done.stdout.strip()) == (
+            0,
+            f"ready (http://127.0.0.1:{port}/readyz)",
+        )
+    finally:
+        assert agent.stop() == 0
+    done = _cli(metered, "health", "-c", str(metered))
+    assert done.returncode == 1 and done.stdout.startswith(
+        f"no answer from http://127.0.0.1:{port}"
+    )
+
+
+def test_systemd_readiness_notifications(broker, w1_models, tmp_path):
+    """Type=notify: READY=1 once started, RELOADING=1 then READY=1 around a reload,
+    STOPPING=1 at the stop, on the socket systemd names in NOTIFY_SOCKET."""
+    path = _config(tmp_path, broker.port, w1_models[1])
+    address = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        agent = AgentProcess(path, {"NOTIFY_SOCKET": address})
+        try:
+            assert sock.recv(256) == b"READY=1"
+            agent.wait_ready()
+            agent.proc.send_signal(1)
+            assert sock.recv(256).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+            assert sock.recv(256) == b"READY=1"
+        finally:
+            assert agent.stop() == 0
+        assert sock.recv(256) == b"STOPPING=1"
