@@ -212,8 +212,9 @@ class Agent:
 
         return publish
 
-    def _publish_status(self, client, state: str) -> None:
-        body = {
+    def status_record(self, state: str) -> dict:
+        """The retained status record (docs/records.md)."""
+        return {
             "agent": self.config.agent.id,
             "state": state,
             "ts": time.time(),
@@ -221,6 +222,9 @@ class Agent:
             "pipelines": self.status(),
             **self.spool_stats(),
         }
+
+    def _publish_status(self, client, state: str) -> None:
+        body = self.status_record(state)
         client.publish(self.config.agent.status_topic, orjson.dumps(body), qos=1, retain=True)
 
     def status(self) -> dict:
