@@ -16,11 +16,10 @@ def notify(state: str) -> bool:
         return False
     if address.startswith("@"):  # an abstract socket
         address = "\0" + address[1:]
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        with contextlib.suppress(OSError):
-            s.connect(address)
-            s.sendall(state.encode())
-            return True
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, contextlib.suppress(OSError):
+        s.connect(address)
+        s.sendall(state.encode())
+        return True
     return False
 
 

@@ -468,6 +468,15 @@ class Processor:
                 records += self._episode_records(self.episodes.take_pending())
         return records
 
+    def device_threshold(self, device: str) -> float | None:
+        """``device``'s threshold: learned (None while it warms up) or the fixed one."""
+        slot = self.index.slot_of.get(device)
+        if self.warmup is None:
+            return float(getattr(self.handler, "threshold", 0.0) or 0.0)
+        if slot is None or self.warmup.count[slot] < self.warmup.n:
+            return None
+        return float(self.warmup.threshold[slot])
+
     def warming_up(self) -> int:
         """Devices tracked whose calibration warm-up is not complete (read by scrapes)."""
         if self.warmup is None:
