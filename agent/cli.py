@@ -36,9 +36,10 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, lambda *_: hup.set())  # before the PID file names us
     pid_file = Path(args.pid_file or default_pid_file(full.agent.id))
     # One agent per spool, decided before any broker, port or model is opened.
-    guard = InstanceGuard(full.agent.id, full.spool.path, pid_file)
     try:
-        guard.acquire()
+        guard = InstanceGuard(full.agent.id, full.spool.path, pid_file).acquire()
+    except SettingError as e:
+        raise ConfigError(args.config, [str(e)]) from None
     except OSError as e:  # the PID file's folder is not writable: run without one
         log.get(component="cli").warning("pid_file_failed", path=str(pid_file), error=str(e))
         guard = InstanceGuard(full.agent.id, full.spool.path, None).acquire()

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import IO
 
-from .errors import AgentError
+from .errors import AgentError, SettingError
 
 
 class AlreadyRunning(AgentError):
@@ -52,10 +52,19 @@ class InstanceGuard:
         self._files: list[IO[str]] = []
 
     def acquire(self) -> InstanceGuard:
-        """Lock the spool, then the PID file, and write our PID into both."""
-        self.spool.parent.mkdir(parents=True, exist_ok=True)
+        """Lock the spool, then the PID file, and write our PID into both.
+
+        Raises AlreadyRunning, SettingError (the spool's folder cannot be written) or
+        OSError (the PID file cannot be written; the spool stays unlocked).
+        """
         try:
+            self.spool.parent.mkdir(parents=True, exist_ok=True)
             self._lock(lock_path(self.spool), f"spool {self.spool}")
+        except OSError as e:
+            raise SettingError(
+                f"spool.path: cannot create or lock {lock_path(self.spool)}: {e.strerror or e}"
+            ) from e
+        try:
             if self.pid_file is not None:
                 self._lock(self.pid_file, f"PID file {self.pid_file}")
         except BaseException:
