@@ -32,9 +32,10 @@ UNSET_CLOCK = 1e9  # s: before 2001-09-09, a clock never set (a camera without N
 
 def clock_reason(device: str, ts: float, kind: str, skew: float, now: float) -> tuple[str, str]:
     """Why a timestamp was rejected, and what probably went wrong (a hint, or "")."""
+    where = "ahead of" if kind == "ts_future" else "behind"
     reason = (
-        f"device {device}: ts {ts:.3f} is {kind[3:]} by more than source.max_clock_skew "
-        f"({skew:g} s) from this agent's clock ({now:.0f})"
+        f"device {device}: ts {ts:.3f} is {where} this agent's clock ({now:.0f}) by more "
+        f"than source.max_clock_skew ({skew:g} s)"
     )
     for unit, scale in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9)):
         if abs(ts / scale - now) <= skew:
