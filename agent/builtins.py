@@ -21,3 +21,15 @@ BUILTINS: dict[str, dict[str, str]] = {
         "sparkplug_b": "agent.sinks.sparkplug:SparkplugSink",
     },
 }
+
+# The plugins shipped in this repository (plugins/<dir>): kind -> name -> (distribution, dir).
+# Read only for hints when a config names a component that is not installed; a test keeps
+# it equal to the plugins' entry points.
+PLUGIN_COMPONENTS: dict[str, dict[str, tuple[str, str]]] = {
+    "decoder": {"vibration_block": ("edge-stream-agent-vibration", "plugins/vibration")},
+    "handler": {
+        "bearing_condition": ("edge-stream-agent-vibration", "plugins/vibration"),
+        "people_flow": ("edge-stream-agent-people-flow", "plugins/people_flow"),
+    },
+    "sink": {},
+}

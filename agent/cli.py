@@ -3,68 +3,106 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, log, workers
-from .errors import AgentError, ConfigError, ModelError, PluginError
+from .errors import AgentError, ConfigError, ModelError, PluginError, SettingError
+
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def _run(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .runtime import Agent, settle_heap
+    from .instance import InstanceGuard
 
-    log.setup(args.log_level, args.pretty)
-    cfg, children = workers.split(load_config(args.config))
-    pool = workers.WorkerPool(children, args.log_level, args.pretty)
-    if cfg is None:
-        return _run_pool(pool)
-    agent = Agent(cfg)
-    agent.config_path = args.config
-    agent.build()
+    if args.dry_run:
+        from .preflight import report
+
+        cfg = load_config(args.config)
+        print(f"{args.config}: ok")
+        return report(args.config, cfg)
+    log.setup(args.log_level, log.console_wanted(args.log_format))
+    full = load_config(args.config)
     stop, hup = threading.Event(), threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())
-    pid_file = Path(args.pid_file or default_pid_file(cfg.agent.id))
-    pool.start()
-    agent.start()
-    settle_heap()
-    _write_pid(pid_file)
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())  # before the PID file names us
+    pid_file = Path(args.pid_file or default_pid_file(full.agent.id))
+    # One agent per spool, decided before any broker, port or model is opened.
     try:
-        while not stop.wait(0.2):
-            if pool.failed():
-                log.get(component="cli").error("worker_failed", workers=pool.failed())
-                stop.set()
-            if hup.is_set():
-                hup.clear()
-                agent.reload()
-                settle_heap()
-            failed = [p for p in agent.pipelines if p.error is not None]
-            if failed:
-                pool.stop()
-                agent.stop()
-                return 1
-        pool.stop()
-        agent.stop()
+        guard = InstanceGuard(full.agent.id, full.spool.path, pid_file).acquire()
+    except SettingError as e:
+        raise ConfigError(args.config, [str(e)]) from None
+    except OSError as e:  # the PID file's folder is not writable: run without one
+        log.get(component="cli").warning("pid_file_failed", path=str(pid_file), error=str(e))
+        guard = InstanceGuard(full.agent.id, full.spool.path, None).acquire()
+    try:
+        return _serve(args, full, (stop, hup), pid_file)
+    except SettingError as e:
+        raise ConfigError(args.config, [str(e)]) from None
     finally:
-        with contextlib.suppress(OSError):
-            if pid_file.read_text().strip() == str(os.getpid()):
-                pid_file.unlink()
-    return 0
+        guard.release()
 
 
-def _run_pool(pool: workers.WorkerPool) -> int:
-    """Every pipeline runs in worker processes: supervise them until a signal."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+def _serve(
+    args: argparse.Namespace,
+    full: Config,
+    signals: tuple[threading.Event, threading.Event],
+    pid_file: Path,
+) -> int:
+    """Build, start and supervise the agent (and worker processes) until ``stop``; a set
+    ``hup`` reloads (the file a ``reload -c`` asked for, else the agent's own)."""
+    from .notify import notify, reloading
+    from .reload import take_request
+    from .runtime import Agent, settle_heap
+
+    stop, hup = signals
+    cfg, children = workers.split(full)
+    pool = workers.WorkerPool(children, args.log_level, log.console_wanted(args.log_format))
+    if cfg is None:
+        return _run_pool(pool, stop)
+    agent = Agent(cfg)
+    agent.config_path = args.config
+    agent.build()
     pool.start()
+    try:
+        agent.start()
+    except BaseException:
+        pool.stop()
+        raise
+    settle_heap()
+    notify("READY=1")
+    while not stop.wait(0.2):
+        if pool.failed():
+            log.get(component="cli").error("worker_failed", workers=pool.failed())
+            stop.set()
+        if hup.is_set():
+            hup.clear()
+            reloading()
+            agent.reload(take_request(pid_file))
+            settle_heap()
+            notify("READY=1")
+        if any(p.error is not None for p in agent.pipelines):
+            stop.set()
+    notify("STOPPING=1")
+    pool.stop()
+    agent.stop()
+    return 0 if all(p.error is None for p in agent.pipelines) else 1
+
+
+def _run_pool(pool: workers.WorkerPool, stop: threading.Event) -> int:
+    """Every pipeline runs in worker processes: supervise them until a signal."""
+    from .notify import notify
+
+    pool.start()
+    notify("READY=1")
     while not stop.wait(0.2) and not pool.failed():
         pass
     failed = pool.failed()
@@ -103,15 +141,9 @@ def find_pid_file(agent_id: str) -> Path:
     return default_pid_file(agent_id)
 
 
-def _write_pid(path: Path) -> None:
-    try:
-        path.write_text(f"{os.getpid()}\n")
-    except OSError as e:
-        log.get(component="cli").warning("pid_file_failed", path=str(path), error=str(e))
-
-
 def _reload(args: argparse.Namespace) -> int:
     from .config import load_config
+    from .reload import write_request
 
     pid_file = args.pid_file
     if args.config:
@@ -122,11 +154,14 @@ def _reload(args: argparse.Namespace) -> int:
         return 2
     try:
         pid = args.pid if args.pid is not None else int(Path(pid_file).read_text().split()[0])
+        if args.config:  # the agent applies this file, not the one it started from
+            write_request(Path(pid_file), pid, Path(args.config))
         os.kill(pid, signal.SIGHUP)
     except (OSError, ValueError, IndexError) as e:
         print(f"error: cannot signal the agent ({pid_file or args.pid}): {e}", file=sys.stderr)
         return 1
-    print(f"reload requested from PID {pid}; the agent logs reload_applied or reload_rejected")
+    what = f"reload of {args.config}" if args.config else "reload of its config"
+    print(f"{what} requested from PID {pid}; the agent logs reload_applied or reload_rejected")
     return 0
 
 
@@ -136,13 +171,26 @@ def _check(args: argparse.Namespace) -> int:
     status = 0
     for path in args.configs:
         try:
-            load_config(path)
+            cfg = load_config(path)
         except ConfigError as e:
             print(e, file=sys.stderr)
             status = 2
         else:
             print(f"{path}: ok")
+            if args.connect:
+                from .preflight import report
+
+                status = max(status, report(path, cfg))
     return status
+
+
+def _health(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .health import check
+
+    ok, why = check(load_config(args.config))
+    print(why)
+    return 0 if ok else 1
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -164,12 +212,16 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _components(args: argparse.Namespace) -> int:
+    from .models import PREFIX, manifest
     from .registry import KINDS, Registry
 
     reg = Registry()
     for kind in KINDS:
         for name in reg.names(kind):
             print(f"{kind:8} {name:24} {reg.origin(kind, name)}")
+    for name, entry in manifest().items():
+        task = entry.get("task", "")
+        print(f"{'model':8} {PREFIX + name:24} built-in: {task}")
     return 0
 
 
@@ -193,29 +245,109 @@ def _tool(target: str, argv: list[str]) -> int:
     return getattr(importlib.import_module(module), attr)(argv)
 
 
+LOG_FORMATS = ("auto", "console", "json")
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "-c", "--config", required=True, metavar="FILE", help="the agent's YAML config"
+    )
+    run.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="auto",
+        help="console: readable lines (coloured on a terminal); json: one object per line; "
+        "auto (default): console on a terminal, json otherwise (journald, pipes)",
+    )
+    run.add_argument(
+        "--pretty",
+        dest="log_format",
+        action="store_const",
+        const="console",
+        help="same as --log-format console",
+    )
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="lowest level logged (default: info)",
+    )
+    run.add_argument(
+        "--pid-file",
+        metavar="FILE",
+        help="PID file for `reload`, locked while the agent runs (default: "
+        "$RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR or /tmp, edge-agent-<agent.id>.pid)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="open the brokers, files, models and port the config names, report each, exit "
+        "(same as `check --connect`)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-agent", description=__doc__)
     p.add_argument("--version", action="version", version=__version__)
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the pipelines of a config")
-    run.add_argument("-c", "--config", required=True)
-    run.add_argument("--pretty", action="store_true", help="console logs instead of JSON")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--pid-file", help="PID file for `reload` (default: per agent id)")
+    run = sub.add_parser(
+        "run",
+        help="run the pipelines of a config",
+        description="Run the pipelines of a config until SIGTERM or SIGINT (drains, flushes "
+        "the last summaries, leaves undelivered records in the spool). SIGHUP or `edge-agent "
+        "reload` applies a changed config. One agent per spool: a second one exits at once.",
+    )
+    _add_run_options(run)
     run.set_defaults(func=_run)
 
-    rel = sub.add_parser("reload", help="ask a running agent to re-read its config (SIGHUP)")
-    rel.add_argument("-c", "--config", help="validate this config first, find the agent by its id")
-    rel.add_argument("--pid-file", help="the running agent's PID file")
+    rel = sub.add_parser(
+        "reload",
+        help="apply a config to a running agent (SIGHUP)",
+        description="Validate FILE, then make the running agent apply it (it becomes the "
+        "agent's config file for later reloads). Without -c the agent re-reads its own file. "
+        "The agent logs reload_applied or reload_rejected.",
+    )
+    rel.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="the config to apply; the agent is found by its agent.id (PID file)",
+    )
+    rel.add_argument("--pid-file", metavar="FILE", help="the running agent's PID file")
     rel.add_argument("--pid", type=int, help="the running agent's PID")
     rel.set_defaults(func=_reload)
 
-    check = sub.add_parser("check", help="validate config files; exit 2 on any error")
-    check.add_argument("configs", nargs="+")
+    check = sub.add_parser(
+        "check",
+        help="validate config files; exit 2 on any error",
+        description="Validate config files: every problem on one line, with the file and the "
+        "key path. Exit 0 when all are valid, 2 otherwise.",
+    )
+    check.add_argument("configs", nargs="+", metavar="FILE", help="config files to validate")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also open what each config names (brokers, TLS files, models, spool folder, "
+        "metrics port) and report each as ok or its problem; exit 1 if any fails",
+    )
     check.set_defaults(func=_check)
 
-    schema = sub.add_parser("schema", help="print the JSON Schema of the config")
+    health = sub.add_parser(
+        "health",
+        help="whether the agent run from a config is healthy (container HEALTHCHECK)",
+        description="Exit 0 when the agent run from FILE is healthy: /readyz answers 200 on "
+        "its metrics port, or, without a `metrics:` section, an agent holds its spool. Exit 1 "
+        "otherwise, with one line saying why.",
+    )
+    health.add_argument("-c", "--config", required=True, metavar="FILE", help="its config")
+    health.set_defaults(func=_health)
+
+    schema = sub.add_parser(
+        "schema",
+        help="print the JSON Schema of the config",
+        description="Print the config's JSON Schema (for editors), or the config reference.",
+    )
     schema.add_argument(
         "--markdown", action="store_true", help="the config reference (docs/configuration.md)"
     )
@@ -223,15 +355,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .demo import add_arguments
 
-    demo = sub.add_parser("demo", help="the whole job on this machine: broker, data, live view")
+    demo = sub.add_parser(
+        "demo",
+        help="the whole job on this machine: broker, data, live view",
+        description="An embedded broker, SKAB pump recordings as 8 pumps, the shipped model "
+        "with online calibration, a live view and a final table with the data reduction.",
+    )
     add_arguments(demo)
     demo.set_defaults(func=_demo)
 
-    comps = sub.add_parser("components", help="list every component and where it comes from")
+    comps = sub.add_parser(
+        "components",
+        help="list the components and shipped models, and where each comes from",
+        description="List every decoder, handler and sink (built in, or the plugin that "
+        "provides it) and the shipped models a handler's `model:` can name as builtin:NAME.",
+    )
     comps.set_defaults(func=_components)
 
     for name, _, text in TOOLS:  # dispatched by main(): their own parsers take the rest
-        sub.add_parser(name, help=text, add_help=False)
+        sub.add_parser(name, help=f"{text} (edge-agent {name} --help)", add_help=False)
     return p
 
 

@@ -7,10 +7,12 @@ registers, so plugins get the same checks and schema as built-ins. ``${VAR}`` an
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -310,6 +312,50 @@ def _loc(parts: tuple[Any, ...] | list[Any]) -> str:
     return out or "(top level)"
 
 
+def _candidates(tp: Any) -> list[Any]:
+    """The types a value annotated ``tp`` may have (Annotated and Optional unwrapped)."""
+    origin = get_origin(tp)
+    if origin is Annotated:
+        return _candidates(get_args(tp)[0])
+    if origin in (Union, types.UnionType):
+        return [t for a in get_args(tp) if a is not type(None) for t in _candidates(a)]
+    return [tp]
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[Any, ...] | list[Any]) -> list[str]:
+    """The keys the mapping at ``loc`` (inside ``model``) accepts; [] when not a model."""
+    types_: list[Any] = [model]
+    for part in loc:
+        found: list[Any] = []
+        for tp in types_:
+            origin, args = get_origin(tp), get_args(tp)
+            if isinstance(part, int) and origin is list and args:
+                found += _candidates(args[0])
+            elif isinstance(tp, type) and issubclass(tp, BaseModel) and part in tp.model_fields:
+                found += _candidates(tp.model_fields[part].annotation)
+            elif origin is dict and len(args) == 2:
+                found += _candidates(args[1])
+        types_ = found
+    for tp in types_:
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            return list(tp.model_fields)
+    return []
+
+
+def _error_line(model: type[BaseModel], err: Any, prefix: list[Any] | None = None) -> str:
+    """One pydantic error as ``key.path: message``; an unknown key gets the closest known."""
+    loc = [*(prefix or []), *err["loc"]]
+    line = f"{_loc(loc)}: {err['msg']}"
+    if err["type"] == "extra_forbidden" and isinstance(err["loc"][-1], str):
+        keys = _keys_at(model, err["loc"][:-1])
+        close = difflib.get_close_matches(err["loc"][-1], keys, n=1, cutoff=0.6)
+        if close:
+            line += f"; did you mean {close[0]!r}?"
+        elif keys:
+            line += f"; expected one of {', '.join(keys)}"
+    return line
+
+
 def _substitute(node: Any, path: list[Any], errors: list[str]) -> Any:
     """Replace ${VAR} in strings; reject literal secrets."""
     if isinstance(node, dict):
@@ -362,7 +408,7 @@ def _validate_components(data: dict, registry: Registry, errors: list[str]) -> d
             try:
                 validated = model.model_validate(raw)
             except ValidationError as e:
-                errors += [f"{_loc([*path, *err['loc']])}: {err['msg']}" for err in e.errors()]
+                errors += [_error_line(model, err, path) for err in e.errors()]
                 continue
             node = pipe
             for p in path[2:-1]:
@@ -431,7 +477,7 @@ def parse_config(data: Any, source: str, registry: Registry | None = None) -> Co
     except ValidationError as e:
         reported = {line.split(": ", 1)[0] for line in errors}  # e.g. a variable not set
         errors += [
-            f"{_loc(err['loc'])}: {err['msg']}"
+            _error_line(Config, err)
             for err in e.errors()
             if not _is_component_loc(err["loc"]) and _loc(err["loc"]) not in reported
         ]

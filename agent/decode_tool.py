@@ -24,6 +24,7 @@ import orjson
 
 from .config import PipelineConfig, load_config
 from .errors import ConfigError, PluginError
+from .processor import clock_reason
 from .records import Message, SampleBatch
 from .registry import Registry
 
@@ -122,10 +123,14 @@ def describe(label: str, msg: Message, batch: SampleBatch, skew: float | None) -
         "rejects": [f"{kind}: {reason}" for _, kind, reason in batch.rejects],
     }
     if clock:
+        assert skew is not None
+        now = time.time()
+        first = int(np.flatnonzero(np.abs(batch.ts - now) > skew)[0])
+        kind = "ts_future" if batch.ts[first] > now else "ts_past"
+        reason, hint = clock_reason(batch.devices[first], float(batch.ts[first]), kind, skew, now)
         out["rejects"].append(
-            f"{', '.join(clock)}: further than source.max_clock_skew ({skew:g} s) from this "
-            "machine's clock; the pipeline drops such samples (a clock that is not set "
-            "stamps 1970: set max_clock_skew: none)"
+            f"{', '.join(clock)}: {reason}; the pipeline drops such samples"
+            + (f"; {hint}" if hint else "")
         )
     det = batch.detections
     if det is not None:

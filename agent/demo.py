@@ -36,6 +36,7 @@ WINDOW, HOP = 32, 8
 WARMUP = datasets.SKAB_WARMUP  # rows a device's calibration is fitted on
 TOPIC = "plant/pumps/{device}/telemetry"
 UP = "demo/up"
+PROGRESS_EVERY = 5.0  # s between progress lines when stdout is not a terminal
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=20, help="samples/s per device (default 20)")
     p.add_argument("--duration", type=float, default=60, help="seconds (default 60)")
     p.add_argument("--headless", action="store_true", help="no live view; final table only")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulator (--simulate)")
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -330,12 +331,51 @@ def _ratio(a: int, b: int) -> str:
     return f"{a / b:.1f}x" if b else "n/a"
 
 
-def _live(title: str, pub: Publisher, up: Upstream, agent, started: float):
+def warmup_text(status: dict, devices: int, warmup: int | None) -> str:
+    """How far the pumps' calibration is: nothing is scored until a pump has its warm-up."""
+    if not warmup:
+        return "calibrated at the source"
+    warming = status.get("warming_up", devices)
+    if not warming and not status.get("windows"):
+        return f"all {devices} pumps calibrated ({warmup} samples each): first windows filling"
+    if not warming:
+        return f"all {devices} pumps calibrated ({warmup} samples each): scoring"
+    done = min(1.0, status.get("received", 0) / (devices * warmup))
+    return (
+        f"{warming} of {devices} pumps learning their normal ({warmup} samples each, "
+        f"{done:.0%}): nothing scored until then"
+    )
+
+
+def progress_line(elapsed: float, pub: Publisher, up: Upstream, status: dict, warmup) -> str:
+    """One line of progress for a log or a pipe (no live view there)."""
+    head = f"{elapsed:4.0f} s  sent {pub.sent}  received {status.get('received', 0)}  "
+    if not status.get("windows"):  # a reduction before anything is scored means nothing
+        return head + "warm-up: " + warmup_text(status, len(pub.devices), warmup)
+    return head + (
+        f"windows scored {status.get('windows', 0)}  anomalous {status.get('anomalies', 0)}  "
+        f"events upstream {up.events}  reduction {_ratio(pub.bytes, up.bytes)}"
+    )
+
+
+DEVICE_NOTES = (
+    "label now: the recording's own fault label for the row being sent (ground truth the agent "
+    "never sees). SKAB pumps are named after the file they replay (other-1: other/1.csv). "
+    "max score: the highest window score in the summaries; a score is the model's "
+    "reconstruction error on the pump's normalised readings, anomalous above the pump's "
+    "threshold (learned in its warm-up): a fault far outside the warm-up scores in the "
+    "thousands."
+)
+
+
+def _live(lines: list[str], pub: Publisher, up: Upstream, agent, started: float, warmup):
     from rich.console import Group
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
     status = agent.status().get("pumps", {})
+    warming = not status.get("windows")
     head = Table.grid(padding=(0, 3))
     for _ in range(4):
         head.add_column()
@@ -345,22 +385,28 @@ def _live(title: str, pub: Publisher, up: Upstream, agent, started: float):
         f"decoded [b]{status.get('decoded', 0)}[/b]",
         f"windows scored [b]{status.get('windows', 0)}[/b]",
     )
+    reduction = "[dim]after warm-up[/dim]" if warming else f"[b]{_ratio(pub.bytes, up.bytes)}[/b]"
     head.add_row(
         f"anomalies [b]{status.get('anomalies', 0)}[/b]",
         f"in [b]{pub.bytes / 1024:.1f} KiB[/b]",
         f"upstream [b]{up.bytes / 1024:.1f} KiB[/b]",
-        f"reduction [b]{_ratio(pub.bytes, up.bytes)}[/b]",
+        f"reduction {reduction}",
     )
-    devs = Table(title="devices (windows and max score: from upstream summaries)", expand=True)
-    for c in ("device", "now", "windows", "events", "max score"):
+    calibration = Text("warm-up: " + warmup_text(status, len(pub.devices), warmup))
+    devs = Table(title="pumps (windows and max score from upstream summaries)", expand=True)
+    for c in ("pump", "label now", "threshold", "windows", "events", "max score"):
         devs.add_column(c)
+    processor = agent.pipelines[0].processor if agent.pipelines else None
     with up.lock:
         for d in pub.devices:
             w, e, m = up.per_device.get(d.name, [0, 0, 0.0])
             state = "[red]fault[/red]" if pub.faulty.get(d.name) else "[green]normal[/green]"
-            devs.add_row(d.name, state, str(w), str(e), f"{m:.2f}")
+            t = processor.device_threshold(d.name) if processor else None
+            devs.add_row(
+                d.name, state, "-" if t is None else f"{t:.2f}", str(w), str(e), f"{m:.2f}"
+            )
         events = Table(title="events as they arrive upstream", expand=True)
-        for c in ("time", "device", "event", "score", "threshold", "cause"):
+        for c in ("time", "pump", "event", "score", "threshold", "cause"):
             events.add_column(c)
         for t, e in list(up.recent):
             score = e.get("score", e.get("peak", 0))  # a closed episode reports its peak
@@ -373,7 +419,9 @@ def _live(title: str, pub: Publisher, up: Upstream, agent, started: float):
                 f"{e.get('threshold', 0):.2f}",
                 cause,
             )
-    return Panel(Group(head, devs, events), title=title)
+    about = Text("\n".join(lines), style="dim")
+    notes = Text(DEVICE_NOTES, style="dim")
+    return Panel(Group(about, head, calibration, devs, notes, events), title="edge-agent demo")
 
 
 def final_table(rows: list[tuple[str, object]]) -> str:
@@ -429,23 +477,30 @@ def run_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     pub.start()
     where = f"embedded amqtt 127.0.0.1:{port}" if broker else f"{host}:{port}"
-    title = f"edge-agent demo: {len(devices)} pumps from {source}; {model.label}; broker {where}"
-    print(title, flush=True)
+    lines = [f"{len(devices)} pumps from {source}", f"model: {model.label}", f"broker: {where}"]
+    print("edge-agent demo: " + "; ".join(lines), flush=True)
     if agent.metrics is not None:
         print(
             f"metrics: http://127.0.0.1:{agent.metrics.port}/metrics  (/healthz, /readyz)",
             flush=True,
         )
-    if args.headless:
-        stop.wait(args.duration)
+    warmup = (model.calibration or {}).get("warmup")
+    if args.headless or not sys.stdout.isatty():  # a pipe or a log: progress lines instead
+        next_line = PROGRESS_EVERY
+        while not stop.wait(0.25) and time.monotonic() - started < args.duration:
+            elapsed = time.monotonic() - started
+            if elapsed >= next_line:
+                status = agent.status().get("pumps", {})
+                print(progress_line(elapsed, pub, up, status, warmup), flush=True)
+                next_line += PROGRESS_EVERY
     else:
         from rich.live import Live
 
         with Live(
-            _live(title, pub, up, agent, started), refresh_per_second=4, screen=False
+            _live(lines, pub, up, agent, started, warmup), refresh_per_second=4, screen=False
         ) as live:
             while not stop.wait(0.25) and time.monotonic() - started < args.duration:
-                live.update(_live(title, pub, up, agent, started))
+                live.update(_live(lines, pub, up, agent, started, warmup))
     pub.stop()
     elapsed = time.monotonic() - started
     deadline = time.monotonic() + 5  # let the agent take in what is on the wire

@@ -5,6 +5,7 @@ AgentError
 ├── PluginError        a component that cannot be found, imported or registered
 ├── ModelError         a model file missing, corrupt, tampered, or of the wrong shape
 ├── NotConnectedError  a sink lost its broker; the spool keeps the records and retries
+├── SettingError       a valid setting unusable here (file missing, port in use); exit 2
 └── SpoolError         the spool could not commit; the agent takes no more data
 """
 
@@ -38,3 +39,8 @@ class NotConnectedError(AgentError):
 
 class SpoolError(AgentError):
     """The spool could not commit (disk full, I/O error): the agent must not take more data."""
+
+
+class SettingError(AgentError):
+    """A setting that validated but cannot be used on this machine: a file that is not
+    there, a port in use. The message starts with the key path; ``run`` adds the file."""

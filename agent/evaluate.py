@@ -89,7 +89,12 @@ def evaluate_skab(
         [f.changepoint[warm:] for f in files],
         preds,
     )
-    plot = {"scores": scores, "thresholds": thresholds, "labels": [f.anomaly[warm:] for f in files]}
+    plot = {
+        "scores": scores,
+        "thresholds": thresholds,
+        "labels": [f.anomaly[warm:] for f in files],
+        "detections": preds,
+    }
     return {"metrics": out, "episodes": _episode_keys(result), "plot": plot, "result": result}
 
 
@@ -153,7 +158,12 @@ def evaluate_ai4i(model: str, root: str | None) -> dict:
         data.failure[test], trace.score, data.modes[test], onehot, threshold=0.5
     )
     out["f1_pipeline"] = metrics.binary_f1(data.failure[test], trace.anomalous)[0]
-    plot = {"scores": [trace.score], "thresholds": [0.5], "labels": [data.failure[test]]}
+    plot = {
+        "scores": [trace.score],
+        "thresholds": [0.5],
+        "labels": [data.failure[test]],
+        "detections": [trace.anomalous],
+    }
     return {"metrics": out, "episodes": _episode_keys(result), "plot": plot, "result": result}
 
 
@@ -164,36 +174,66 @@ def _dataset(load):
         raise DatasetError(str(e)) from None
 
 
-def draw(plot: dict, out: Path, title: str) -> None:
-    """Score over threshold per row, pooled, with the labelled anomalies shaded."""
-    try:
-        import matplotlib
+TITLE_KEYS = (
+    "f1",
+    "macro_f1",
+    "far_pct",
+    "mar_pct",
+    "cp_standard",
+    "labelled",
+    "detected",
+    "false_episodes",
+)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as e:
-        raise AgentError("--plot needs matplotlib: pip install 'edge-stream-agent[plot]'") from e
+
+def figure(plot: dict, title: str, metrics: dict):
+    """Score over threshold per row, files concatenated (boundaries dotted), labelled rows
+    shaded, and the pipeline's detections as ticks under the curve: hits, false alarms and
+    missed labelled rows, so each kind of error can be seen. The legend sits beside the axes
+    (never over a peak); the metrics go in the title."""
+    plt = replay.pyplot()
     ratio = np.concatenate([s / t for s, t in zip(plot["scores"], plot["thresholds"])])
     labels = np.concatenate(plot["labels"]).astype(bool)
-    fig, ax = plt.subplots(figsize=(14, 4))
+    flagged = np.concatenate(plot["detections"]).astype(bool)
+    fig, ax = plt.subplots(figsize=(15, 4.5))
     x = np.arange(len(ratio))
+    band = ax.get_xaxis_transform()
     ax.fill_between(
-        x,
-        0,
-        1,
-        where=labels,
-        transform=ax.get_xaxis_transform(),
-        color="tab:red",
-        alpha=0.15,
+        x, 0, 1, where=labels, transform=band, color="tab:red", alpha=0.12, lw=0,
         label="labelled anomaly",
-    )
+    )  # fmt: skip
     ax.plot(x, ratio, lw=0.6, label="score / threshold")
     ax.axhline(1.0, color="k", lw=0.8, ls="--", label="threshold")
+    for k, (mask, color, name) in enumerate(
+        (
+            (flagged & labels, "tab:green", "detected (labelled)"),
+            (flagged & ~labels, "tab:orange", "false alarm"),
+            (~flagged & labels, "tab:red", "missed (labelled, not flagged)"),
+        )
+    ):
+        ax.vlines(
+            x[mask], 0.01 + 0.03 * k, 0.03 + 0.03 * k, transform=band, color=color, lw=0.8,
+            label=name,
+        )  # fmt: skip
+    ends = np.cumsum([len(s) for s in plot["scores"]])[:-1]
+    if len(ends):
+        ax.vlines(ends, 0, 1, transform=band, color="0.5", lw=0.5, ls=":", label="file boundary")
     ax.set_yscale("log")
-    ax.set_xlabel("scored row (files concatenated)")
-    ax.set_title(title)
-    ax.legend(loc="upper right")
+    top = float(np.nanmax(ratio)) if np.isfinite(ratio).any() else 1.0
+    ax.set_ylim(top=max(top, 1.0) * 3)  # headroom above the highest peak
+    ax.set_ylabel("score / threshold (log)")
+    ax.set_xlabel("scored row (files concatenated, warm-up rows left out)")
+    shown = ", ".join(f"{k} {metrics[k]}" for k in TITLE_KEYS if k in metrics)
+    ax.set_title(f"{title}\n{shown}" if shown else title, loc="left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def draw(plot: dict, out: Path, title: str, metrics: dict | None = None) -> None:
+    """Write :func:`figure` to a PNG."""
+    plt = replay.pyplot()
+    fig = figure(plot, title, metrics or {})
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
@@ -224,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     model = args.model or DEFAULT_MODELS[args.dataset]
     try:
+        if args.plot:
+            replay.pyplot()  # before the run, not after it
         if args.handler == "baseline":
             name, digest = "baseline", ""
         else:
@@ -236,7 +278,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = evaluate_ai4i(model, args.data)
         if args.plot:
-            draw(out["plot"], args.plot, f"{args.dataset}: {name}")
+            draw(
+                out["plot"],
+                args.plot,
+                f"{args.dataset}: {name}",
+                {**out["metrics"], **out["episodes"]},
+            )
+            print(f"plot written to {args.plot}", file=sys.stderr)
     except (AgentError, ConfigError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""structlog set up once: JSON lines (orjson) by default, a console renderer with --pretty."""
+"""structlog set up once: readable lines on a terminal, JSON lines (orjson) otherwise."""
 
 from __future__ import annotations
 
@@ -27,18 +27,32 @@ def _import_structlog_without_rich():
 
 structlog = _import_structlog_without_rich()
 
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
 
-def setup(level: str = "info", pretty: bool = False) -> None:
-    """Configure structlog for the process; logs go to stderr."""
+def console_wanted(fmt: str = "auto") -> bool:
+    """Whether logs are written for a person: ``console``, or ``auto`` on a terminal (a pipe,
+    journald or a log shipper gets JSON lines)."""
+    if fmt == "auto":
+        return sys.stderr.isatty()
+    return fmt == "console"
+
+
+def setup(level: str = "info", pretty: bool | None = None) -> None:
+    """Configure structlog for the process; logs go to stderr.
+
+    ``pretty`` None decides by the terminal; colour codes only ever go to a terminal.
+    """
+    if pretty is None:
+        pretty = console_wanted()
     shared = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if pretty:
-        processors = [*shared, structlog.dev.ConsoleRenderer()]
+        colors = sys.stderr.isatty()
+        processors = [*shared, structlog.dev.ConsoleRenderer(colors=colors)]
         factory = structlog.PrintLoggerFactory(sys.stderr)
     else:
         processors = [

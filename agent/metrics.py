@@ -8,6 +8,7 @@ Off unless the config has a ``metrics:`` section; listens on loopback by default
 from __future__ import annotations
 
 import bisect
+import errno
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from . import log
+from .errors import SettingError
 
 if TYPE_CHECKING:
     from .config import MetricsConfig
@@ -52,11 +54,51 @@ def _buckets(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
     return out
 
 
+# Per-pipeline figures of Agent.status(): (key, metric, type, help). Names end in their unit
+# noun (Prometheus conventions); counters get ``_total`` from prometheus-client.
+PIPELINE_METRICS = (
+    ("received", "edge_agent_messages_received", "counter", "messages received from the source"),
+    ("dropped", "edge_agent_messages_dropped", "counter", "messages dropped by a full intake"),
+    ("queued", "edge_agent_intake_queue_messages", "gauge", "messages waiting in the intake"),
+    ("decoded", "edge_agent_samples_decoded", "counter", "samples decoded into windows"),
+    ("windows", "edge_agent_windows_scored", "counter", "windows scored"),
+    ("anomalies", "edge_agent_windows_anomalous", "counter", "windows over the threshold"),
+    ("events", "edge_agent_events_emitted", "counter", "event records handed to the spool"),
+    ("episodes_opened", "edge_agent_episodes_opened", "counter", "episodes opened"),
+    ("episodes_closed", "edge_agent_episodes_closed", "counter", "episodes closed"),
+    (
+        "episodes_suppressed",
+        "edge_agent_episodes_suppressed",
+        "counter",
+        "openings suppressed by the flood guard",
+    ),
+    ("episodes_open", "edge_agent_episodes_open", "gauge", "episodes open now"),
+    ("devices", "edge_agent_devices", "gauge", "devices tracked"),
+    ("warming_up", "edge_agent_devices_warming_up", "gauge", "devices still in their warm-up"),
+)
+
+
+def build_info() -> dict[str, str]:
+    """Versions for ``edge_agent_build_info``."""
+    import platform
+
+    import onnxruntime
+
+    from . import __version__
+
+    return {
+        "version": __version__,
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
 class AgentCollector:
     """A prometheus-client collector that reads the agent's counters at scrape time."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self.info = build_info()
 
     def collect(self) -> Iterator:
         from prometheus_client.core import (
@@ -65,45 +107,20 @@ class AgentCollector:
             HistogramMetricFamily,
         )
 
+        kinds = {"counter": CounterMetricFamily, "gauge": GaugeMetricFamily}
         lbl = ["pipeline"]
-        fam = {
-            "received": CounterMetricFamily(
-                "edge_agent_received", "messages received from the source", labels=lbl
-            ),
-            "decoded": CounterMetricFamily(
-                "edge_agent_decoded", "samples decoded into windows", labels=lbl
-            ),
-            "dropped": CounterMetricFamily(
-                "edge_agent_dropped", "messages dropped by a full intake", labels=lbl
-            ),
-            "windows": CounterMetricFamily("edge_agent_windows", "windows scored", labels=lbl),
-            "anomalies": CounterMetricFamily(
-                "edge_agent_anomalies", "anomalous windows", labels=lbl
-            ),
-        }
-        episodes = {
-            "episodes_opened": CounterMetricFamily(
-                "edge_agent_episodes_opened", "episodes opened (events sent)", labels=lbl
-            ),
-            "episodes_closed": CounterMetricFamily(
-                "edge_agent_episodes_closed", "episodes closed (events sent)", labels=lbl
-            ),
-            "episodes_suppressed": CounterMetricFamily(
-                "edge_agent_episodes_suppressed",
-                "openings suppressed by the flood guard",
-                labels=lbl,
-            ),
-            "episodes_open": GaugeMetricFamily(
-                "edge_agent_episodes_open", "episodes open now", labels=lbl
-            ),
+        info = GaugeMetricFamily(
+            "edge_agent_build_info", "versions of the agent and its runtime", labels=list(self.info)
+        )
+        info.add_metric(list(self.info.values()), 1)
+        fams = {
+            key: kinds[kind](name, text, labels=lbl) for key, name, kind, text in PIPELINE_METRICS
         }
         errors = CounterMetricFamily(
-            "edge_agent_decode_errors", "rejected payloads by kind", labels=["pipeline", "kind"]
+            "edge_agent_rejects",
+            "payloads and samples rejected, by kind",
+            labels=["pipeline", "kind"],
         )
-        queued = GaugeMetricFamily(
-            "edge_agent_queued", "messages waiting in the intake", labels=lbl
-        )
-        devices = GaugeMetricFamily("edge_agent_devices", "devices tracked", labels=lbl)
         latency = HistogramMetricFamily(
             "edge_agent_inference_seconds", "one batched inference", labels=lbl
         )
@@ -111,41 +128,64 @@ class AgentCollector:
             "edge_agent_batch_windows", "windows per inference batch", labels=lbl
         )
         for name, s in self.agent.status().items():
-            for key, f in fam.items():
-                f.add_metric([name], s[key])
-            for key, f in episodes.items():
-                if key in s:
+            for key, f in fams.items():
+                if key in s:  # episode figures only in episode mode
                     f.add_metric([name], s[key])
             for kind, n in s["errors"].items():
                 errors.add_metric([name, kind], n)
-            queued.add_metric([name], s["queued"])
-            devices.add_metric([name], s["devices"])
         for p in list(self.agent.pipelines):
             b, name = p.processor.batch_stats, p.processor.name
             latency.add_metric([name], _buckets(LATENCY_BUCKETS, b.latency), b.latency_sum)
             size.add_metric([name], _buckets(BATCH_BUCKETS, b.size), b.size_sum)
-        yield from (*fam.values(), *episodes.values(), errors, queued, devices, latency, size)
+        yield from (info, *fams.values(), errors, latency, size)
+        yield from self._spool()
+        yield from self._delivery()
 
-        spool = self.agent.spool
-        depth = GaugeMetricFamily("edge_agent_spool_depth", "records waiting in the spool")
-        depth.add_metric([], spool.depth() if spool else 0)
-        spool_dropped = CounterMetricFamily(
-            "edge_agent_spool_dropped", "records dropped by the spool cap or TTL"
+    def _spool(self) -> Iterator:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        st = self.agent.spool.stats() if self.agent.spool else {}
+        records = GaugeMetricFamily("edge_agent_spool_records", "records waiting in the spool")
+        records.add_metric([], st.get("depth", 0))
+        size = GaugeMetricFamily(
+            "edge_agent_spool_bytes", "approximate bytes of the records in the spool"
         )
-        spool_dropped.add_metric([], (spool.dropped + spool.expired) if spool else 0)
+        size.add_metric([], st.get("bytes", 0))
+        dropped = CounterMetricFamily(
+            "edge_agent_spool_records_dropped",
+            "records dropped by the spool's size cap or TTL",
+            labels=["reason"],
+        )
+        dropped.add_metric(["size_cap"], st.get("dropped", 0))
+        dropped.add_metric(["ttl"], st.get("expired", 0))
+        yield from (records, size, dropped)
+
+    def _delivery(self) -> Iterator:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         delivered = CounterMetricFamily(
-            "edge_agent_delivered", "records delivered by a sink", labels=["sink"]
+            "edge_agent_records_delivered",
+            "records delivered by a sink",
+            labels=["pipeline", "sink", "type"],
         )
         for f in list(self.agent.forwarders):
-            delivered.add_metric([f.name], f.delivered)
+            pipeline, _, index = f.name.rpartition(".")
+            kind = getattr(getattr(f.sink, "config", None), "type", "?")
+            delivered.add_metric([pipeline, index, kind], f.delivered)
         connected = GaugeMetricFamily(
             "edge_agent_broker_connected",
             "1 when the MQTT connection is up",
             labels=["broker", "role"],
         )
-        for broker, role, up in self.agent.connection_states():
-            connected.add_metric([broker, role], 1 if up else 0)
-        yield from (depth, spool_dropped, delivered, connected)
+        reconnects = CounterMetricFamily(
+            "edge_agent_broker_reconnects",
+            "connections made again after the first (each one a broken connection)",
+            labels=["broker", "role"],
+        )
+        for broker, role, conn in self.agent.connections():
+            connected.add_metric([broker, role], 1 if conn.connected.is_set() else 0)
+            reconnects.add_metric([broker, role], max(0, conn.connects - 1))
+        yield from (delivered, connected, reconnects)
 
 
 def readiness(agent: Agent) -> tuple[bool, dict]:
@@ -156,6 +196,20 @@ def readiness(agent: Agent) -> tuple[bool, dict]:
     return ok, {"ready": ok, "started": agent.started, "down": down, "failed": failed}
 
 
+def listen_problem(host: str, port: int, error: OSError) -> str:
+    """Why ``metrics:`` cannot listen, as a config error line."""
+    if error.errno == errno.EADDRINUSE:
+        return (
+            f"metrics.port: {host}:{port} is already in use (another agent or exporter?): "
+            "choose a free port, or 0 for any free one"
+        )
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"metrics.host: {host} is not an address of this machine"
+    if error.errno == errno.EACCES:
+        return f"metrics.port: {port} needs privileges (ports below 1024): choose 1024 or above"
+    return f"metrics: cannot listen on {host}:{port}: {error.strerror or error}"
+
+
 class MetricsServer:
     """HTTP server (daemon thread) for ``/metrics``, ``/healthz`` and ``/readyz``."""
 
@@ -163,10 +217,16 @@ class MetricsServer:
         from prometheus_client import CollectorRegistry
 
         self.agent = agent
+        from prometheus_client import ProcessCollector
+
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, _resident_memory
         self.log = log.get(component="metrics")
-        self._server = ThreadingHTTPServer((config.host, config.port), self._handler())
+        try:
+            self._server = ThreadingHTTPServer((config.host, config.port), self._handler())
+        except OSError as e:
+            raise SettingError(listen_problem(config.host, config.port, e)) from e
         self._server.daemon_threads = True
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(

@@ -18,18 +18,44 @@ from paho.mqtt.properties import Properties
 
 from . import fastpath, log
 from .config import BrokerConfig
+from .errors import SettingError
+
+TLS_FILES = {
+    "ca": "the CA bundle that signs the broker's certificate",
+    "cert": "the client certificate",
+    "key": "the client private key",
+}
 
 
-def tls_context(broker: BrokerConfig) -> ssl.SSLContext:
-    """An SSL context for ``broker.tls``: CA, optional client cert, min version, hostname."""
+def tls_context(broker: BrokerConfig, name: str = "?") -> ssl.SSLContext:
+    """An SSL context for ``broker.tls``: CA, optional client cert, min version, hostname.
+
+    A file that is missing or unreadable raises SettingError naming
+    ``brokers.<name>.tls.<key>`` and the path, not a bare FileNotFoundError.
+    """
     tls = broker.tls
     assert tls is not None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
+    where = f"brokers.{name}.tls"
+    for key, what in TLS_FILES.items():
+        path = getattr(tls, key)
+        if path is not None and not path.is_file():
+            problem = "is not a file" if path.exists() else "does not exist"
+            raise SettingError(f"{where}.{key}: {path} {problem} (expected {what}, PEM)")
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
+    except (OSError, ssl.SSLError) as e:
+        raise SettingError(f"{where}.ca: {tls.ca}: cannot load it as a PEM CA bundle ({e})") from e
     ctx.minimum_version = (
         ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else (ssl.TLSVersion.TLSv1_2)
     )
     if tls.cert:
-        ctx.load_cert_chain(tls.cert, tls.key)
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key)
+        except (OSError, ssl.SSLError) as e:
+            raise SettingError(
+                f"{where}.cert: {tls.cert} (key {tls.key or 'in the same file'}): cannot load "
+                f"the client certificate and key ({e})"
+            ) from e
     ctx.check_hostname = tls.check_hostname
     return ctx
 
@@ -105,7 +131,7 @@ class Connection:
         if broker.username is not None:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls is not None:
-            self.client.tls_set_context(tls_context(broker))
+            self.client.tls_set_context(tls_context(broker, name))
         if will:
             self.client.will_set(will[0], will[1], qos=1, retain=will_retain)
         self.client.on_connect = self._on_connect

@@ -68,7 +68,9 @@ class Pipeline:
         self._next = None
         old = self.processor
         if not new.keeps_windows_of(old):
-            self.emit([*old.close_episodes("reload"), *old.flush(self._stats())], None)
+            closed = old.close_episodes("reload")
+            old.counters.events += len(closed)
+            self.emit([*closed, *old.flush(self._stats())], None)
         kept[0] = new.adopt(old)
         self.processor = new
         done.set()
@@ -109,6 +111,7 @@ class Pipeline:
                             self.log.exception("batch_failed", messages=len(msgs))
                         self.emit([], self._acknowledge(msgs))
                         continue
+                    p.counters.events += len(events)
                     self.emit(events, self._acknowledge(msgs))
                     if p.rejected:
                         rejected, p.rejected = p.rejected, []
@@ -129,4 +132,6 @@ class Pipeline:
             self.error = e
             self.log.exception("worker_failed")
         finally:
-            self.emit([*p.close_episodes("stop"), *p.flush(self._stats())], None)
+            closed = p.close_episodes("stop")
+            p.counters.events += len(closed)
+            self.emit([*closed, *p.flush(self._stats())], None)

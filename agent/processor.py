@@ -30,6 +30,21 @@ from .windows import CountWindows, DeviceIndex, Groups
 UNSET_CLOCK = 1e9  # s: before 2001-09-09, a clock never set (a camera without NTP: 1970)
 
 
+def clock_reason(device: str, ts: float, kind: str, skew: float, now: float) -> tuple[str, str]:
+    """Why a timestamp was rejected, and what probably went wrong (a hint, or "")."""
+    where = "ahead of" if kind == "ts_future" else "behind"
+    reason = (
+        f"device {device}: ts {ts:.3f} is {where} this agent's clock ({now:.0f}) by more "
+        f"than source.max_clock_skew ({skew:g} s)"
+    )
+    for unit, scale in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9)):
+        if abs(ts / scale - now) <= skew:
+            return reason, f"ts looks like {unit} since 1970: send unix seconds (ts / {int(scale)})"
+    if ts < UNSET_CLOCK:
+        return reason, "the source's clock is not set: fix it, or source.max_clock_skew: none"
+    return reason, ""
+
+
 @dataclass
 class Counters:
     """Pipeline totals since start; ``errors`` by kind."""
@@ -38,6 +53,7 @@ class Counters:
     windows: int = 0
     anomalies: int = 0
     batches: int = 0
+    events: int = 0  # event records handed to the spool
     errors: dict[str, int] = field(default_factory=dict)
 
     def add_errors(self, errors: dict[str, int]) -> None:
@@ -153,7 +169,7 @@ class Processor:
         self.control += batch.control
         events = [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
         if len(batch) and self.config.source.max_clock_skew is not None:
-            self._check_clock(batch)
+            self._check_clock(batch, messages)
         if not len(batch):
             return events, None
         slots = self.index.slots(batch.devices)
@@ -170,6 +186,8 @@ class Processor:
             slots = slots[keep]
             batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
             batch.devices = [batch.devices[i] for i in keep.tolist()]
+            if batch.origin is not None:
+                batch.origin = batch.origin[keep]
             if batch.detections is not None:
                 batch.detections = batch.detections.take_frames(keep, len(full) + len(keep))
         self.counters.decoded += len(slots)
@@ -319,25 +337,43 @@ class Processor:
             return []
         return self._episode_records(self.episodes.close_all(reason))
 
-    def _check_clock(self, batch: SampleBatch) -> None:
-        """Drop samples stamped more than ``max_clock_skew`` from now (counted, logged)."""
+    def _check_clock(self, batch: SampleBatch, messages: Sequence[Message]) -> None:
+        """Drop samples stamped more than ``max_clock_skew`` from now (counted, logged with
+        the topic and a hint, their messages dead-lettered where the decoder says which)."""
         skew, now = self.config.source.max_clock_skew, time.time()
         if now - skew <= batch.ts.min() and batch.ts.max() <= now + skew:
             return  # the common case: two reductions instead of five array operations
         future, past = batch.ts > now + skew, batch.ts < now - skew
         bad = future | past
         errors = {k: int(m.sum()) for k, m in (("ts_future", future), ("ts_past", past))}
-        first = int(np.flatnonzero(bad)[0])
-        kind = "ts_future" if future[first] else "ts_past"
-        reason = f"device {batch.devices[first]}: ts {batch.ts[first]:.3f} is {kind[3:]}"
-        self._count_errors({k: v for k, v in errors.items() if v}, [])
-        if self._limit.allow(kind):
-            unset = batch.ts[first] < UNSET_CLOCK
-            hint = "the source's clock is not set: source.max_clock_skew: none" if unset else None
-            self.log.warning("sample_rejected", kind=kind, reason=reason, skew=skew, hint=hint)
+        self.counters.add_errors({k: v for k, v in errors.items() if v})
+        for k, v in errors.items():
+            if v:
+                self.period_errors[k] = self.period_errors.get(k, 0) + v
+        rejects = []
+        seen: set[int] = set()
+        for i in np.flatnonzero(bad).tolist():
+            m = int(batch.origin[i]) if batch.origin is not None else -1
+            if m in seen:
+                continue
+            seen.add(m)
+            kind = "ts_future" if future[i] else "ts_past"
+            reason, hint = clock_reason(batch.devices[i], float(batch.ts[i]), kind, skew, now)
+            topic = messages[m].topic if m >= 0 else None
+            if self._limit.allow(kind):
+                self.log.warning(
+                    "sample_rejected", kind=kind, topic=topic, reason=reason, hint=hint
+                )
+            if m >= 0:
+                rejects.append((messages[m], kind, f"{reason}; {hint}" if hint else reason))
+            else:
+                break  # no message to dead-letter: one log line says it all
+        self.rejected += rejects
         keep = np.flatnonzero(~bad)
         batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
         batch.devices = [batch.devices[i] for i in keep.tolist()]
+        if batch.origin is not None:
+            batch.origin = batch.origin[keep]
         if batch.detections is not None:
             batch.detections = batch.detections.take_frames(keep, len(bad))
 
@@ -432,6 +468,24 @@ class Processor:
             if self.episodes is not None:  # an idle device's open episode closes with it
                 records += self._episode_records(self.episodes.take_pending())
         return records
+
+    def device_threshold(self, device: str) -> float | None:
+        """``device``'s threshold: learned (None while it warms up) or the fixed one."""
+        slot = self.index.slot_of.get(device)
+        if self.warmup is None:
+            return float(getattr(self.handler, "threshold", 0.0) or 0.0)
+        if slot is None or self.warmup.count[slot] < self.warmup.n:
+            return None
+        return float(self.warmup.threshold[slot])
+
+    def warming_up(self) -> int:
+        """Devices tracked whose calibration warm-up is not complete (read by scrapes)."""
+        if self.warmup is None:
+            return 0
+        count = self.warmup.count
+        used = np.fromiter(self.index.slot_of.values(), np.int64)
+        used = used[used < len(count)]
+        return int((count[used] < self.warmup.n).sum())
 
     def episode_stats(self) -> dict:
         """Episodes open now and opened, closed and suppressed since start ({} without)."""

@@ -38,7 +38,9 @@ class SampleBatch:
     dead-lettering. Optional extras: ``detections`` (camera decoders), ``control``
     (``(topic, payload)`` messages the runtime publishes on the source broker, such as a
     Sparkplug rebirth request) and ``states`` (``(device, "online"|"offline", ts)``
-    changes, sent upstream as events).
+    changes, sent upstream as events) and ``origin`` (per sample, the index of its message in
+    the decoded batch; lets a sample-level reject such as a timestamp out of range be
+    dead-lettered with its payload and topic).
     """
 
     devices: list[str]
@@ -50,6 +52,7 @@ class SampleBatch:
     detections: Detections | None = None
     control: list[tuple[str, bytes]] = field(default_factory=list)
     states: list[tuple[str, str, float]] = field(default_factory=list)
+    origin: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.devices)

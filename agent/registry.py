@@ -6,12 +6,13 @@ are read for names only; a plugin is imported when a config names it.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from importlib.metadata import EntryPoint, entry_points
 
 from pydantic import BaseModel
 
-from .builtins import BUILTINS
+from .builtins import BUILTINS, PLUGIN_COMPONENTS
 from .errors import PluginError
 
 KINDS = ("decoder", "handler", "sink")
@@ -64,6 +65,24 @@ class Registry:
         ep = self._entry_points(kind).get(name)
         return f"{ep.dist.name} {ep.dist.version}" if ep and ep.dist else "?"
 
+    def unknown(self, kind: str, name: str) -> str:
+        """Why ``name`` is not a ``kind``, with what the user probably meant."""
+        known = self.names(kind)
+        text = f"unknown {kind} {name!r}; known: {', '.join(known)}"
+        for other in KINDS:
+            if other != kind and name in self.names(other):
+                return f"{text}; {name!r} is a {other} ({self.origin(other, name)}), not a {kind}"
+        for other in KINDS:
+            if name in PLUGIN_COMPONENTS.get(other, {}):
+                dist, folder = PLUGIN_COMPONENTS[other][name]
+                what = "" if other == kind else f" (a {other}, not a {kind})"
+                return (
+                    f"{text}; {name!r}{what} comes with the {dist} plugin, which is not "
+                    f"installed (from the edge-agent repository: pip install ./{folder})"
+                )
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        return f"{text}; did you mean {close[0]!r}?" if close else text
+
     def get(self, kind: str, name: str) -> type:
         """The component class for ``name``; raises PluginError naming what went wrong."""
         key = (kind, name)
@@ -75,7 +94,7 @@ class Registry:
         else:
             ep = self._entry_points(kind).get(name)
             if ep is None:
-                raise PluginError(f"unknown {kind} {name!r}; known: {', '.join(self.names(kind))}")
+                raise PluginError(self.unknown(kind, name))
             where = f"{ep.dist.name if ep.dist else '?'}: entry point {GROUPS[kind]}:{name}"
             try:
                 cls = ep.load()

@@ -13,6 +13,8 @@ new pipelines start, removed ones stop the same way. ``agent``, ``brokers``, ``s
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +56,42 @@ def _model_changed(processor: Processor) -> bool:
         return True  # gone: let the new processor's load report it
 
 
+def request_path(pid_file: Path) -> Path:
+    """Where ``reload -c FILE`` leaves FILE's path for the agent that owns ``pid_file``."""
+    return pid_file.with_name(pid_file.name + ".reload")
+
+
+def write_request(pid_file: Path, pid: int, config: Path) -> Path:
+    """Ask agent ``pid`` to apply ``config`` at its next SIGHUP (instead of its own file)."""
+    path = request_path(pid_file)
+    tmp = path.with_name(path.name + f".{os.getpid()}")
+    tmp.write_text(f"{pid}\n{config.resolve()}\n")
+    tmp.replace(path)
+    return path
+
+
+def take_request(pid_file: Path | None) -> str | None:
+    """The config path a ``reload -c`` left for this process, removed once read.
+
+    Only a request written by this user, for this PID, counts: anyone else who can write
+    to the PID file's folder (``/tmp``) must not choose the agent's config.
+    """
+    if pid_file is None:
+        return None
+    path = request_path(pid_file)
+    try:
+        st = path.lstat()
+        lines = path.read_text().splitlines()
+        path.unlink()
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o002:
+        return None
+    if len(lines) < 2 or lines[0].strip() != str(os.getpid()):
+        return None
+    return lines[1]
+
+
 def reload_from(agent: Agent, path: str | Path | None) -> bool:
     """Read ``path`` and apply it; log and return False when it is rejected."""
     logger = log.get(component="reload", agent=agent.config.agent.id)
@@ -67,6 +105,7 @@ def reload_from(agent: Agent, path: str | Path | None) -> bool:
         logger.error("reload_rejected", config=str(path), error=str(e))
         return False
     logger.info("reload_applied", config=str(path), **report.__dict__)
+    agent.config_path = str(path)  # later reloads re-read the file now applied
     return True
 
 

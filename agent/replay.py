@@ -367,9 +367,11 @@ def write_scores(result: Result, path: Path) -> None:
                 )
 
 
-def plot(result: Result, out: Path, title: str, devices: int = 6) -> None:
-    """Score and threshold per device (first ``devices``), labelled runs shaded, episodes
-    as spans from onset to close."""
+PLOT_KEYS = ("episodes", "labelled", "detected", "false_episodes", "f1", "far_pct", "mar_pct")
+
+
+def pyplot():
+    """matplotlib's pyplot (Agg); checked before a run so a missing one costs nothing."""
     try:
         import matplotlib
 
@@ -377,26 +379,40 @@ def plot(result: Result, out: Path, title: str, devices: int = 6) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise AgentError("--plot needs matplotlib: pip install 'edge-stream-agent[plot]'") from e
+    return plt
+
+
+def plot(result: Result, out: Path, title: str, devices: int = 6) -> None:
+    """Score and threshold per device (first ``devices``), labelled runs shaded, episodes
+    as spans from onset to close; the legend beside the plots, not over the peaks."""
+    plt = pyplot()
     recs = result.recordings[:devices]
-    fig, axes = plt.subplots(len(recs), 1, figsize=(14, 2.2 * len(recs)), squeeze=False)
+    fig, axes = plt.subplots(len(recs), 1, figsize=(15, 2.2 * len(recs) + 0.6), squeeze=False)
     closed = {(e["device"], e["episode"]): e for e in result.events if e.get("event") == "closed"}
     for ax, rec in zip(axes[:, 0], recs):
         t = result.traces[rec.device]
         x = rec.ts - rec.ts[0]
         if rec.labels is not None:
             for a, b in runs(rec.labels):
-                ax.axvspan(x[a], x[b], color="tab:red", alpha=0.15, lw=0)
+                ax.axvspan(x[a], x[b], color="tab:red", alpha=0.15, lw=0, label="labelled")
         ax.plot(x, t.score, lw=0.6, label="score")
         ax.plot(x, t.threshold, lw=0.8, color="k", ls="--", label="threshold")
         for e in result.events:
             if e.get("event") == "opened" and e["device"] == rec.device:
                 end = closed.get((rec.device, e["episode"]), {}).get("closed_at", rec.ts[-1])
-                ax.axvspan(e["onset"] - rec.ts[0], end - rec.ts[0], color="tab:orange", alpha=0.3)
-        ax.set_ylabel(rec.device, fontsize=8)
-    axes[0, 0].legend(loc="upper right", fontsize=8)
+                ax.axvspan(
+                    e["onset"] - rec.ts[0], end - rec.ts[0], color="tab:orange", alpha=0.3,
+                    label="episode (onset to close)",
+                )  # fmt: skip
+        ax.set_ylabel(f"{rec.device}\nscore", fontsize=8)
+    handles = {}
+    for ax in axes[:, 0]:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="upper right", fontsize=8)
     axes[-1, 0].set_xlabel("seconds from each device's first row")
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title, x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(out, dpi=100)
     plt.close(fig)
 
@@ -428,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
     try:
+        if args.plot:
+            pyplot()  # before the run, not after it
         pipe = pick_pipeline(str(args.config), args.pipeline)
         columns = args.columns.split(",") if args.columns else list(pipe.decoder.fields or [])
         recordings: list[Recording] = []
@@ -442,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.scores:
             write_scores(result, args.scores)
         if args.plot:
-            plot(result, args.plot, f"replay: {pipe.name}")
+            summary = ", ".join(f"{k} {v}" for k, v in metrics.items() if k in PLOT_KEYS)
+            plot(result, args.plot, f"replay: {pipe.name}" + (f" ({summary})" if summary else ""))
+            print(f"plot written to {args.plot}", file=sys.stderr)
     except (AgentError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -89,6 +89,10 @@ class Agent:
     def build(self) -> None:
         """Create and load everything (models included) without connecting."""
         cfg = self.config
+        if cfg.metrics is not None:  # bound first: a port in use stops start-up at once
+            from .metrics import MetricsServer
+
+            self.metrics = MetricsServer(self, cfg.metrics)
         self.spool = Spool(
             cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl, cfg.spool.sync
         )
@@ -208,8 +212,9 @@ class Agent:
 
         return publish
 
-    def _publish_status(self, client, state: str) -> None:
-        body = {
+    def status_record(self, state: str) -> dict:
+        """The retained status record (docs/records.md)."""
+        return {
             "agent": self.config.agent.id,
             "state": state,
             "ts": time.time(),
@@ -217,6 +222,9 @@ class Agent:
             "pipelines": self.status(),
             **self.spool_stats(),
         }
+
+    def _publish_status(self, client, state: str) -> None:
+        body = self.status_record(state)
         client.publish(self.config.agent.status_topic, orjson.dumps(body), qos=1, retain=True)
 
     def status(self) -> dict:
@@ -231,19 +239,25 @@ class Agent:
                 "decoded": c.decoded,
                 "windows": c.windows,
                 "anomalies": c.anomalies,
+                "events": c.events,
                 **p.processor.episode_stats(),
                 "errors": dict(c.errors),
                 "devices": len(p.processor.index),
+                "warming_up": p.processor.warming_up(),
             }
         return out
 
     def connection_states(self) -> list[tuple[str, str, bool]]:
         """(broker, role, connected) of every MQTT connection: sources and upstream."""
+        return [(b, role, conn.connected.is_set()) for b, role, conn in self.connections()]
+
+    def connections(self) -> list[tuple[str, str, Connection]]:
+        """(broker, role, connection) of every MQTT connection: sources and upstream."""
         out = [
-            (s.conn.name, f"source:{n}", s.conn.connected.is_set())
+            (s.conn.name, f"source:{n}", s.conn)
             for n, s in zip([p.processor.name for p in self.pipelines], self.sources)
         ]
-        out += [(name, "upstream", c.connected.is_set()) for name, c in self._connections.items()]
+        out += [(name, "upstream", c) for name, c in self._connections.items()]
         return out
 
     def schedule_summaries(self, p: Pipeline) -> None:
@@ -289,10 +303,7 @@ class Agent:
         for s in self.sources:
             s.start()
         self.started = True
-        if self.config.metrics is not None:
-            from .metrics import MetricsServer
-
-            self.metrics = MetricsServer(self, self.config.metrics)
+        if self.metrics is not None:
             self.metrics.start()
         self.log.info("agent_started", pipelines=[p.processor.name for p in self.pipelines])
 

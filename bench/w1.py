@@ -455,7 +455,11 @@ def build_models(out: Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="edge-agent bench [w1]",
+        epilog="edge-agent bench floor --help: the single-core floor benchmark",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--devices", type=int, default=100)
     p.add_argument("--duration", type=float, default=5.0, help="seconds per trial")
     p.add_argument(

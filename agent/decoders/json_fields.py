@@ -34,6 +34,12 @@ class JsonDecoderConfig(ComponentConfig):
     def _one_layout(self) -> JsonDecoderConfig:
         if self.fields is None and self.channels is None:
             raise ValueError("set `channels` (length of the values list) or `fields`")
+        if self.fields is not None and self.channels not in (None, len(self.fields)):
+            raise ValueError(
+                f"`fields` names {len(self.fields)} fields but `channels` is "
+                f"{self.channels}: with `fields` the channels are the fields; drop "
+                "`channels` or make the two agree"
+            )
         return self
 
 
@@ -102,7 +108,7 @@ class JsonDecoder:
             np.isfinite(values).all() and np.isfinite(ts).all()
         ):
             return None
-        return SampleBatch(devices, ts, seq, values)
+        return SampleBatch(devices, ts, seq, values, origin=np.arange(n))
 
     def _decode_each(self, messages: Sequence[Message]) -> SampleBatch:
         """Message by message: keeps the good ones, counts and explains the bad ones."""
@@ -112,6 +118,7 @@ class JsonDecoder:
         seq: list[int] = []
         rows: list[list[float]] = []
         kept: list[Message] = []
+        origin: list[int] = []
         errors: dict[str, int] = {}
         rejects: list[tuple[Message, str, str]] = []
 
@@ -120,7 +127,7 @@ class JsonDecoder:
             rejects.append((msg, kind, reason))
 
         seg, width, ts_key, seq_key = self._segment, self.channels, c.ts, c.seq
-        for msg in messages:
+        for index, msg in enumerate(messages):
             try:
                 obj = orjson.loads(msg.payload)
             except orjson.JSONDecodeError as e:
@@ -151,14 +158,15 @@ class JsonDecoder:
             seq.append(s)
             rows.append(vals)
             kept.append(msg)
+            origin.append(index)
         values = self._to_array(rows)
         ok = np.isfinite(values).all(axis=1) if values is not None else None
         if ok is None or not ok.all():  # drop the bad rows, keep the rest
             keep = [bool(x) for x in ok] if ok is not None else [self._row_ok(r) for r in rows]
             for i in np.flatnonzero(~np.asarray(keep, bool)):
                 reject(kept[i], "values", "non-numeric, NaN or infinite value")
-            devices, ts, seq, rows = (
-                [x for x, k in zip(col, keep) if k] for col in (devices, ts, seq, rows)
+            devices, ts, seq, rows, origin = (
+                [x for x, k in zip(col, keep) if k] for col in (devices, ts, seq, rows, origin)
             )
             values = self._to_array(rows)
         return SampleBatch(
@@ -168,6 +176,7 @@ class JsonDecoder:
             values,
             errors,
             rejects,
+            origin=np.asarray(origin, np.int64),
         )
 
     def _to_array(self, rows: list[list[float]]) -> np.ndarray | None:

@@ -53,3 +53,7 @@ def test_demo_headless_produces_events_and_final_table(data, tmp_path):
     assert int(table["windows scored"]) > 0
     ratio = float(table["data reduction"].rstrip("x"))
     assert ratio > 5
+    # stdout is a pipe: progress lines instead of a live view, warm-up first, then scoring
+    progress = [line for line in proc.stdout.splitlines() if re.match(r"^\s*\d+ s  sent ", line)]
+    assert progress, proc.stdout
+    assert all("\x1b[" not in line for line in proc.stdout.splitlines())

@@ -19,7 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import parse_config
 from agent.runtime import Agent
-from tests.support.mqtt import ROOT, AgentProcess, Collector, publish, w1_payloads
+from tests.support.mqtt import (
+    ROOT,
+    AgentProcess,
+    Collector,
+    publish,
+    runtime_env,
+    w1_payloads,
+)
 
 pytestmark = pytest.mark.mosquitto
 
@@ -84,11 +91,12 @@ def test_metrics_endpoint_scraped_and_parsed(broker, w1_models, tmp_path):
     agent.start()
     try:
         base = f"http://127.0.0.1:{agent.metrics.port}"
-        col = Collector(broker.port, [f"{prefix}-sum/#"])
+        col = Collector(broker.port, [f"{prefix}-sum/#", f"{prefix}-ev/#"])
         items = w1_payloads(10, 80)
         assert all(s.subscribed.wait(15) for s in agent.sources)  # SUBACK: nothing missed
         publish(broker.port, prefix + "/{device}/telemetry", items, qos=1)
-        assert col.wait_for(lambda: sum(m["count"] for m in col.of(prefix)) == len(items))
+        summed = lambda: sum(m["count"] for m in col.of(f"{prefix}-sum"))  # noqa: E731
+        assert col.wait_for(lambda: summed() == len(items))
         status, body = _get(base + "/metrics")
         assert status == 200
         fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
@@ -98,20 +106,39 @@ def test_metrics_endpoint_scraped_and_parsed(broker, w1_models, tmp_path):
             for s in f.samples
         }
         p = (("pipeline", "w1"),)
-        assert value[("edge_agent_received_total", p)] == len(items)
-        assert value[("edge_agent_decoded_total", p)] == len(items)
-        assert value[("edge_agent_windows_total", p)] == 10 * ((80 - 32) // 8 + 1)
+        assert value[("edge_agent_messages_received_total", p)] == len(items)
+        assert value[("edge_agent_samples_decoded_total", p)] == len(items)
+        assert value[("edge_agent_windows_scored_total", p)] == 10 * ((80 - 32) // 8 + 1)
+        assert value[("edge_agent_intake_queue_messages", p)] == 0
         batches = value[("edge_agent_inference_seconds_count", p)]
         assert batches >= 1
-        assert value[("edge_agent_batch_windows_sum", p)] == value[("edge_agent_windows_total", p)]
-        assert ("edge_agent_spool_depth", ()) in value
+        scored = value[("edge_agent_windows_scored_total", p)]
+        assert value[("edge_agent_batch_windows_sum", p)] == scored
+        assert ("edge_agent_spool_records", ()) in value
+        assert ("edge_agent_spool_bytes", ()) in value
         opened = value[("edge_agent_episodes_opened_total", p)]
         assert opened >= 1  # the W1 payloads carry spikes
         assert opened == (
             value[("edge_agent_episodes_closed_total", p)] + value[("edge_agent_episodes_open", p)]
         )
         assert value[("edge_agent_episodes_suppressed_total", p)] == 0
+        emitted = value[("edge_agent_events_emitted_total", p)]
+        assert emitted >= opened + value[("edge_agent_episodes_closed_total", p)]
+        assert col.wait_for(lambda: len(col.of(f"{prefix}-ev")) == emitted)
+        assert value[("edge_agent_devices", p)] == 10
+        assert value[("edge_agent_devices_warming_up", p)] == 0  # fixed threshold: none
+        sink = (("pipeline", "w1"), ("sink", "0"), ("type", "mqtt"))
+        assert value[("edge_agent_records_delivered_total", sink)] >= 10
         assert all(v == 1 for (n, _), v in value.items() if n == "edge_agent_broker_connected")
+        assert all(
+            v == 0 for (n, _), v in value.items() if n == "edge_agent_broker_reconnects_total"
+        )
+        (build,) = fams["edge_agent_build_info"].samples
+        assert build.value == 1 and set(build.labels) == {"version", "python", "onnxruntime"}
+        assert value[("process_resident_memory_bytes", ())] > 0
+        assert value[("process_cpu_seconds_total", ())] > 0
+        old_names = {"edge_agent_received", "edge_agent_queued", "edge_agent_spool_depth"}
+        assert not old_names & set(fams)
         assert _get(base + "/healthz")[0] == 200
         code, ready = _get(base + "/readyz")
         assert code == 200 and orjson.loads(ready)["ready"] is True
@@ -127,9 +154,11 @@ def _agent_proc(cfg: dict, path: Path) -> AgentProcess:
     return proc
 
 
-def _reload(cfg_path: Path) -> subprocess.CompletedProcess:
+def _reload(cfg_path: Path, other: Path | None = None) -> subprocess.CompletedProcess:
+    """``edge-agent reload -c`` for the agent run from ``cfg_path`` (``other``: apply that)."""
     return subprocess.run(
-        [sys.executable, "-m", "agent", "reload", "-c", str(cfg_path)],
+        [sys.executable, "-m", "agent", "reload", "-c", str(other or cfg_path)],
+        env=runtime_env(cfg_path),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -124,13 +124,20 @@ def publish(port: int, topic_fmt: str, items, qos: int = 0) -> None:
     c.disconnect()
 
 
+def runtime_env(config: Path) -> dict[str, str]:
+    """The environment of an agent (and its ``reload``) run from ``config``: its PID file in
+    the config's folder, so a killed agent leaves nothing in /tmp and test runs beside each
+    other never share one."""
+    return {**os.environ, "RUNTIME_DIRECTORY": str(config.parent)}
+
+
 class AgentProcess:
     """``edge-agent run`` as a subprocess; ready once its source subscribed."""
 
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
+    def __init__(self, config: Path, env: dict[str, str], *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "-c", str(config)],
-            env={**os.environ, **env},
+            [sys.executable, "-m", "agent", "run", "-c", str(config), *args],
+            env={**runtime_env(config), **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=ROOT,

@@ -61,7 +61,8 @@ def test_every_error_is_reported(tmp_path):
     size_error = "pipelines[0].window.size: Input should be a valid integer, unable to parse"
     assert any(e.startswith(size_error) for e in errs), errs
     assert "pipelines[0].handler.threads: Input should be greater than or equal to 1" in errs
-    assert "pipelines[0].sinks[0].unknown_key: Extra inputs are not permitted" in errs
+    extra = "pipelines[0].sinks[0].unknown_key: Extra inputs are not permitted; expected one of"
+    assert any(e.startswith(extra) for e in errs), errs
     assert "brokers.local.port: Input should be less than 65536" in errs
 
 
@@ -70,6 +71,44 @@ def test_unknown_type_lists_known_names(tmp_path):
     (err,) = errors_of(p)
     assert err.startswith("pipelines[0].handler.type: unknown handler 'nope'; known: ")
     assert "onnx_autoencoder" in err
+
+
+def test_misspelt_keys_get_the_closest_known_key(tmp_path):
+    """A typo anywhere (section, pipeline, component, broker by name) names what was meant."""
+
+    def edit(d):
+        pipe = d["pipelines"][0]
+        pipe["windw"] = pipe.pop("window")
+        pipe["decoder"]["devise"] = pipe["decoder"].pop("device")
+        d["brokers"]["local"]["keepalvie"] = 10
+        d["spol"] = {}
+
+    errs = errors_of(w1_with(tmp_path, edit))
+    for line in (
+        "pipelines[0].windw: Extra inputs are not permitted; did you mean 'window'?",
+        "pipelines[0].decoder.devise: Extra inputs are not permitted; did you mean 'device'?",
+        "brokers.local.keepalvie: Extra inputs are not permitted; did you mean 'keepalive'?",
+        "spol: Extra inputs are not permitted; did you mean 'spool'?",
+    ):
+        assert line in errs, errs
+
+
+def test_fields_and_channels_must_agree(tmp_path):
+    def edit(d):
+        d["pipelines"][0]["decoder"].update(fields=["a", "b", "c"], channels=4)
+        d["pipelines"][0]["decoder"].pop("values", None)
+
+    assert errors_of(w1_with(tmp_path, edit)) == [
+        "pipelines[0].decoder: Value error, `fields` names 3 fields but `channels` is 4: "
+        "with `fields` the channels are the fields; drop `channels` or make the two agree"
+    ]
+
+
+def test_unknown_type_near_a_known_one(tmp_path):
+    p = w1_with(tmp_path, lambda d: d["pipelines"][0]["sinks"][0].update(type="mqqt"))
+    (err,) = errors_of(p)
+    assert err.startswith("pipelines[0].sinks[0].type: unknown sink 'mqqt'; known: ")
+    assert err.endswith("; did you mean 'mqtt'?")
 
 
 def test_unknown_broker_and_missing_env(tmp_path, monkeypatch):

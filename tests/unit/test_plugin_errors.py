@@ -128,3 +128,44 @@ def test_components_shows_plugin_origin(capsys):
     assert main(["schema"]) == 0
     out = capsys.readouterr().out
     assert '"PeopleFlowConfig"' in out and '"BearingConfig"' in out
+
+
+def test_component_of_another_kind_is_named():
+    """A plugin decoder written as a handler: the error says what it is and where from."""
+    with pytest.raises(PluginError) as e:
+        Registry().get("handler", "vibration_block")
+    assert str(e.value).endswith(
+        "'vibration_block' is a decoder (edge-stream-agent-vibration 0.1.0), not a handler"
+    )
+
+
+def test_plugin_not_installed_names_the_plugin():
+    """A shipped plugin's component while that plugin is not installed: how to get it."""
+    reg = Registry()
+    reg._eps = {kind: {} for kind in ("decoder", "handler", "sink")}  # nothing installed
+    with pytest.raises(PluginError) as e:
+        reg.get("decoder", "vibration_block")
+    assert str(e.value) == (
+        "unknown decoder 'vibration_block'; known: deepstream_analytics, deepstream_full, "
+        "deepstream_minimal, detections_json, json, sparkplug_b; 'vibration_block' comes with "
+        "the edge-stream-agent-vibration plugin, which is not installed (from the edge-agent "
+        "repository: pip install ./plugins/vibration)"
+    )
+
+
+def test_plugin_table_matches_the_shipped_plugins():
+    """The hint table lists exactly the entry points of plugins/*/pyproject.toml."""
+    import tomllib
+
+    from agent.builtins import PLUGIN_COMPONENTS
+    from agent.registry import GROUPS
+
+    root = Path(__file__).resolve().parents[2]
+    found: dict[str, dict[str, tuple[str, str]]] = {kind: {} for kind in GROUPS}
+    for toml in sorted(root.glob("plugins/*/pyproject.toml")):
+        project = tomllib.loads(toml.read_text())["project"]
+        folder = str(toml.parent.relative_to(root))
+        for kind, group in GROUPS.items():
+            for name in project.get("entry-points", {}).get(group, {}):
+                found[kind][name] = (project["name"], folder)
+    assert found == PLUGIN_COMPONENTS

@@ -102,3 +102,26 @@ def test_timestamps_beyond_the_skew_are_rejected_and_counted(processor_factory):
     off = processor_factory(max_clock_skew=None)
     off.process(msgs)
     assert off.counters.decoded == 6 and not off.counters.errors
+
+
+def test_rejected_timestamps_name_the_topic_and_guess_the_unit(processor_factory):
+    """Samples in milliseconds, microseconds or from an unset clock: one reject per message
+    for the dead letter, each with the reason and what probably went wrong."""
+    p = processor_factory(max_clock_skew="1h")
+    now = time.time()
+    msgs = [good("a", 0, now * 1e3), good("b", 1, now * 1e6), good("c", 2, 5.0)]
+    msgs.append(good("d", 3, now + 86400 * 30))
+    p.process(msgs)
+    assert p.counters.errors == {"ts_future": 3, "ts_past": 1}
+    got = {m.topic: (kind, reason) for m, kind, reason in p.rejected}
+    assert set(got) == {m.topic for m in msgs}
+    assert got[msgs[0].topic][0] == "ts_future"
+    assert got[msgs[0].topic][1].endswith(
+        "ts looks like milliseconds since 1970: send unix seconds (ts / 1000)"
+    )
+    assert got[msgs[1].topic][1].endswith("(ts / 1000000)")
+    assert got[msgs[2].topic] == ("ts_past", got[msgs[2].topic][1])
+    assert got[msgs[2].topic][1].endswith(
+        "the source's clock is not set: fix it, or source.max_clock_skew: none"
+    )
+    assert "ts looks like" not in got[msgs[3].topic][1]

@@ -83,6 +83,19 @@ def test_replay_table_and_plot(recording, tmp_path, capsys):
     out = capsys.readouterr()
     assert "episodes" in out.out and "detected" in out.out and "replay [" in out.err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"plot written to {png}" in out.err
+
+
+def test_replay_plot_without_matplotlib_fails_before_the_run(
+    recording, tmp_path, capsys, monkeypatch
+):
+    import sys
+
+    cfg, path = recording
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main([*replay_args(cfg, path), "--plot", str(tmp_path / "replay.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "replay [" not in err  # nothing replayed
 
 
 def test_replay_names_a_missing_column_and_a_wrong_width(recording, tmp_path, capsys):

@@ -169,3 +169,20 @@ def test_reload_keeps_warmup_state_on_the_adopted_devices(w1_models):
     assert changed.warmup is not new.warmup
     _, scored = changed.process(batch(range(500), 70))
     assert scored is None or not len(scored.devices)  # warming up again: nothing scored
+
+
+def test_devices_warming_up_are_counted(w1_models):
+    """`edge_agent_devices_warming_up`: devices tracked whose warm-up is not complete."""
+    proc = processor(str(w1_models[0]), warmup=40)
+    assert proc.warming_up() == 0
+
+    def batch(device: str, n: int, start: int = 0) -> list[Message]:
+        return [
+            Message(f"p/{device}/t", orjson.dumps({"ts": T0 + k, "v": [0.1 * k] * 8}))
+            for k in range(start, start + n)
+        ]
+
+    proc.process(batch("a", 39) + batch("b", 40))
+    assert proc.warming_up() == 1  # b is calibrated, a lacks one sample
+    proc.process(batch("a", 1, 39))
+    assert proc.warming_up() == 0
