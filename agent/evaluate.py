@@ -7,8 +7,9 @@ windows are compared with the labels.
 - SKAB: each of the 34 anomaly files is one device; its first 400 rows are the warm-up
   (normaliser and ``threshold: auto``), every later row is scored by the hop-1 window that
   ends on it; pointwise F1/FAR/MAR and the changepoint scores, pooled (BASELINES.json).
-- AI4I: the fixed stratified 20 % test split, one row per window; binary F1, precision,
-  recall, PR-AUC of the failure score and macro-F1 of the failure modes.
+- AI4I: the fixed stratified 20 % test split, one row per window, through the classifier
+  kind (``onnx_classifier``); binary F1, precision, recall, PR-AUC of ``1 - P(none)``,
+  macro-F1 and per-mode precision/recall of the most likely class.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def evaluate_ai4i(model: str, root: str | None) -> dict:
         _pipeline(
             {"channels": data.x.shape[1]},
             {"size": 1, "hop": 1},
-            {"type": "onnx", "model": model, "threshold": 0.5, "details": ["mode"]},
+            {"type": "onnx_classifier", "model": model, "threshold": 0.5},
             None,
         ),
         "evaluate",
@@ -168,12 +169,12 @@ def evaluate_ai4i(model: str, root: str | None) -> dict:
     proc = build_processor(cfg.pipelines[0])
     now = np.full(len(test), time.time())
     rec = replay(proc, [("machine", data.x[test], now)], 1, "ai4i")["machine"]
-    mode = np.array([d["mode"] for d in rec["details"]], np.int64)
+    mode = np.array([d["class"] for d in rec["details"]], np.int64)  # most likely class
     modes = data.modes.shape[1]
     onehot = np.eye(modes + 1, dtype=np.int64)[mode][:, 1:]  # class 0 is "no failure"
     result = metrics.ai4i_metrics(
         data.failure[test], rec["score"], data.modes[test], onehot, threshold=0.5
-    )
+    ) | metrics.per_class(data.modes[test], onehot, datasets.AI4I_MODES)
     result["f1_pipeline"] = metrics.binary_f1(data.failure[test], rec["anomalous"])[0]
     plot = {"scores": [rec["score"]], "thresholds": [0.5], "labels": [data.failure[test]]}
     return {"metrics": result, "plot": plot}
@@ -222,6 +223,10 @@ def draw(plot: dict, out: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cmapss"]:  # run-to-failure engines: remaining useful life, own module
+        from .evaluate_rul import main as cmapss_main
+
+        return cmapss_main(argv[1:])
     if argv[:1] == ["cwru"]:  # bearing data: evaluated by the vibration plugin's own module
         try:
             from edge_agent_vibration.evaluate import main as cwru_main
