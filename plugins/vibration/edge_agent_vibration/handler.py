@@ -9,7 +9,6 @@ exceeds the threshold, and its event names the most likely fault (``class``,
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,21 +17,10 @@ from pydantic import Field
 
 from agent.config import ComponentConfig
 from agent.errors import ModelError
+from agent.handlers.typed import metadata as model_metadata
 
 from . import MODEL
 from .features import feature_names, features
-
-
-def model_metadata(session: Any) -> dict[str, Any]:
-    """The model's own metadata (JSON values written by build_model); entries that tools
-    such as the quantizer add as plain strings (``onnx.infer``) are left out."""
-    out = {}
-    for k, v in session.get_modelmeta().custom_metadata_map.items():
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 class BearingConfig(ComponentConfig):
