@@ -5,10 +5,13 @@ this measures what it costs the ``score`` kind's hot path. Both trees (this chec
 ``--baseline`` extracted with ``git archive`` into a temporary folder) run the W1 pipeline
 (``configs/w1.yaml``: JSON, 32x8 windows, hop 8, the W1 fp32 autoencoder, events per window)
 over the same pre-made messages of 100 devices in batches of 1,024, with no broker: each
-trial is a fresh subprocess on one tree, trials alternate between the trees so that load from
-other processes falls on both alike, and each reports messages per second of ``process``.
+trial is a fresh subprocess on one tree that makes ``--passes`` passes on fresh processors
+and reports the best pass's messages per CPU second of ``process`` (the machine is shared:
+CPU time, not wall time, and the best pass, so that waiting for the CPU is not counted as
+the code's cost); trials alternate between the trees so that load from other processes
+falls on both alike.
 
-    python -m bench.dispatch [--baseline main] [--trials 6] [--messages 60000]
+    python -m bench.dispatch [--baseline main] [--trials 6] [--messages 60000] [--passes 5]
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ model, n, devices = sys.argv[1], int(sys.argv[2]), 100
 cfg = load_config(sys.argv[3])
 pipe = cfg.pipelines[0]
 pipe = pipe.model_copy(update={"handler": pipe.handler.model_copy(update={"model": model})})
-proc = build_processor(pipe)
 rng = np.random.default_rng(0)
 now = time.time()
 values = rng.normal(0, 1, (n, 8)).round(3)
@@ -48,15 +50,19 @@ msgs = [
     for i in range(n)
 ]
 batches = [msgs[i : i + 1024] for i in range(0, n, 1024)]
-for b in batches[:5]:
-    proc.process(b)  # warm-up: devices known, windows filled
-start = time.perf_counter()
-for b in batches[5:]:
-    proc.process(b)
-elapsed = time.perf_counter() - start
-done = sum(len(b) for b in batches[5:])
+best = 0.0
+for _ in range(int(sys.argv[4])):  # passes on fresh processors: the best one counts
+    proc = build_processor(pipe)
+    for b in batches[:5]:
+        proc.process(b)  # warm-up: devices known, windows filled
+    start = time.process_time()  # CPU time: a pass preempted by other processes is not slower
+    for b in batches[5:]:
+        proc.process(b)
+    elapsed = time.process_time() - start
+    done = sum(len(b) for b in batches[5:])
+    best = max(best, done / elapsed)
 import agent
-print(json.dumps({"msg_per_s": done / elapsed, "windows": proc.counters.windows,
+print(json.dumps({"msg_per_s": best, "windows": proc.counters.windows,
                   "anomalies": proc.counters.anomalies, "agent": agent.__file__}))
 """
 
@@ -73,10 +79,11 @@ def extract(rev: str, into: Path) -> Path:
     return tree
 
 
-def trial(tree: Path, model: Path, messages: int) -> dict:
+def trial(tree: Path, model: Path, messages: int, passes: int) -> dict:
     """One fresh process running :data:`TRIAL` with ``tree`` first on the import path."""
+    config = str(REPO / "configs/w1.yaml")
     out = subprocess.run(
-        [sys.executable, "-c", TRIAL, str(model), str(messages), str(REPO / "configs/w1.yaml")],
+        [sys.executable, "-c", TRIAL, str(model), str(messages), config, str(passes)],
         cwd=tree,
         env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
         capture_output=True,
@@ -90,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench.dispatch", description=__doc__.splitlines()[0])
     p.add_argument("--baseline", default="main", help="git revision to compare with")
     p.add_argument("--trials", type=int, default=6, help="trials per tree (alternating)")
-    p.add_argument("--messages", type=int, default=60_000, help="messages per trial")
+    p.add_argument("--messages", type=int, default=60_000, help="messages per pass")
+    p.add_argument(
+        "--passes",
+        type=int,
+        default=5,
+        help="passes per trial on fresh processors; the best counts",
+    )
     args = p.parse_args(argv)
     from agent.training import w1
 
@@ -103,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         for _ in range(args.trials):
             for name, tree in trees.items():
-                got = trial(tree, fp32, args.messages)
+                got = trial(tree, fp32, args.messages, args.passes)
                 if not got["agent"].startswith(str(tree)):
                     raise RuntimeError(f"{name}: imported {got['agent']}, not from {tree}")
                 rates[name].append(got["msg_per_s"])
@@ -115,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "baseline": args.baseline,
         "messages": args.messages,
+        "passes": args.passes,
         "trials": args.trials,
-        "median_msg_per_s": {"baseline": round(base), "this": round(this)},
-        "best_msg_per_s": {k: round(max(v)) for k, v in rates.items()},
+        "median_msg_per_cpu_s": {"baseline": round(base), "this": round(this)},
+        "best_msg_per_cpu_s": {k: round(max(v)) for k, v in rates.items()},
         "change_pct": round(100 * (this / base - 1), 2),
         "spread_pct": {
             k: round(100 * (max(v) - min(v)) / float(np.median(v)), 1) for k, v in rates.items()
