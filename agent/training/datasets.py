@@ -210,8 +210,14 @@ def cmapss_test(folder: str | os.PathLike[str]) -> Cmapss:
     """NASA's FD001 test protocol from ``folder``: ``test_FD001.txt`` (truncated engines) and
     ``RUL_FD001.txt`` (true RUL at each engine's last cycle, one line per engine)."""
     base = Path(folder)
+    for name in ("test_FD001.txt", "RUL_FD001.txt"):
+        if not (base / name).is_file():
+            raise DatasetNotFound(
+                f"{base / name}: not found (--data names a folder holding NASA's FD001 test "
+                "files test_FD001.txt and RUL_FD001.txt)"
+            )
     unit, cycle, values = read_cmapss(base / "test_FD001.txt")
-    ruls = np.loadtxt(_require(base / "RUL_FD001.txt", "RUL_FD001.txt"), ndmin=1)
+    ruls = np.loadtxt(base / "RUL_FD001.txt", ndmin=1)
     engines = np.unique(unit).tolist()
     if len(ruls) != len(engines):
         raise ValueError(

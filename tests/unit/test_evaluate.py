@@ -99,7 +99,10 @@ def test_cmapss_with_data_uses_the_test_protocol(capsys, tmp_path):
 
 
 def test_cmapss_with_a_wrong_folder_is_a_clear_error(capsys, tmp_path):
+    assert main(["evaluate", "cmapss", "--data", str(tmp_path)]) == 2
+    assert "test_FD001.txt and RUL_FD001.txt" in capsys.readouterr().err
     (tmp_path / "test_FD001.txt").write_text("1 1 0 0 100\n")
+    (tmp_path / "RUL_FD001.txt").write_text("10\n")
     assert main(["evaluate", "cmapss", "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "test_FD001.txt: 5 columns, expected 26" in err
