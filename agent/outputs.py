@@ -207,7 +207,8 @@ class Estimates(_SlotArrays):
 
     def add(self, slots: np.ndarray, decided: Decided) -> None:
         value = decided.details[self.quantity]
-        self.last[slots] = value  # in arrival order: the last write of a slot is its newest
+        devices, newest = np.unique(slots[::-1], return_index=True)  # each slot's last window
+        self.last[devices] = value[::-1][newest]
         pick = np.fmin if self.lower else np.fmax
         pick.at(self.worst, slots, value)
 
