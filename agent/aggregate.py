@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .windows import DeviceIndex, Groups
 
+if TYPE_CHECKING:
+    from .outputs import Decided, KindSummary
+
 
 class Summaries:
     """Counts samples, windows, score sum/max, anomalies and episodes per device until
-    flushed."""
+    flushed; ``typed`` adds a typed output kind's own per-device figures (class counts,
+    last and worst estimate)."""
 
     def __init__(self, index: DeviceIndex) -> None:
         self.index = index
         self._alloc(index.capacity)
         index.on_grow.append(self._grow)
+        self.typed: KindSummary | None = None
 
     def _alloc(self, n: int) -> None:
         self.count = np.zeros(n, np.int64)
@@ -43,6 +50,10 @@ class Summaries:
         np.add.at(self.anomalies, slots, anomalous.astype(np.int64))
         np.add.at(self.score_sum, slots, scores)
         np.maximum.at(self.score_max, slots, scores)
+
+    def add_typed(self, slots: np.ndarray, decided: Decided) -> None:
+        if self.typed is not None:
+            self.typed.add(slots, decided)
 
     def flush(self, open_now: np.ndarray | None = None) -> list[dict]:
         """One summary per device that sent samples or had windows scored; then reset.
@@ -76,6 +87,11 @@ class Summaries:
                 open_now[active].tolist(),
             ):
                 rec.update(episodes_opened=o, episodes_closed=c, episode_open=now)
+        if self.typed is not None:
+            for rec, more in zip(out, self.typed.flush(active)):
+                for k in self.typed.replaces:
+                    rec.pop(k, None)
+                rec.update(more)
         for k in self._SUMS:
             getattr(self, k)[active] = 0
         self.score_max[active] = -np.inf

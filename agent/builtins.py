@@ -12,6 +12,8 @@ BUILTINS: dict[str, dict[str, str]] = {
     "handler": {
         "onnx": "agent.handlers.onnx_model:OnnxHandler",
         "onnx_autoencoder": "agent.handlers.onnx_model:OnnxHandler",
+        "onnx_classifier": "agent.handlers.typed:OnnxClassifier",
+        "onnx_regression": "agent.handlers.typed:OnnxRegressor",
         "baseline": "agent.handlers.baseline:BaselineHandler",
     },
     "sink": {

@@ -255,6 +255,12 @@ class RuleConfig(Model):
         None, description="after a close, the device opens no episode for this long"
     )
     severity: SeverityConfig = SeverityConfig()
+    reset_on_restart: bool = Field(
+        False,
+        description="a device whose `seq` goes back (the decoder's sequence field, e.g. an "
+        "engine's cycle counter restarting after maintenance) starts a new life: its open "
+        "episode closes (reason `reset`) and windows spanning the restart are not scored",
+    )
     flood: FloodConfig | None = Field(
         FloodConfig(),
         description="flood guard: beyond `limit` openings per `period` one `flood` event, "

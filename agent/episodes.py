@@ -222,6 +222,18 @@ class Episodes:
                 out.append(closed)
         return out
 
+    def reset(self, slots: list[int], ts: list[float]) -> list[Transition]:
+        """A device restarted (maintenance): its open episode closes (reason ``reset``),
+        a pending opening is forgotten and no cooldown follows."""
+        out = []
+        for s, t in zip(slots, ts):
+            if self.open[s]:
+                closed = self._close(s, -1, t, "reset")
+                if closed.kind:
+                    out.append(closed)
+            self.run[s], self.quiet_until[s] = 0, -np.inf
+        return out
+
     def take_pending(self) -> list[Transition]:
         out, self.pending = [t for t in self.pending if t.kind], []
         return out

@@ -8,8 +8,9 @@ with the labels.
 - SKAB: each of the 34 anomaly files is one device; its first 400 rows are the warm-up
   (normaliser and ``threshold: auto``), every later row is scored by the hop-1 window that
   ends on it; pointwise F1/FAR/MAR and the changepoint scores, pooled (BASELINES.json).
-- AI4I: the fixed stratified 20 % test split, one row per window; binary F1, precision,
-  recall, PR-AUC of the failure score and macro-F1 of the failure modes.
+- AI4I: the fixed stratified 20 % test split, one row per window, through the classifier
+  kind (``onnx_classifier``); binary F1, precision, recall, PR-AUC of ``1 - P(none)``,
+  macro-F1 and per-mode precision/recall of the most likely class.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def evaluate_ai4i(model: str, root: str | None) -> dict:
         _pipeline(
             {"channels": data.x.shape[1]},
             {"size": 1, "hop": 1},
-            {"type": "onnx", "model": model, "threshold": 0.5, "details": ["mode"]},
+            {"type": "onnx_classifier", "model": model, "threshold": 0.5},
             None,
             {"flood": None},
         ),
@@ -149,14 +150,14 @@ def evaluate_ai4i(model: str, root: str | None) -> dict:
     )
     ts = AI4I_T0 + np.arange(len(test), dtype=np.float64)
     recordings = replay.recordings_of([("machine", data.x[test], ts, data.failure[test] > 0)])
-    result = replay.replay(cfg.pipelines[0], recordings, progress=True, details=["mode"])
+    result = replay.replay(cfg.pipelines[0], recordings, progress=True, details=["class"])
     trace = result.traces["machine"]
-    mode = trace.details["mode"].astype(np.int64)
+    mode = trace.details["class"].astype(np.int64)  # most likely class
     modes = data.modes.shape[1]
     onehot = np.eye(modes + 1, dtype=np.int64)[mode][:, 1:]  # class 0 is "no failure"
     out = metrics.ai4i_metrics(
         data.failure[test], trace.score, data.modes[test], onehot, threshold=0.5
-    )
+    ) | metrics.per_class(data.modes[test], onehot, datasets.AI4I_MODES)
     out["f1_pipeline"] = metrics.binary_f1(data.failure[test], trace.anomalous)[0]
     plot = {
         "scores": [trace.score],
@@ -240,6 +241,10 @@ def draw(plot: dict, out: Path, title: str, metrics: dict | None = None) -> None
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cmapss"]:  # run-to-failure engines: remaining useful life, own module
+        from .evaluate_rul import main as cmapss_main
+
+        return cmapss_main(argv[1:])
     if argv[:1] == ["cwru"]:  # bearing data: evaluated by the vibration plugin's own module
         try:
             from edge_agent_vibration.evaluate import main as cwru_main

@@ -20,9 +20,11 @@ from .calibration import MIN_BUDGET_WINDOWS
 from .config import PipelineConfig
 from .episodes import CLOSED, FLOOD, OPENED, Episodes, Transition
 from .metrics import BatchStats
+from .outputs import Decision, decision_for
 from .protocols import Attributing, Decoder, ModelHandler, NamedChannels, StreamHandler
 from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from .registry import Registry
+from .restarts import Restarts
 from .rule import Hold
 from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex, Groups
@@ -59,6 +61,23 @@ class Counters:
     def add_errors(self, errors: dict[str, int]) -> None:
         for k, v in errors.items():
             self.errors[k] = self.errors.get(k, 0) + v
+
+
+@dataclass(slots=True)
+class Lives:
+    """Per sample of a batch: absolute position, life start now and before the batch, slot
+    and time; the samples that restart their device; ``due``: the scored samples."""
+
+    pos: np.ndarray
+    start: np.ndarray
+    before: np.ndarray
+    restarted: np.ndarray | None  # indices of the samples that restart their device
+    slots: np.ndarray
+    ts: np.ndarray
+    due: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def reset(self, episodes: Episodes, i: int) -> list[Transition]:
+        return episodes.reset([int(self.slots[i])], [float(self.ts[i])])
 
 
 @dataclass(slots=True)
@@ -114,6 +133,8 @@ class Processor:
         names = decoder.channel_names if isinstance(decoder, NamedChannels) else []
         self.channel_names: list[str | int] = [*names] or list(range(decoder.channels))
         self.attributes = False  # set by load(): whether the loaded handler names causes
+        self.decision: Decision | None = None  # set by load(): None for the score kind
+        self.restarts = Restarts(self.index) if config.rule.reset_on_restart else None
         self._check_budget()
 
     def _check_budget(self) -> None:
@@ -140,6 +161,8 @@ class Processor:
         self.handler.load(self.config.window.size, self.decoder.channels)
         handler = self.handler
         self.attributes = isinstance(handler, Attributing) and handler.attributes
+        self.decision = None if self.stateful else decision_for(handler)
+        self.summaries.typed = self.decision.summary(self.index) if self.decision else None
 
     def _next_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids)}"
@@ -206,14 +229,26 @@ class Processor:
             if self.warmup
             else None
         )
+        lives = self._lives(slots, batch, groups) if self.restarts is not None else None
         due, windows = self.windows.push(slots, batch.values, groups)
         if calibrated is not None:  # windows ending inside a device's warm-up are not scored
             keep = calibrated[due]
             due, windows = due[keep], windows[keep]
+        if lives is not None:  # windows spanning a restart mix two lives: not scored
+            keep = lives.pos[due] - self.config.window.size + 1 >= lives.start[due]
+            due, windows = due[keep], windows[keep]
+            lives.due = due
+            if not len(due) and self.episodes is not None:
+                events += self._episode_records(self._step_episodes(due, None, lives))
         if not len(due):
             return events, None
         started = time.perf_counter()
-        if self.warmup:
+        decided = None
+        if self.decision is not None:  # a typed kind: its rule gives severity and threshold
+            x = self.warmup.normalise(slots[due], windows) if self.warmup else windows
+            decided = self.decision.decide(x)
+            scores, threshold = decided.severity, decided.threshold
+        elif self.warmup:
             scores = np.asarray(self.warmup.score(self.handler, slots[due], windows), np.float64)
             threshold = self.warmup.threshold[slots[due]]
         else:
@@ -224,6 +259,8 @@ class Processor:
         if self.hold:
             anomalous = self.hold.apply(slots[due], anomalous)
         self.summaries.add_scores(slots[due], scores, anomalous)
+        if decided is not None:
+            self.summaries.add_typed(slots[due], decided)
         self.counters.windows += len(due)
         self.counters.anomalies += int(anomalous.sum())
         scored = Scored(
@@ -232,33 +269,89 @@ class Processor:
             batch.seq[due],
             scores,
             anomalous,
-            dict(getattr(self.handler, "last_details", {})),
+            {**getattr(self.handler, "last_details", {}), **(decided.details if decided else {})},
             threshold,
         )
         if self.episodes is not None:
-            moves = self.episodes.step(slots[due], scored.ts, scores, threshold)
+            moves = self._step_episodes(slots[due], scored, lives, threshold)
             scored.open = self.episodes.open[slots[due]]
             events += self._episode_records(moves, scored, slots[due], windows)
             return events, scored
         hits = np.flatnonzero(anomalous)
         if len(hits):
-            describe = getattr(self.handler, "describe", None)
-            extra = describe(hits) if describe else [{}] * len(hits)
+            extra = self._describe(hits)
             causes = self._causes(slots[due][hits], windows[hits])
+            keep_score = self.decision is None or self.decision.keeps_score
             for k, (i, more) in enumerate(zip(hits.tolist(), extra)):
                 device = scored.devices[i]
                 payload = {
                     "device": device,
                     "ts": float(scored.ts[i]),
                     "seq": int(scored.seq[i]),
-                    "score": float(scores[i]),
-                    "threshold": float(threshold[i]),
+                    **(
+                        {"score": float(scores[i]), "threshold": float(threshold[i])}
+                        if keep_score
+                        else {}
+                    ),
                     "pipeline": self.name,
                     **more,
                     **({"cause": causes[k]} if causes else {}),
                 }
                 events.append(Record(EVENT, self.name, device, payload, self._next_id()))
         return events, scored
+
+    def _lives(self, slots: np.ndarray, batch: SampleBatch, groups: Groups) -> Lives:
+        """Each sample's absolute position and life start (``rule.reset_on_restart``), and
+        the devices that restarted in this batch."""
+        assert self.restarts is not None
+        pos = self.windows.count[slots] + groups.rank
+        before = self.restarts.start[slots]
+        found, start = self.restarts.push(slots, batch.seq, groups, pos)
+        return Lives(pos, start, before, found if len(found) else None, slots, batch.ts)
+
+    def _step_episodes(
+        self, slots: np.ndarray, scored: Scored | None, lives: Lives | None, threshold=None
+    ) -> list[Transition]:
+        """Advance the episodes of scored windows. A device that restarted in this batch
+        (rare) has its old life's windows stepped first, then its episode reset, then the
+        windows of its new life; transitions keep their window's index in the batch."""
+        episodes = self.episodes
+        assert episodes is not None
+        if lives is None or lives.restarted is None:
+            return (
+                [] if scored is None else episodes.step(slots, scored.ts, scored.scores, threshold)
+            )
+        restarts = lives.restarted.tolist()
+        if scored is None:  # no window scored in this batch
+            return [m for i in restarts for m in lives.reset(episodes, i)]
+        fresh = lives.start[lives.due] > lives.before[lives.due]
+
+        def step(part: np.ndarray) -> list[tuple[int, Transition]]:
+            out, key = [], -1
+            for m in episodes.step(
+                slots[part], scored.ts[part], scored.scores[part], threshold[part]
+            ):
+                if m.index >= 0:
+                    m.index = int(part[m.index])
+                    key = int(lives.due[m.index])
+                out.append((key, m))  # a flood transition follows the window before it
+            return out
+
+        keyed = step(np.flatnonzero(~fresh))  # the old lives' windows first
+        for i in restarts:
+            keyed += [(i, m) for m in lives.reset(episodes, i)]
+        keyed += step(np.flatnonzero(fresh))
+        keyed.sort(key=lambda km: km[0])  # in sample order, as batches of one would give
+        return [m for _, m in keyed]
+
+    def _describe(self, hits: np.ndarray) -> list[dict]:
+        """Event fields of windows ``hits`` of the last decision: the typed kind's (class,
+        estimate and interval) and the handler's own ``describe`` extras."""
+        describe = getattr(self.handler, "describe", None)
+        extra = describe(hits) if describe else [{}] * len(hits)
+        if self.decision is None:
+            return extra
+        return [{**typed, **more} for typed, more in zip(self.decision.fields(hits), extra)]
 
     def _causes(self, slots: np.ndarray, windows: np.ndarray, top: int = 3) -> list[list[dict]]:
         """The top channels of each window's score with their shares; [] when the handler
@@ -295,9 +388,7 @@ class Processor:
         causes: dict[int, list[dict]] = {}
         if described and scored is not None and slots is not None and windows is not None:
             causes = dict(zip(described, self._causes(slots[described], windows[described])))
-            describe = getattr(self.handler, "describe", None)
-            if describe:
-                more = dict(zip(described, describe(np.array(described, np.int64))))
+            more = dict(zip(described, self._describe(np.array(described, np.int64))))
         out = []
         for m in moves:
             payload: dict = {"event": m.kind, "pipeline": self.name}
@@ -312,19 +403,21 @@ class Processor:
                 payload["ts"] = m.fields["closed_at"]
                 payload["episode"] = episodes.ids.pop(s, "")
                 self.summaries.closed[s] += 1
+                if self.decision is not None:
+                    m.fields = self.decision.closed(m.fields)
             else:
                 assert scored is not None
                 if m.kind == OPENED:
                     episodes.ids[s] = rec_id
                     self.summaries.opened[s] += 1
                 payload.update(
-                    episode=episodes.ids[s],
-                    ts=float(scored.ts[i]),
-                    seq=int(scored.seq[i]),
-                    score=float(scored.scores[i]),
-                    threshold=float(episodes.threshold[s]),
-                    **more.get(i, {}),
+                    episode=episodes.ids[s], ts=float(scored.ts[i]), seq=int(scored.seq[i])
                 )
+                if self.decision is None or self.decision.keeps_score:
+                    payload.update(
+                        score=float(scored.scores[i]), threshold=float(episodes.threshold[s])
+                    )
+                payload.update(more.get(i, {}))
                 if i in causes:
                     payload["cause"] = causes[i]
             payload.update(m.fields)
@@ -408,7 +501,19 @@ class Processor:
                 self.episodes.rule = self.config.rule
             elif self.episodes is not None:
                 self.episodes = Episodes(self.index, self.config.rule)
+            if self.restarts is not None:  # lives go on when both pipelines track them
+                self.restarts = old.restarts or Restarts(self.index)
+            self.summaries.typed = self._typed_summary_of(old)
         return same
+
+    def _typed_summary_of(self, old: Processor):
+        """The adopted summaries' typed part: kept when the kind and its labels are the
+        same, else a fresh one on the adopted index."""
+        new, prev = self.decision, old.decision
+        if new is None:
+            return None
+        same = prev is not None and new.same_summary(prev)
+        return old.summaries.typed if same else new.summary(self.index)
 
     def _new_warmup(self) -> Warmup:
         config, handler = self.config, self.handler

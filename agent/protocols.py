@@ -18,7 +18,7 @@ pipeline's worker thread only, never concurrently; sinks from one forwarder thre
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -58,7 +58,8 @@ class ModelHandler(Protocol):
     scores; it is called once per batch, from the pipeline's worker thread only, and row
     ``i`` of the result depends on row ``i`` of the batch only (one call for N windows gives
     the N results of N calls). ``threshold`` is the score above which a window is an
-    anomaly.
+    anomaly. This is the ``score`` output kind; a handler may declare another kind instead
+    (:class:`ClassOutput`, :class:`RegressionOutput`), which the processor decides by.
 
     Optional: ``describe(hits)`` returns one dict of extra event fields (e.g. a class label)
     for each index in ``hits`` of the last ``infer`` call. ``bind(decoder)``, called before
@@ -74,6 +75,58 @@ class ModelHandler(Protocol):
     def load(self, window_size: int, channels: int) -> None: ...
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+OutputKind = Literal["score", "classes", "regression"]
+
+
+@runtime_checkable
+class ClassOutput(Protocol):
+    """Handler kind ``classes``: the handler declares ``output = "classes"``.
+
+    ``classes`` are the labels, ``healthy`` the one that counts as healthy;
+    ``probabilities(batch)`` takes ``[n, window_size, channels]`` and returns ``[n, classes]``
+    (rows sum to 1), one call per batch, row ``i`` from window ``i`` only. The processor calls
+    it instead of ``infer``: a window is over when ``1 - P(healthy)`` exceeds ``threshold``,
+    and its event names the most likely other class with its probability. ``infer`` still
+    returns ``1 - P(healthy)`` (tools that know scores only keep working).
+    """
+
+    output: Literal["classes"]
+    classes: list[str]
+    healthy: str
+    threshold: float
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class RegressionOutput(Protocol):
+    """Handler kind ``regression``: the handler declares ``output = "regression"``.
+
+    ``estimate(batch)`` returns ``(value, low, high)``, each ``[n]`` (an interval around each
+    estimate, ``low <= value <= high``), of ``quantity`` in ``units``. ``worse`` says which
+    direction is bad and ``threshold`` is the limit: a window is over when its value is on
+    the worse side of it (RUL: ``lower`` than 30 cycles means maintenance is due). ``infer``
+    returns the value.
+    """
+
+    output: Literal["regression"]
+    quantity: str
+    units: str
+    worse: Literal["lower", "higher"]
+    threshold: float
+
+    def estimate(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+def output_kind(handler: object) -> OutputKind:
+    """The kind a handler declares (``score`` unless it implements a typed Protocol)."""
+    if isinstance(handler, ClassOutput) and handler.output == "classes":
+        return "classes"
+    if isinstance(handler, RegressionOutput) and handler.output == "regression":
+        return "regression"
+    return "score"
 
 
 @runtime_checkable

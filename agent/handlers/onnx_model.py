@@ -70,7 +70,9 @@ class OnnxHandler:
         self.last_details: dict[str, np.ndarray] = {}
         self.attributes = False
 
-    def load(self, window_size: int, channels: int) -> None:
+    def open_session(self, window_size: int, channels: int):
+        """Read, pin-check and open the model; check its input against the window. Returns
+        the session and its outputs by name (sets ``sha256``, the input name and layout)."""
         import onnxruntime as ort
 
         path = self.path
@@ -104,10 +106,6 @@ class OnnxHandler:
         else:
             names = [i.name for i in inputs]
             raise ModelError(f"{path}: several inputs {names}; set handler.input")
-        outputs = {o.name: o for o in session.get_outputs()}
-        if self.config.output not in outputs:
-            raise ModelError(f"{path}: no output {self.config.output!r}; it has {sorted(outputs)}")
-        out = outputs[self.config.output]
         shape = list(inp.shape)
         want = window_size * channels
         fixed = [d if isinstance(d, int) else None for d in shape[1:]]
@@ -123,6 +121,15 @@ class OnnxHandler:
             )
         if inp.type != "tensor(float)":
             raise ModelError(f"{path}: input {inp.name!r} is {inp.type}, expected tensor(float)")
+        self._session, self._input = session, inp.name
+        return session, {o.name: o for o in session.get_outputs()}
+
+    def load(self, window_size: int, channels: int) -> None:
+        path = self.path
+        _, outputs = self.open_session(window_size, channels)
+        if self.config.output not in outputs:
+            raise ModelError(f"{path}: no output {self.config.output!r}; it has {sorted(outputs)}")
+        out = outputs[self.config.output]
         oshape = list(out.shape)
         if not (len(oshape) == 1 or (len(oshape) == 2 and oshape[1] in (1, None))):
             raise ModelError(
@@ -131,7 +138,6 @@ class OnnxHandler:
         missing = [d for d in self.config.details if d not in outputs]
         if missing:
             raise ModelError(f"{path}: no output {missing}; it has {sorted(outputs)}")
-        self._session, self._input = session, inp.name
         self._outputs = [out.name, *self.config.details]
         cause = outputs.get(self.config.cause or "")
         self.attributes = cause is not None and list(cause.shape)[1:] in ([channels], [None])

@@ -17,7 +17,12 @@ What is checked:
   (and a permuted batch gives permuted scores: no per-device state, no cross-talk
   between rows); repeated calls agree; thread confinement: the runtime loads in one
   thread and calls ``infer`` from the worker thread (never concurrently), so a handler
-  loaded in one thread must give the same scores when called from another.
+  loaded in one thread must give the same scores when called from another. The declared
+  output kind: a handler with an ``output`` attribute implements that kind's Protocol
+  in full; ``classes``: labels with the healthy one among them, ``probabilities`` ``[n, K]``
+  in [0, 1] summing to 1, batch-invariant, ``infer`` = ``1 - P(healthy)``; ``regression``:
+  quantity, units, direction and a finite limit, ``estimate`` gives ``low <= value <=
+  high``, finite and batch-invariant, ``infer`` = the value.
 - stream handler (``stateful = True``): events for batches fed in chunks equal those for
   the same samples in one batch; every event and summary names its ``device``.
 - sink: ``start``, ``write_many`` (retried while it raises ``NotConnectedError``, up to
@@ -39,6 +44,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..config import ComponentConfig
 from ..errors import ModelError, NotConnectedError
+from ..protocols import ClassOutput, RegressionOutput, output_kind
 from ..records import Message, Record, SampleBatch
 
 
@@ -202,6 +208,60 @@ def check_handler(
         extra = describe(hits)
         assert len(extra) == len(hits), "describe must give one dict per hit"
         json.dumps(extra)
+    check_output_kind(h, windows, rtol=rtol, atol=atol, seed=seed)
+
+
+def check_output_kind(
+    h: Any, windows: np.ndarray, *, rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0
+) -> str:
+    """Check a loaded handler's declared output kind on ``windows``; return the kind."""
+    kind = output_kind(h)
+    declared = vars(type(h)).get("output", None) or h.__dict__.get("output")
+    if isinstance(declared, str):
+        assert kind == declared, (
+            f"{type(h).__name__} declares output {declared!r} but does not implement its "
+            "Protocol (agent.protocols.ClassOutput / RegressionOutput) in full"
+        )
+    n = len(windows)
+    perm = np.random.default_rng(seed + 2).permutation(n)
+    if kind == "classes":
+        assert isinstance(h, ClassOutput)
+        classes = list(h.classes)
+        assert len(classes) >= 2 and all(isinstance(c, str) for c in classes), "classes: labels"
+        assert h.healthy in classes, f"healthy class {h.healthy!r} not in {classes}"
+        assert 0 < h.threshold < 1, "threshold of 1 - P(healthy) must be in (0, 1)"
+        p = np.asarray(h.probabilities(windows), np.float64)
+        assert p.shape == (n, len(classes)), (
+            f"probabilities shape {p.shape}, want {(n, len(classes))}"
+        )
+        assert np.isfinite(p).all() and (p >= -atol).all() and (p <= 1 + atol).all()
+        np.testing.assert_allclose(p.sum(axis=1), 1, atol=1e-4, err_msg="rows must sum to 1")
+        each = np.concatenate([h.probabilities(windows[i : i + 1]) for i in range(n)])
+        np.testing.assert_allclose(p, each, rtol, atol, err_msg="probabilities: batching")
+        np.testing.assert_allclose(h.probabilities(windows[perm]), p[perm], rtol, atol)
+        healthy = classes.index(h.healthy)
+        np.testing.assert_allclose(
+            np.asarray(h.infer(windows)),
+            1 - p[:, healthy],
+            rtol,
+            atol,
+            err_msg="infer must be 1 - P(healthy)",
+        )
+    elif kind == "regression":
+        assert isinstance(h, RegressionOutput)
+        assert isinstance(h.quantity, str) and h.quantity, "quantity: a name (e.g. rul)"
+        assert isinstance(h.units, str) and h.units, "units: e.g. cycles"
+        assert h.worse in ("lower", "higher"), "worse: lower or higher"
+        assert np.isfinite(h.threshold), "threshold (the limit) must be finite"
+        value, low, high = (np.asarray(a, np.float64) for a in h.estimate(windows))
+        for name, a in (("value", value), ("low", low), ("high", high)):
+            assert a.shape == (n,), f"estimate {name}: shape {a.shape}, want ({n},)"
+            assert np.isfinite(a).all(), f"estimate {name}: NaN or infinite"
+        assert (low <= value).all() and (value <= high).all(), "need low <= value <= high"
+        each = np.array([h.estimate(windows[i : i + 1])[0][0] for i in range(n)])
+        np.testing.assert_allclose(value, each, rtol, atol, err_msg="estimate: batching")
+        np.testing.assert_allclose(np.asarray(h.infer(windows)), value, rtol, atol)
+    return kind
 
 
 def check_stream_handler(

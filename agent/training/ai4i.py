@@ -5,12 +5,21 @@ Two random forests on the raw features plus three engineered ones computed INSID
 wear*torque [min*Nm]): one for machine failure, one for the failure mode. Tree ensembles cannot
 be int8-quantized, so the model ships fp32. The failure-mode columns are labels, never features.
 
+The graph declares the ``classes`` output kind (ONNX metadata ``output``, ``classes``,
+``healthy``): ``probabilities`` [N, 6] over ``none, TWF, HDF, PWF, OSF, RNF`` is
+``P(none) = 1 - P(failure)`` and, for each mode, ``P(failure)`` shared out in proportion to the
+mode forest's probabilities of the five modes. So ``1 - P(none)`` is exactly the failure
+score, and the most likely class is a mode whenever the failure forest says failure is more
+likely than not and that mode leads the others. ``score`` and ``mode`` stay for configs that
+use the ``onnx`` handler.
+
     python -m agent.training.ai4i --out agent/models [--data DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +94,33 @@ def _prefixed(graph, prefix: str, keep: str = "features"):
     return nodes, inits
 
 
+def _class_nodes(f_prob: str, m_prob: str):
+    """Nodes and initializers of ``probabilities`` [N, 6] from the two forests' outputs."""
+    from onnx import helper, numpy_helper
+
+    inits = [
+        numpy_helper.from_array(np.array([1], np.int64), "cls_from"),
+        numpy_helper.from_array(np.array([len(MODE_CLASSES)], np.int64), "c_end"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+        numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Gather", [f_prob, "pos"], ["p_fail"], axis=1),  # [N, 1]
+        helper.make_node("Sub", ["one", "p_fail"], ["p_none"]),
+        helper.make_node("Slice", [m_prob, "cls_from", "c_end", "ax1"], ["m_modes"]),
+        helper.make_node("Add", ["m_modes", "eps"], ["m_modes_e"]),
+        helper.make_node("ReduceSum", ["m_modes_e", "ax1"], ["m_total"], keepdims=1),
+        helper.make_node("Div", ["m_modes_e", "m_total"], ["m_share"]),
+        helper.make_node("Mul", ["m_share", "p_fail"], ["p_modes"]),
+        helper.make_node("Concat", ["p_none", "p_modes"], ["probabilities"], axis=1),
+    ]
+    return nodes, inits
+
+
 def export(failure_clf, mode_clf, path: Path) -> Path:
-    """One graph: ``input`` [N, 6] -> ``score`` [N] (failure probability), ``mode`` [N] int64."""
+    """One graph: ``input`` [N, 6] -> ``probabilities`` [N, 6] (classes ``MODE_CLASSES``),
+    ``score`` [N] (failure probability), ``mode`` [N] int64 (the mode forest's label)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     from skl2onnx import to_onnx
@@ -104,6 +138,11 @@ def export(failure_clf, mode_clf, path: Path) -> Path:
         inits += sub_inits
     inits.append(numpy_helper.from_array(np.array([1], np.int64), "pos"))
     f_prob = "f_" + fail.graph.output[1].name
+    if list(mode_clf.classes_) != list(range(len(MODE_CLASSES))):
+        raise ValueError(f"mode forest classes {mode_clf.classes_}: expected 0..5")
+    more_nodes, more_inits = _class_nodes(f_prob, "m_" + mode.graph.output[1].name)
+    nodes += more_nodes
+    inits += more_inits
     nodes += [
         helper.make_node("Gather", [f_prob, "pos"], ["pos_prob"], axis=1),
         helper.make_node("Flatten", ["pos_prob"], ["pos_flat"], axis=0),
@@ -116,6 +155,9 @@ def export(failure_clf, mode_clf, path: Path) -> Path:
         NAME,
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 6])],
         [
+            helper.make_tensor_value_info(
+                "probabilities", TensorProto.FLOAT, ["N", len(MODE_CLASSES)]
+            ),
             helper.make_tensor_value_info("score", TensorProto.FLOAT, ["N"]),
             helper.make_tensor_value_info("mode", TensorProto.INT64, ["N"]),
         ],
@@ -126,6 +168,9 @@ def export(failure_clf, mode_clf, path: Path) -> Path:
         opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
     )
     model.ir_version = 8
+    meta = {"output": "classes", "classes": list(MODE_CLASSES), "healthy": MODE_CLASSES[0]}
+    for k, v in meta.items():
+        model.metadata_props.add(key=k, value=json.dumps(v))
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
@@ -137,11 +182,11 @@ def evaluate(model: Path, data: datasets.Ai4i) -> dict[str, float]:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    score, mode = sess.run(["score", "mode"], {"input": data.x[data.test]})
-    onehot = np.eye(len(MODE_CLASSES), dtype=np.int64)[mode][:, 1:]
+    probs, score = sess.run(["probabilities", "score"], {"input": data.x[data.test]})
+    onehot = np.eye(len(MODE_CLASSES), dtype=np.int64)[probs.argmax(axis=1)][:, 1:]
     return metrics.ai4i_metrics(
         data.failure[data.test], score, data.modes[data.test], onehot, THRESHOLD
-    )
+    ) | metrics.per_class(data.modes[data.test], onehot, datasets.AI4I_MODES)
 
 
 def manifest_entry(file: str, measured: dict[str, float]) -> dict:
@@ -159,17 +204,31 @@ def manifest_entry(file: str, measured: dict[str, float]) -> dict:
         "feature_encoding": {"Type": datasets.AI4I_TYPES},
         "engineered_in_graph": list(ENGINEERED),
         "output": {
-            "name": "score",
-            "shape": ["N"],
+            "name": "probabilities",
+            "shape": ["N", len(MODE_CLASSES)],
             "dtype": "float32",
-            "meaning": "probability of machine failure",
+            "kind": "classes",
+            "classes": list(MODE_CLASSES),
+            "healthy": MODE_CLASSES[0],
+            "meaning": "P(none) = 1 - P(machine failure); each mode: P(failure) shared out by "
+            "the mode forest's probabilities of the five modes (handler: onnx_classifier)",
         },
         "outputs_extra": [
-            {"name": "mode", "shape": ["N"], "dtype": "int64", "classes": list(MODE_CLASSES)}
+            {
+                "name": "score",
+                "shape": ["N"],
+                "dtype": "float32",
+                "meaning": "probability of machine failure (handler: onnx)",
+            },
+            {"name": "mode", "shape": ["N"], "dtype": "int64", "classes": list(MODE_CLASSES)},
         ],
         "window": {"size": 1, "channels": 6},
         "normalisation": {"kind": "none (raw physical units)"},
-        "threshold": {"rule": "fixed", "default": THRESHOLD, "anomaly_if": "score >= threshold"},
+        "threshold": {
+            "rule": "fixed",
+            "default": THRESHOLD,
+            "anomaly_if": "1 - P(none) > threshold (onnx_classifier); score > threshold (onnx)",
+        },
         "quantization": "none: tree ensembles cannot be int8-quantized; fp32",
         "training": {
             "data": "AI4I 2020 (UCI 601), 80 % stratified split (seed 42); "

@@ -1,4 +1,4 @@
-"""Load SKAB and AI4I 2020 from the repository's ``datasets/`` folder as numpy arrays.
+"""Load SKAB, AI4I 2020 and C-MAPSS FD001 from the repository's ``datasets/`` as numpy arrays.
 
 The data root is ``--data`` if given, else ``$EDGE_AGENT_DATA``, else ``./datasets`` in the
 working directory, else the ``datasets/`` folder of the checkout this package runs from.
@@ -151,3 +151,67 @@ def ai4i(root: str | os.PathLike[str] | None = None) -> Ai4i:
     modes = np.array([[int(r[m]) for m in AI4I_MODES] for r in rows], np.int64)
     train, test = stratified_split(failure)
     return Ai4i(x, failure, modes, train, test)
+
+
+CMAPSS_SETTINGS = ("setting1", "setting2", "setting3")
+CMAPSS_SENSORS = tuple(f"s{i}" for i in range(1, 22))
+
+
+@dataclass(frozen=True)
+class Cmapss:
+    """C-MAPSS engines: per row ``unit`` and ``cycle``; ``values[n, 24]`` are the three
+    settings then sensors s1..s21 (``CMAPSS_SETTINGS + CMAPSS_SENSORS``). ``rul`` is the true
+    remaining life at each engine's last row (0 for run-to-failure training engines)."""
+
+    unit: np.ndarray
+    cycle: np.ndarray
+    values: np.ndarray
+    rul: dict[int, int]
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return CMAPSS_SETTINGS + CMAPSS_SENSORS
+
+    def engines(self) -> list[int]:
+        return sorted(np.unique(self.unit).tolist())
+
+    def engine(self, unit: int) -> np.ndarray:
+        """Rows ``[cycles, 24]`` of one engine, in cycle order."""
+        return self.values[self.unit == unit]
+
+
+def read_cmapss(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unit, cycle, values[n, 24]) of a space-separated C-MAPSS file with 26 columns."""
+    try:
+        raw = np.loadtxt(_require(path, "a C-MAPSS file"), dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a C-MAPSS file of 26 numeric columns ({e})") from None
+    if raw.shape[1] != 26:
+        raise ValueError(f"{path}: {raw.shape[1]} columns, expected 26 (unit, cycle, 3+21)")
+    return raw[:, 0].astype(np.int64), raw[:, 1].astype(np.int64), raw[:, 2:].astype(np.float32)
+
+
+def cmapss_train(root: str | os.PathLike[str] | None = None) -> Cmapss:
+    """FD001 training engines (run to failure): ``datasets/cmapss/train_FD001.txt``."""
+    unit, cycle, values = read_cmapss(data_root(root) / "cmapss" / "train_FD001.txt")
+    return Cmapss(unit, cycle, values, {u: 0 for u in np.unique(unit).tolist()})
+
+
+def cmapss_test(folder: str | os.PathLike[str]) -> Cmapss:
+    """NASA's FD001 test protocol from ``folder``: ``test_FD001.txt`` (truncated engines) and
+    ``RUL_FD001.txt`` (true RUL at each engine's last cycle, one line per engine)."""
+    base = Path(folder)
+    for name in ("test_FD001.txt", "RUL_FD001.txt"):
+        if not (base / name).is_file():
+            raise DatasetNotFound(
+                f"{base / name}: not found (--data names a folder holding NASA's FD001 test "
+                "files test_FD001.txt and RUL_FD001.txt)"
+            )
+    unit, cycle, values = read_cmapss(base / "test_FD001.txt")
+    ruls = np.loadtxt(base / "RUL_FD001.txt", ndmin=1)
+    engines = np.unique(unit).tolist()
+    if len(ruls) != len(engines):
+        raise ValueError(
+            f"{base / 'RUL_FD001.txt'}: {len(ruls)} values for {len(engines)} test engines"
+        )
+    return Cmapss(unit, cycle, values, {u: int(r) for u, r in zip(engines, ruls.tolist())})

@@ -148,3 +148,28 @@ def ai4i_metrics(
         "pr_auc": round(average_precision(failure, score), 4),
         "macro_f1": round(macro_f1(modes, mode_pred), 4),
     }
+
+
+def rul_scores(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """``rmse`` and the PHM08 score ``phm_score`` (sum over engines of ``exp(-d/13) - 1`` for
+    early, ``exp(d/10) - 1`` for late estimates, ``d = pred - true``: late costs more)."""
+    d = np.asarray(pred, np.float64) - np.asarray(true, np.float64)
+    phm = np.where(d < 0, np.exp(-d / 13) - 1, np.exp(d / 10) - 1)
+    return {
+        "rmse": round(float(np.sqrt(np.mean(d**2))), 3) if len(d) else float("nan"),
+        "phm_score": round(float(phm.sum()), 2),
+        "mean_error": round(float(d.mean()), 3) if len(d) else float("nan"),
+    }
+
+
+def per_class(true: np.ndarray, pred: np.ndarray, names: Sequence[str]) -> dict[str, dict]:
+    """``per_mode``: precision, recall and support of each column of ``true``/``pred`` [n, K]."""
+    out = {}
+    for k, name in enumerate(names):
+        _, precision, recall = binary_f1(true[:, k], pred[:, k])
+        out[name] = {
+            "precision": round(float(precision), 4),
+            "recall": round(float(recall), 4),
+            "support": int(np.sum(true[:, k] == 1)),
+        }
+    return {"per_mode": out}

@@ -5,20 +5,24 @@ The plugins in plugins/ are installed like any third-party wheel and checked the
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
 from agent.config import parse_config
+from agent.protocols import output_kind
 from agent.records import EVENT, STATS, SUMMARY, Message, Record
 from agent.registry import Registry
 from agent.runtime import Agent
 from agent.testing.conformance import (
     check_decoder,
     check_handler,
+    check_output_kind,
     check_sink,
     check_sink_unavailable,
     check_stream_handler,
 )
+from agent.training import cmapss, datasets
 from tests.support.payloads import T0, analytics, births, ddata, full, minimal
 
 REG = Registry()
@@ -100,7 +104,7 @@ def test_every_component_has_a_conformance_case():
     """A new built-in or installed plugin cannot skip the kit."""
     assert set(REG.names("decoder")) <= set(DECODERS)
     # `baseline` scores per device (infer_devices), a contract this kit does not cover yet
-    known = {"onnx", "onnx_autoencoder", *HANDLERS, "people_flow", "baseline"}
+    known = {"onnx", "onnx_autoencoder", *HANDLERS, *TYPED, "people_flow", "baseline"}
     assert set(REG.names("handler")) <= known
     assert set(REG.names("sink")) <= {"file", "stdout", "mqtt", "sparkplug_b"}
 
@@ -126,6 +130,64 @@ def test_onnx_handlers(name, w1_models):
 def test_plugin_handlers(name):
     config, size, channels, bad = HANDLERS[name]
     check_handler(REG.get("handler", name), config, size, channels, bad_shapes=bad)
+    h = REG.get("handler", name)(REG.get("handler", name).config_model.model_validate(config))
+    if name == "bearing_condition":  # the plugin declares the classes kind
+        h.bind(REG.get("decoder", "vibration_block")(_vibration_decoder()))
+        h.load(size, channels)
+        assert output_kind(h) == "classes" and h.healthy == "normal"
+
+
+def _vibration_decoder():
+    dec = REG.get("decoder", "vibration_block").config_model
+    return dec.model_validate({"type": "vibration_block", "sample_rate": 12000})
+
+
+def _cmapss_windows() -> np.ndarray:
+    data = datasets.cmapss_train()
+    unit = cmapss.split(data.engines())["held_out"][0]
+    x, _ = cmapss.engine_windows(data, unit)
+    return x[::12]
+
+
+TYPED = {
+    "onnx_classifier": ({"type": "onnx_classifier", "model": "builtin:ai4i_pdm"}, 1, 6, "classes"),
+    "onnx_regression": (
+        {"type": "onnx_regression", "model": "builtin:cmapss_rul"},
+        30,
+        14,
+        "regression",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TYPED))
+def test_typed_handlers(name):
+    """The typed built-ins with their shipped models pass the kit, including their kind."""
+    config, size, channels, kind = TYPED[name]
+    windows = _cmapss_windows() if kind == "regression" else None
+    cls = REG.get("handler", name)
+    check_handler(cls, config, size, channels, bad_shapes=[(size + 1, channels)], windows=windows)
+    h = cls(cls.config_model.model_validate(config))
+    h.load(size, channels)
+    rows = np.random.default_rng(0).normal(size=(8, size, channels)).astype(np.float32)
+    assert check_output_kind(h, windows if windows is not None else rows) == kind
+
+
+class HalfDeclared:
+    """Declares the classes kind but has no ``probabilities``: the kit must refuse it."""
+
+    output = "classes"
+    classes = ["ok", "bad"]
+    healthy = "ok"
+    threshold = 0.5
+
+    def infer(self, windows: np.ndarray) -> np.ndarray:
+        return windows[:, -1, 0]
+
+
+def test_kit_refuses_a_kind_declared_but_not_implemented():
+    with pytest.raises(AssertionError, match="does not implement its Protocol"):
+        check_output_kind(HalfDeclared(), np.zeros((4, 1, 1), np.float32))
 
 
 def test_people_flow_stream_handler():

@@ -41,7 +41,7 @@ def test_normal_quiet_fault_named_other_rate_counted(broker):
     assert summaries["1797_OR@6_7_DE12"]["anomalies"] == len(outer)
     assert [e["event"] for e in events] == ["opened", "closed"]  # one episode per fault
     opened, closed = events
-    assert opened["condition"] == "outer" and opened["probabilities"]["normal"] < 0.5
+    assert opened["class"] == "outer" and opened["probabilities"]["normal"] < 0.5
     assert closed["reason"] == "stop" and closed["episode"] == opened["episode"]
     assert stats["errors"] == {"sample_rate": 1}
     assert "1797_B_7_DE12" not in summaries

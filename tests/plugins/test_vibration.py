@@ -120,7 +120,7 @@ def test_normal_stays_quiet_and_faults_are_named(recordings):
     opened = [e for e in events if e.payload["event"] == "opened"]
     assert len(opened) == 1  # a persisting fault is one episode
     for e in opened:
-        assert e.payload["condition"] == "inner"
+        assert e.payload["class"] == "inner"
         assert set(e.payload["probabilities"]) == {"normal", "ball", "inner", "outer"}
         assert e.payload["probabilities"]["normal"] < 0.5
         assert e.payload["shaft_hz"] == pytest.approx(1797 / 60, abs=1e-3)

@@ -16,14 +16,15 @@ import pytest
 from agent import models
 from agent.handlers.onnx_model import OnnxHandler, OnnxHandlerConfig
 from agent.quantize import quantize
-from agent.training import w1
+from agent.training import cmapss, datasets, w1
 
 N = 64
 RTOL, ATOL = 1e-5, 1e-6
 
 
-def handler(path: Path, size: int, channels: int) -> OnnxHandler:
-    h = OnnxHandler(OnnxHandlerConfig(type="onnx", model=str(path), threshold=1.5))
+def handler(path: Path, size: int, channels: int, output: str = "score") -> OnnxHandler:
+    cfg = OnnxHandlerConfig(type="onnx", model=str(path), threshold=1.5, output=output)
+    h = OnnxHandler(cfg)
     h.load(size, channels)
     return h
 
@@ -50,6 +51,14 @@ def ai4i_rows(n: int = N, seed: int = 0) -> np.ndarray:
         rng.uniform(0, 253, n),
     ]
     return np.stack(cols, axis=1)[:, None, :].astype(np.float32)
+
+
+def cmapss_windows(n: int = N) -> np.ndarray:
+    """Raw 30x14 windows of a held-out C-MAPSS engine, from healthy to failing."""
+    data = datasets.cmapss_train()
+    unit = cmapss.split(data.engines())["held_out"][0]
+    x, _ = cmapss.engine_windows(data, unit)
+    return x[np.linspace(0, len(x) - 1, n).astype(int)]
 
 
 def w1_windows(n: int = N, seed: int = 7) -> np.ndarray:
@@ -83,9 +92,15 @@ def test_shipped_model_is_batch_invariant(name):
     any order)."""
     entry = models.manifest()[name]
     size, channels = entry["window"]["size"], entry["window"]["channels"]
-    x = ai4i_rows() if name.startswith("ai4i") else skab_windows()
+    output = "score"
+    if name.startswith("ai4i"):
+        x = ai4i_rows()
+    elif name.startswith("cmapss"):
+        x, output = cmapss_windows(), "rul"
+    else:
+        x = skab_windows()
     assert x.shape[1:] == (size, channels)
-    assert_batch_invariant(handler(models.resolve(name), size, channels), x)
+    assert_batch_invariant(handler(models.resolve(name), size, channels, output), x)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["fp32", "int8"])

@@ -91,3 +91,59 @@ def test_missing_dataset_is_a_clear_error(capsys, tmp_path):
 def test_missing_model_is_a_clear_error(capsys, tmp_path):
     assert main(["evaluate", "ai4i", "--model", str(tmp_path / "m.onnx")]) == 2
     assert "model file not found" in capsys.readouterr().err
+
+
+def test_ai4i_reports_per_mode_precision_and_recall(capsys):
+    """The classifier kind's most likely class, scored per failure mode."""
+    got = run_json(capsys, "ai4i")
+    assert got["per_mode"] == manifest()["ai4i_pdm"]["metrics"]["per_mode"]
+    assert set(got["per_mode"]) == {"TWF", "HDF", "PWF", "OSF", "RNF"}
+    assert got["per_mode"]["PWF"]["recall"] >= 0.9
+
+
+def test_cmapss_validation_through_the_pipeline_matches_the_manifest(capsys):
+    """evaluate cmapss replays the held-out engines through the turbofan pipeline and gets
+    the figures the training script recorded; every engine run to failure is warned."""
+    got = run_json(capsys, "cmapss")
+    entry = manifest()["cmapss_rul"]
+    assert got["split"] == "validation" and got["sha256"] == entry["sha256"]
+    assert got["engines"] == entry["metrics"]["cuts"] and got["unscored"] == []
+    assert got["rmse"] == entry["metrics"]["rmse"]
+    assert got["phm_score"] == entry["metrics"]["phm_score"]
+    assert got["held_out_engines"] == entry["training"]["held_out_engines"]
+    assert got["warned"] == 1.0 and got["lead_min"] >= 10
+
+
+def _nasa_test_folder(folder):
+    """NASA's test layout from held-out training engines cut at known points."""
+    from agent.training import cmapss, datasets
+
+    data = datasets.cmapss_train()
+    held = cmapss.split(data.engines())["held_out"][:6]
+    rows, ruls = [], []
+    for k, unit in enumerate(held):
+        part = data.engine(unit)
+        keep = len(part) - (10 + 25 * k)  # true RUL 10, 35, 60, ...
+        for c, r in enumerate(part[:keep]):
+            rows.append(" ".join([str(k + 1), str(c + 1), *(f"{v:.4f}" for v in r)]))
+        ruls.append(str(len(part) - keep))
+    (folder / "test_FD001.txt").write_text("\n".join(rows) + "\n")
+    (folder / "RUL_FD001.txt").write_text("\n".join(ruls) + "\n")
+
+
+def test_cmapss_with_data_uses_the_test_protocol(capsys, tmp_path):
+    _nasa_test_folder(tmp_path)
+    got = run_json(capsys, "cmapss", "--data", str(tmp_path))
+    assert got["split"] == "test" and got["engines"] == 6
+    assert {"rmse", "phm_score", "model", "sha256"} <= set(got)
+    assert got["rmse"] < 25 and got["due_flagged"] == 1.0 and got["not_due_flagged"] == 0.0
+
+
+def test_cmapss_with_a_wrong_folder_is_a_clear_error(capsys, tmp_path):
+    assert main(["evaluate", "cmapss", "--data", str(tmp_path)]) == 2
+    assert "test_FD001.txt and RUL_FD001.txt" in capsys.readouterr().err
+    (tmp_path / "test_FD001.txt").write_text("1 1 0 0 100\n")
+    (tmp_path / "RUL_FD001.txt").write_text("10\n")
+    assert main(["evaluate", "cmapss", "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "test_FD001.txt: 5 columns, expected 26" in err

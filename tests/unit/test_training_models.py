@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
 from agent import models
-from agent.training import ai4i, datasets, shipping, skab
+from agent.handlers.typed import metadata
+from agent.training import ai4i, cmapss, datasets, shipping, skab
 
 DATA = datasets.data_root()
 
@@ -69,16 +73,23 @@ def test_int8_agrees_with_fp32():
 
 
 def test_ai4i_contract():
-    """input [N, 6] raw features -> score [N] probability and mode [N] class index."""
+    """input [N, 6] raw features -> probabilities [N, 6] over none and the five modes (the
+    classes kind, declared in the metadata), score [N] = 1 - P(none), mode [N] class index."""
     sess = session("ai4i_pdm")
     assert [i.name for i in sess.get_inputs()] == ["input"]
-    assert [o.name for o in sess.get_outputs()] == ["score", "mode"]
+    assert [o.name for o in sess.get_outputs()] == ["probabilities", "score", "mode"]
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["output"]) == "classes" and json.loads(meta["healthy"]) == "none"
+    assert json.loads(meta["classes"]) == list(ai4i.MODE_CLASSES)
     ok = [1, 298.1, 308.6, 1551, 42.8, 0]  # a normal reading
     power_fail = [0, 298.9, 309.1, 2861, 4.6, 143]  # power ~1.4 kW < 3.5 kW: PWF
-    score, mode = sess.run(None, {"input": np.array([ok, power_fail], np.float32)})
+    probs, score, mode = sess.run(None, {"input": np.array([ok, power_fail], np.float32)})
     assert score.dtype == np.float32 and score.shape == (2,)
     assert score[0] < 0.5 < score[1]
     assert ai4i.MODE_CLASSES[mode[0]] == "none" and ai4i.MODE_CLASSES[mode[1]] == "PWF"
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(1 - probs[:, 0], score, atol=1e-6)
+    assert [ai4i.MODE_CLASSES[k] for k in probs.argmax(axis=1)] == ["none", "PWF"]
 
 
 def test_ai4i_heldout_metrics_match_manifest():
@@ -104,3 +115,43 @@ def test_skab_metrics_match_manifest():
     assert skab.evaluate(models.resolve("skab_pump_ae_int8"), datasets.skab_files()) == recorded
     fp32 = models.manifest()["skab_pump_ae_fp32"]["metrics"]
     assert abs(fp32["f1"] - recorded["f1"]) <= 0.01
+
+
+def test_cmapss_rul_contract_and_size():
+    """builtin:cmapss_rul: int8 (QGemm), <= 200 KB, input [N, 30, 14] raw sensors, output rul
+    [N], and its metadata declares the regression kind with units, direction, limit and the
+    conformal interval; the engines it was measured on were never trained or calibrated on."""
+    entry = models.manifest()["cmapss_rul"]
+    assert entry["alias_of"] == "cmapss_rul_int8" and entry["file"] == "cmapss_rul_int8.onnx"
+    path = models.resolve("cmapss_rul")
+    assert path.stat().st_size <= 200 * 1024
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "QGemm" in ops and not ops & {"DynamicQuantizeLinear", "MatMulInteger"}
+    sess = session("cmapss_rul")
+    assert [list(i.shape) for i in sess.get_inputs()] == [["N", 30, 14]]
+    assert [o.name for o in sess.get_outputs()] == ["rul"]
+    meta = metadata(sess)
+    assert (meta["output"], meta["units"], meta["worse"], meta["limit"]) == (
+        "regression",
+        "cycles",
+        "lower",
+        30,
+    )
+    assert meta["channels"] == list(cmapss.SENSORS) == entry["channels"]
+    assert len(meta["interval"]["bins"]) == len(cmapss.BIN_EDGES) + 1
+    parts = cmapss.split(datasets.cmapss_train().engines())
+    assert parts["held_out"] == entry["training"]["held_out_engines"]
+    assert not set(parts["held_out"]) & (set(parts["train"]) | set(parts["calibration"]))
+
+
+def test_cmapss_heldout_metrics_match_manifest():
+    """Both files measured again on the held-out engines give the recorded figures; int8 is
+    within the guard of fp32."""
+    data = datasets.cmapss_train()
+    held = cmapss.split(data.engines())["held_out"]
+    recorded = {k: models.manifest()[f"cmapss_rul_{k}"]["metrics"] for k in ("fp32", "int8")}
+    for key, m in recorded.items():
+        bins = models.manifest()[f"cmapss_rul_{key}"]["interval"]["bins"]
+        got = cmapss.held_out_metrics(models.resolve(f"cmapss_rul_{key}"), data, held, bins)
+        assert all(got[k] == m[k] for k in got), (key, got)
+    assert abs(recorded["int8"]["rmse"] - recorded["fp32"]["rmse"]) <= cmapss.INT8_MAX_RMSE_RISE

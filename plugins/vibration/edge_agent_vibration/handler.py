@@ -1,15 +1,14 @@
 """Bearing condition handler: features of each window -> ONNX classifier -> class probabilities.
 
-The anomaly score is ``1 - P(normal)``, so a healthy bearing stays below the threshold; the
-class probabilities of every window are in ``last_details`` (``p_<class>``) and an event
-names the most likely fault. :meth:`BearingHandler.probabilities` is the typed output; the
-score and details are derived from it.
+The handler declares the ``classes`` output kind (:class:`agent.protocols.ClassOutput`): the
+processor calls :meth:`BearingHandler.probabilities`, a window is over when ``1 - P(normal)``
+exceeds the threshold, and its event names the most likely fault (``class``,
+``probability``, ``probabilities``) plus the shaft speed used (``describe``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,21 +17,10 @@ from pydantic import Field
 
 from agent.config import ComponentConfig
 from agent.errors import ModelError
+from agent.handlers.typed import metadata as model_metadata
 
 from . import MODEL
 from .features import feature_names, features
-
-
-def model_metadata(session: Any) -> dict[str, Any]:
-    """The model's own metadata (JSON values written by build_model); entries that tools
-    such as the quantizer add as plain strings (``onnx.infer``) are left out."""
-    out = {}
-    for k, v in session.get_modelmeta().custom_metadata_map.items():
-        try:
-            out[k] = json.loads(v)
-        except json.JSONDecodeError:
-            continue
-    return out
 
 
 class BearingConfig(ComponentConfig):
@@ -63,10 +51,13 @@ class BearingHandler:
     """
 
     config_model = BearingConfig
+    output = "classes"
 
     def __init__(self, config: BearingConfig) -> None:
         self.config = config
         self.threshold = config.threshold
+        self.classes: list[str] = []
+        self.healthy = ""
         self.path = Path(config.model)
         self.sha256 = ""
         self.speed_channel = False
@@ -102,7 +93,8 @@ class BearingHandler:
         meta = model_metadata(session)
         try:
             self.classes: list[str] = meta["classes"]
-            self._normal = self.classes.index(meta.get("normal_class", "normal"))
+            self.healthy = meta.get("normal_class", "normal")
+            self._normal = self.classes.index(self.healthy)
             size, want_ch = meta["window_size"], meta["channels"]
             self.sample_rate, self.bearing = float(meta["sample_rate"]), meta["bearing_orders"]
             self.shaft_hz = float(self.config.shaft_hz or meta["shaft_hz"])
@@ -132,7 +124,14 @@ class BearingHandler:
         if warm.shape != (2,):
             raise ModelError(f"{self.path}: gave {warm.shape} scores for 2 windows")
 
-    def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[n, classes]``; the shaft speed used per window goes to
+        ``last_details`` for :meth:`describe`."""
+        probs, shaft = self._probabilities(batch)
+        self.last_details = {"shaft_hz": shaft}
+        return probs
+
+    def _probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities ``[n, classes]`` and the shaft speed (Hz) used, per window."""
         if self.speed_channel:
             given = batch[:, :, -1].astype(np.float64)
@@ -148,25 +147,10 @@ class BearingHandler:
         return probs.astype(np.float64), shaft
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        """``1 - P(normal)`` per window; the probabilities go to ``last_details``."""
-        probs, shaft = self.probabilities(batch)
-        self.last_details = {f"p_{c}": probs[:, i] for i, c in enumerate(self.classes)}
-        self.last_details["shaft_hz"] = shaft
-        return 1.0 - probs[:, self._normal]
+        """``1 - P(normal)`` per window (for tools that know scores only)."""
+        return 1.0 - self.probabilities(batch)[:, self._normal]
 
     def describe(self, hits: np.ndarray) -> list[dict]:
-        """For windows ``hits`` of the last call: the most likely fault, its probability and
-        every class's probability."""
-        d = self.last_details
-        probs = np.stack([d[f"p_{c}"][hits] for c in self.classes], axis=1)
-        faults = [i for i in range(len(self.classes)) if i != self._normal]
-        best = np.asarray(faults)[probs[:, faults].argmax(axis=1)]
-        return [
-            {
-                "condition": self.classes[int(k)],
-                "probability": round(float(probs[j, k]), 4),
-                "probabilities": {c: round(float(p), 4) for c, p in zip(self.classes, probs[j])},
-                "shaft_hz": round(float(d["shaft_hz"][hits[j]]), 3),
-            }
-            for j, k in enumerate(best)
-        ]
+        """For windows ``hits`` of the last call: the shaft speed (Hz) used."""
+        shaft = self.last_details["shaft_hz"]
+        return [{"shaft_hz": round(float(shaft[i]), 3)} for i in hits.tolist()]
