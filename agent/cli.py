@@ -20,7 +20,13 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime import Agent, settle_heap
 
     log.setup(args.log_level, args.pretty)
-    cfg, children = workers.split(load_config(args.config))
+    cfg, fleet = load_config(args.config), None
+    if cfg.fleet is not None:  # the last good fleet version, or the local file (docs/fleet.md)
+        from .fleet.manager import FleetManager
+
+        fleet = FleetManager(args.config, cfg)
+        cfg = fleet.startup_config()
+    cfg, children = workers.split(cfg)
     pool = workers.WorkerPool(children, args.log_level, args.pretty)
     if cfg is None:
         return _run_pool(pool)
@@ -34,6 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     pid_file = Path(args.pid_file or default_pid_file(cfg.agent.id))
     pool.start()
     agent.start()
+    if fleet is not None:
+        fleet.start(agent)
     settle_heap()
     _write_pid(pid_file)
     try:
@@ -47,9 +55,13 @@ def _run(args: argparse.Namespace) -> int:
                 settle_heap()
             failed = [p for p in agent.pipelines if p.error is not None]
             if failed:
+                if fleet is not None:
+                    fleet.stop()  # a version mid-gate stays `trying`: failed at the next start
                 pool.stop()
                 agent.stop()
                 return 1
+        if fleet is not None:
+            fleet.stop()
         pool.stop()
         agent.stop()
     finally:
@@ -154,6 +166,7 @@ TOOLS = (
     ("quantize", "agent.quantize:main", "quantize an ONNX model to int8 and compare it"),
     ("bench", "bench.w1:main", "the benchmarks: bench w1 | bench floor [options]"),
     ("decode", "agent.decode_tool:main", "run payloads through a pipeline's decoder, show it"),
+    ("fleet", "agent.fleet.cli:main", "fleet rollout: keygen | sign | publish | status"),
 )
 BENCHES = {"w1": "bench.w1", "floor": "bench.floor"}  # bench alone: w1
 
