@@ -10,6 +10,7 @@ leaves the agent unready (rolled back). Summaries prove no sample is lost; a3 ne
 from __future__ import annotations
 
 import base64
+import os
 import re
 import subprocess
 import sys
@@ -84,8 +85,6 @@ def _local(port: int, agent: str, groups: list[str], root: str, key: str, tmp: P
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
     out = subprocess.run(
         [sys.executable, "-m", "agent", "fleet", *args],
         cwd=ROOT,
@@ -359,3 +358,38 @@ def test_fleet_rollout_canary_bad_bundles_and_no_sample_lost(broker, w1_models, 
         f"{all_s:.2f} s (CLI round trip {round_trip:.2f} s); samples {sent} counted {got}; "
         f"across v7 and its rollback: samples {sent2} counted {got2}"
     )
+
+
+def test_reload_restart_keeps_record_ids_unique_and_releases_an_unused_connection(
+    broker, w1_models, tmp_path, monkeypatch
+):
+    """What a rollback relies on: a sink added by a reload connects (or shows as down), its
+    connection is stopped once no sink uses it, and a restarted pipeline goes on numbering
+    its records instead of repeating the ids of its predecessor."""
+    from agent.config import parse_config
+    from agent.reload import apply
+    from agent.runtime import Agent
+
+    raw = _local(broker.port, "ids", ["g"], "fleet-ids", "", tmp_path, w1_models[1])
+    del raw["fleet"]
+    monkeypatch.setenv(LINE_ENV, "ids/x")
+    good = parse_config(raw, "good")
+    raw["pipelines"] = [_pipeline(w1_models[1], sink_broker="spare")]
+    down = parse_config(raw, "down")
+    agent = Agent(good)
+    agent.build()
+    agent.start()
+    try:
+        first = agent.pipelines[0].processor._next_id()
+        apply(agent, down)
+        roles = {(b, r) for b, r, _ in agent.connection_states()}
+        assert ("spare", "upstream") in roles
+        assert not agent._connections["spare"].connected.is_set()
+        assert agent._connections["spare"].client._thread is not None  # started: it retries
+        apply(agent, good)
+        assert "spare" not in {b for b, _, _ in agent.connection_states()}
+        later = agent.pipelines[0].processor._next_id()
+        prefix, n = first.rsplit("-", 1)
+        assert later.rsplit("-", 1)[0] == prefix and int(later.rsplit("-", 1)[1]) > int(n)
+    finally:
+        agent.stop()
