@@ -29,6 +29,10 @@ from . import bundle, topics
 from .compose import extract
 
 DONE = ("applied", "failed", "rolled_back")
+REFUSALS = frozenset(
+    {"unsigned", "bad_signature", "untrusted_key", "replayed", "oversized", "malformed"}
+    | {"wrong_group"}
+)
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -232,8 +236,8 @@ def _wait(fleet: Fleet, targets: list[str], version: int, t0: float, timeout: fl
         while len(seen) < len(targets):
             for a in targets:
                 out = _outcome(fleet.reported.get(a), version)
-                if out and a not in seen:
-                    seen[a] = (out, fleet.reported_at[a] - t0)
+                if out and a not in seen:  # 0: it had the version before this publish
+                    seen[a] = (out, max(0.0, fleet.reported_at[a] - t0))
             left = deadline - time.monotonic()
             if len(seen) == len(targets) or left <= 0:
                 break
@@ -265,7 +269,9 @@ def status(args: argparse.Namespace) -> int:
         target = [doc_version(own)] if own else []
         target += [group_v[g] for g in r.get("groups", []) if g in group_v]
         last = r.get("last") or {}
-        refused = sum(v for k, v in (r.get("counts") or {}).items() if k not in ("applied",))
+        counts = r.get("counts") or {}
+        refused = sum(v for k, v in counts.items() if k in REFUSALS)
+        failed = sum(v for k, v in counts.items() if k not in REFUSALS and k != "applied")
         rows.append(
             {
                 "agent": a,
@@ -275,8 +281,10 @@ def status(args: argparse.Namespace) -> int:
                 "desired": max((v for v in target if v), default="-"),
                 "canary": "yes" if own else "",
                 "last": f"v{last.get('version')} {last.get('outcome')}" if last else "",
-                "reason": (last.get("reason") or "")[:60],
+                "reason": (last.get("reason") or "")[:100],
+                "refusal": r.get("last_refused") or {},
                 "refused": refused,
+                "failed": failed,
                 "uptime": r.get("uptime"),
                 "age": round(time.time() - r.get("ts", 0), 1),
             }
@@ -285,13 +293,17 @@ def status(args: argparse.Namespace) -> int:
         body = {"groups": group_v, "agents": rows}
         print(orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         return 0
-    cols = ["agent", "groups", "version", "state", "desired", "canary", "last", "refused", "age"]
+    cols = ["agent", "groups", "version", "state", "desired", "canary", "last", "refused"]
+    cols += ["failed", "age"]
     widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in cols}
-    print("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    print("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip())
     for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols).rstrip())
         if r["reason"]:
-            print(f"    {r['reason']}")
+            print(f"    last: {r['reason']}")
+        if r["refusal"]:
+            f = r["refusal"]
+            print(f"    refused v{f.get('version')}: {f.get('reason')}: {f.get('detail', '')[:80]}")
     return 0
 
 
