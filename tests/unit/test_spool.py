@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from agent.records import EVENT, STATS, SUMMARY, Record
@@ -142,3 +144,25 @@ def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
     (_, first), (_, second) = s.take("a", 10)
     assert first.payload == {"score": 1.5, "n": 3, "v": [0, 1], "at": str(tmp_path)}
     assert second.payload == {"score": 2.0}
+
+
+def test_wait_returns_only_after_a_callback_only_job_ran(tmp_path):
+    """``wait()`` covers ``after`` callbacks (a batch without records acknowledges its QoS 1
+    input this way): a reload stopping a pipeline disconnects its source only after them."""
+    s = Spool(tmp_path / "s.db")
+    entered, release, ran, returned = (threading.Event() for _ in range(4))
+
+    def acknowledge():
+        entered.set()
+        release.wait(10)
+        ran.set()
+
+    s.after(acknowledge)
+    assert entered.wait(10)  # the writer took the job and is in its callback
+    waiter = threading.Thread(target=lambda: (s.wait(), returned.set()))
+    waiter.start()
+    assert not returned.wait(0.5), "wait() returned while the callback was still running"
+    release.set()
+    assert returned.wait(10) and ran.is_set()
+    waiter.join()
+    s.close()
