@@ -297,7 +297,7 @@ def test_fleet_rollout_canary_bad_bundles_and_no_sample_lost(broker, w1_models, 
         unique = {m["id"]: m["count"] for m in summaries.of(f"out/{line}/sum")}
         return sum(unique.values())
 
-    # Up to here every version was swapped in (same source and sinks): exactly once.
+    # Up to here every version was swapped in (same source and sinks).
     sent = load.finish()
     for line in lines.values():
         summaries.wait_for(lambda line=line: counted(line) >= sent[line])
@@ -320,14 +320,9 @@ def test_fleet_rollout_canary_bad_bundles_and_no_sample_lost(broker, w1_models, 
     for line in lines.values():
         summaries.wait_for(lambda line=line: counted(line) - got[line] >= sent2[line])
     got2 = {line: counted(line) - got[line] for line in sent2}
-    # v7 and its rollback restart the pipeline (its sinks change): what the v7 pipeline
-    # summarised while its broker was down is delivered after the rollback, so nothing is
-    # lost. A restart with QoS 1 input may count a few samples twice (a pre-existing
-    # property of reload restarts, reported with this test), so line-a is checked >=;
-    # line-b, never restarted, exactly.
-    b = lines["a3"]
-    assert got2[b] == sent2[b]
-    assert all(got2[line] >= sent2[line] for line in sent2), (got2, sent2)
+    # v7 and its rollback restart line-a's pipelines (their sinks change); what the v7
+    # pipeline summarised while its broker was down goes out after the rollback.
+    assert got2 == sent2
 
     # a3 (line-b) never changed: local config, the int8 model, nothing refused.
     a3 = reported.all(ids["a3"])
@@ -358,38 +353,3 @@ def test_fleet_rollout_canary_bad_bundles_and_no_sample_lost(broker, w1_models, 
         f"{all_s:.2f} s (CLI round trip {round_trip:.2f} s); samples {sent} counted {got}; "
         f"across v7 and its rollback: samples {sent2} counted {got2}"
     )
-
-
-def test_reload_restart_keeps_record_ids_unique_and_releases_an_unused_connection(
-    broker, w1_models, tmp_path, monkeypatch
-):
-    """What a rollback relies on: a sink added by a reload connects (or shows as down), its
-    connection is stopped once no sink uses it, and a restarted pipeline goes on numbering
-    its records instead of repeating the ids of its predecessor."""
-    from agent.config import parse_config
-    from agent.reload import apply
-    from agent.runtime import Agent
-
-    raw = _local(broker.port, "ids", ["g"], "fleet-ids", "", tmp_path, w1_models[1])
-    del raw["fleet"]
-    monkeypatch.setenv(LINE_ENV, "ids/x")
-    good = parse_config(raw, "good")
-    raw["pipelines"] = [_pipeline(w1_models[1], sink_broker="spare")]
-    down = parse_config(raw, "down")
-    agent = Agent(good)
-    agent.build()
-    agent.start()
-    try:
-        first = agent.pipelines[0].processor._next_id()
-        apply(agent, down)
-        roles = {(b, r) for b, r, _ in agent.connection_states()}
-        assert ("spare", "upstream") in roles
-        assert not agent._connections["spare"].connected.is_set()
-        assert agent._connections["spare"].client._thread is not None  # started: it retries
-        apply(agent, good)
-        assert "spare" not in {b for b, _, _ in agent.connection_states()}
-        later = agent.pipelines[0].processor._next_id()
-        prefix, n = first.rsplit("-", 1)
-        assert later.rsplit("-", 1)[0] == prefix and int(later.rsplit("-", 1)[1]) > int(n)
-    finally:
-        agent.stop()
