@@ -64,6 +64,12 @@ def _serve(
     from .runtime import Agent, settle_heap
 
     stop, hup = signals
+    fleet = None
+    if full.fleet is not None:  # the last good fleet version, or the local file (docs/fleet.md)
+        from .fleet.manager import FleetManager
+
+        fleet = FleetManager(args.config, full)
+        full = fleet.startup_config()
     cfg, children = workers.split(full)
     pool = workers.WorkerPool(children, args.log_level, log.console_wanted(args.log_format))
     if cfg is None:
@@ -77,6 +83,8 @@ def _serve(
     except BaseException:
         pool.stop()
         raise
+    if fleet is not None:
+        fleet.start(agent)
     settle_heap()
     notify("READY=1")
     while not stop.wait(0.2):
@@ -92,6 +100,8 @@ def _serve(
         if any(p.error is not None for p in agent.pipelines):
             stop.set()
     notify("STOPPING=1")
+    if fleet is not None:
+        fleet.stop()  # a version mid-gate stays `trying`: marked failed at the next start
     pool.stop()
     agent.stop()
     return 0 if all(p.error is None for p in agent.pipelines) else 1
@@ -231,6 +241,7 @@ TOOLS = (
     ("quantize", "agent.quantize:main", "quantize an ONNX model to int8 and compare it"),
     ("bench", "bench.w1:main", "the benchmarks: bench w1 | bench floor [options]"),
     ("decode", "agent.decode_tool:main", "run payloads through a pipeline's decoder, show it"),
+    ("fleet", "agent.fleet.cli:main", "fleet rollout: keygen | sign | publish | status"),
 )
 BENCHES = {"w1": "bench.w1", "floor": "bench.floor"}  # bench alone: w1
 

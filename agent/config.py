@@ -7,6 +7,8 @@ registers, so plugins get the same checks and schema as built-ins. ``${VAR}`` an
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 import os
 import re
@@ -298,6 +300,54 @@ class PipelineConfig(Model):
     )
 
 
+def _public_key(v: Any) -> Any:
+    """An Ed25519 public key as `edge-agent fleet keygen` writes it: base64 of 32 bytes."""
+    if isinstance(v, str):
+        try:
+            raw = base64.b64decode(v.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError("expected an Ed25519 public key: base64 of 32 bytes (a .pub file)")
+    return v
+
+
+class FleetHealthConfig(Model):
+    window: Duration = Field(
+        30, description="a new version must make the agent ready within this, or it is rolled back"
+    )
+    hold: Duration = Field(2, description="ready for this long in a row passes the health gate")
+
+
+class FleetConfig(Model):
+    broker: str = Field(description="name of a broker in `brokers` carrying the fleet topics")
+    groups: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
+        [], description="groups this agent belongs to (`<topic>/group/<name>/desired`)"
+    )
+    trusted_keys: list[Annotated[str, BeforeValidator(_public_key)]] = Field(
+        min_length=1,
+        description="Ed25519 public keys (base64, `edge-agent fleet keygen`) that may sign "
+        "desired states; only this local file can change them",
+    )
+    topic: str = Field("fleet", pattern=r"^[^+#]+$", description="root of the fleet topics")
+    state_dir: Path = Field(
+        Path("edge-agent-fleet"),
+        description="staged versions, their models and the last good version (kept across "
+        "restarts)",
+    )
+    max_bundle: int = Field(
+        1 << 20, gt=0, description="a desired-state message larger than this (bytes) is refused"
+    )
+    max_model: int = Field(
+        64 << 20, gt=0, description="a model larger than this (bytes) is refused"
+    )
+    chunk_timeout: Duration = Field(
+        120, description="a chunked model not complete within this fails the version"
+    )
+    report_every: Duration = Field(60, description="period of the retained reported state")
+    health: FleetHealthConfig = FleetHealthConfig()
+
+
 class Config(Model):
     agent: AgentSection = AgentSection()
     brokers: dict[str, BrokerConfig] = Field(min_length=1)
@@ -306,6 +356,10 @@ class Config(Model):
         None, description="Prometheus /metrics, /healthz and /readyz over HTTP; off when absent"
     )
     pipelines: list[PipelineConfig] = Field(min_length=1)
+    fleet: FleetConfig | None = Field(
+        None,
+        description="signed desired state (pipelines and models) over MQTT; see docs/fleet.md",
+    )
 
 
 COMPONENT_FIELDS = (("decoder", "decoder"), ("handler", "handler"))
@@ -467,6 +521,18 @@ def _cross_checks(cfg: Config) -> list[str]:
                 )
     if cfg.agent.status_broker and cfg.agent.status_broker not in cfg.brokers:
         errors.append(f"agent.status_broker: unknown broker {cfg.agent.status_broker!r}")
+    if cfg.fleet is not None:
+        if cfg.fleet.broker not in cfg.brokers:
+            errors.append(
+                f"fleet.broker: unknown broker {cfg.fleet.broker!r}; "
+                f"expected one of {sorted(cfg.brokers)}"
+            )
+        for i, p in enumerate(cfg.pipelines):
+            if p.workers > 1:
+                errors.append(
+                    f"pipelines[{i}].workers: a fleet-managed agent runs its pipelines in one "
+                    "process (workers: 1)"
+                )
     return errors
 
 

@@ -6,8 +6,8 @@ processor (decoder, model, rule, window, summary period) swapped in between two 
 its worker; its queue is kept, so nothing accepted is lost, and its windows are kept when
 the window and the channel count are unchanged. A model file whose content changed counts as
 a change. A pipeline whose source or sinks changed is restarted (its queue processed first);
-new pipelines start, removed ones stop the same way. ``agent``, ``brokers``, ``spool`` and
-``metrics`` apply at the next restart only.
+new pipelines start, removed ones stop the same way. ``agent``, ``brokers``, ``spool``,
+``metrics`` and ``fleet`` apply at the next restart only.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .processor import Processor
     from .runtime import Agent
 
-RESTART_SECTIONS = ("agent", "brokers", "spool", "metrics")
+RESTART_SECTIONS = ("agent", "brokers", "spool", "metrics", "fleet")
 
 
 @dataclass
@@ -99,7 +99,8 @@ def reload_from(agent: Agent, path: str | Path | None) -> bool:
         logger.error("reload_rejected", error="the agent was not started from a config file")
         return False
     try:
-        new = load_config(path, agent.registry)
+        fleet = agent.fleet  # the applied fleet pipelines over the local file, if any
+        new = fleet.load(path) if fleet is not None else load_config(path, agent.registry)
         report = apply(agent, new)
     except (ConfigError, AgentError) as e:
         logger.error("reload_rejected", config=str(path), error=str(e))
@@ -161,6 +162,7 @@ def apply(agent: Agent, new: Config) -> ReloadReport:
         source.start()
         if name not in report.restarted:
             report.added.append(name)
+    agent.release_connections()
     return report
 
 

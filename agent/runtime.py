@@ -7,7 +7,9 @@ the source end (stop intake, drain queues, flush summaries, flush the spool, dis
 from __future__ import annotations
 
 import gc
+import itertools
 import os
+import threading
 import time
 from collections.abc import Callable
 
@@ -60,7 +62,10 @@ class Agent:
         self.started = False
         self.metrics = None
         self.config_path: str | None = None
+        self.fleet = None  # agent.fleet.manager.FleetManager when the config has `fleet:`
+        self.reload_lock = threading.RLock()  # one reload at a time: SIGHUP or the fleet
         self._model_problems: dict[str, str | None] = {}
+        self._record_ids: dict[str, itertools.count] = {}
 
     # -- sinks' view of the runtime ------------------------------------------------------
     def connection(self, broker: str) -> Connection:
@@ -73,7 +78,18 @@ class Agent:
             if status and broker == self._status_broker():
                 will = (status, orjson.dumps({"agent": self.config.agent.id, "state": "offline"}))
             self._connections[broker] = Connection(broker, cfg, cid, will=will)
+            if self.started:  # a sink added by a reload
+                self._connections[broker].start()
         return self._connections[broker]
+
+    def release_connections(self) -> None:
+        """Stop upstream connections no sink uses any more (a reload removed their sinks)."""
+        used = {id(getattr(f.sink, "conn", None)) for f in self.forwarders}
+        status = self._status_broker() if self.config.agent.status_topic else None
+        for name, conn in list(self._connections.items()):
+            if id(conn) not in used and name != status:
+                conn.stop()
+                del self._connections[name]
 
     def _status_broker(self) -> str | None:
         a = self.config.agent
@@ -110,6 +126,9 @@ class Agent:
         processor = build_processor(
             p, self.registry, id_prefix=f"{self.config.agent.id}-{self.boot}-{p.name}-"
         )
+        # One id counter per pipeline name for the whole boot: a pipeline restarted by a
+        # reload must not number its records from 1 again (ids are unique per message).
+        processor._ids = self._record_ids.setdefault(p.name, processor._ids)
         handler = processor.handler
         self.log.info(
             "model_loaded",
@@ -276,7 +295,8 @@ class Agent:
         """Re-read the config and apply it pipeline by pipeline; keep it running if invalid."""
         from .reload import reload_from
 
-        return reload_from(self, path or self.config_path)
+        with self.reload_lock:
+            return reload_from(self, path or self.config_path)
 
     def start(self) -> None:
         if not self.pipelines:

@@ -69,13 +69,23 @@ class MqttSource:
             return
         if self.deferred:  # the chunk's last message carries its acks: FIFO does the rest
             if acks:
-                msgs[-1].ack = (self.conn.connects, tuple(acks))
+                msgs[-1].ack = (self._connection_number(), tuple(acks))
             self.intake.put_many(msgs)
             return
         self.intake.put_many(msgs)
         ack = self.conn.client.ack
         for mid in acks:
             ack(mid, 1)
+
+    def _connection_number(self) -> int:
+        """The connection PUBLISHes split from the socket now came on (network thread).
+
+        A resumed session's redelivered messages can share a socket read with the CONNACK
+        and be split before paho handles it: they belong to the connection about to be
+        counted. Numbered with the last one, they were never acknowledged and came back
+        at every later reconnect or pipeline restart.
+        """
+        return self.conn.connects + (0 if self.conn.connected.is_set() else 1)
 
     def acknowledge(self, msgs: list[Message]) -> None:
         """Send the PUBACKs of processed messages (worker thread).

@@ -139,6 +139,7 @@ class Spool:
         self._jobs: list[_Job] = []
         self._cv = threading.Condition()
         self._done = self._next_id - 1  # every id up to this one is committed
+        self._busy = False  # the writer holds taken jobs whose callbacks have not all run
         self._failed: Exception | None = None
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
@@ -192,7 +193,7 @@ class Spool:
             top = self._next_id - 1 if last is None else last
             self._cv.wait_for(
                 lambda: (
-                    (self._done >= top and (last is not None or not self._jobs))
+                    (self._done >= top and (last is not None or not (self._jobs or self._busy)))
                     or self._failed is not None
                 )
             )
@@ -213,6 +214,8 @@ class Spool:
             time.sleep(GROUP_COMMIT_WAIT)
             with self._cv:
                 jobs, self._jobs = self._jobs, []
+                self._busy = True  # a callback-only job leaves _done as it is: wait() must
+                # not return before its callback (e.g. a QoS 1 acknowledgement) ran
             try:
                 self._commit(jobs)
             except Exception as e:  # disk full, I/O error: stop taking data, say why
@@ -226,6 +229,7 @@ class Spool:
                     self._run(job.then)
             with self._cv:
                 self._done = jobs[-1].first + len(jobs[-1].records) - 1
+                self._busy = False
                 self._cv.notify_all()
             added = {(j.sink, 0 if r.kind == EVENT else 1) for j in jobs for r in j.records}
             for sink, prio in added:

@@ -163,3 +163,25 @@ def test_a_callback_that_raises_does_not_stop_the_writer(tmp_path):
     assert not waiter.is_alive(), "wait() blocked: the writer died"
     assert ran == [2] and s.depth("a") == 2
     s.close()
+
+
+def test_wait_returns_only_after_a_callback_only_job_ran(tmp_path):
+    """``wait()`` covers ``after`` callbacks (a batch without records acknowledges its QoS 1
+    input this way): a reload stopping a pipeline disconnects its source only after them."""
+    s = Spool(tmp_path / "s.db")
+    entered, release, ran, returned = (threading.Event() for _ in range(4))
+
+    def acknowledge():
+        entered.set()
+        release.wait(10)
+        ran.set()
+
+    s.after(acknowledge)
+    assert entered.wait(10)  # the writer took the job and is in its callback
+    waiter = threading.Thread(target=lambda: (s.wait(), returned.set()))
+    waiter.start()
+    assert not returned.wait(0.5), "wait() returned while the callback was still running"
+    release.set()
+    assert returned.wait(10) and ran.is_set()
+    waiter.join()
+    s.close()
