@@ -429,10 +429,9 @@ def run_demo(args: argparse.Namespace) -> int:
     title = f"edge-agent demo: {len(devices)} pumps from {source}; {model.label}; broker {where}"
     print(title, flush=True)
     if agent.metrics is not None:
-        print(
-            f"metrics: http://127.0.0.1:{agent.metrics.port}/metrics  (/healthz, /readyz)",
-            flush=True,
-        )
+        base = f"http://127.0.0.1:{agent.metrics.port}"
+        print(f"console: {base}/  (open it in a browser while the demo runs)", flush=True)
+        print(f"metrics: {base}/metrics  (/healthz, /readyz, /api/state)", flush=True)
     if args.headless:
         stop.wait(args.duration)
     else:
