@@ -79,17 +79,51 @@ def driver(tmp_path):
 
 
 def _wait(driver, predicate, what: str):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    wait = WebDriverWait(
+        driver, WAIT, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    )
     try:
-        return WebDriverWait(driver, WAIT, poll_frequency=0.2).until(lambda d: predicate(d))
+        return wait.until(lambda d: predicate(d))
     except Exception as e:  # TimeoutException: say what was awaited and what the page had
-        body = driver.find_element("tag name", "body").text[:1500]
+        body = driver.execute_script("return document.body.innerText")[:1500]
         raise AssertionError(f"timed out waiting for {what}; page:\n{body}") from e
 
 
-def _css(driver, selector: str):
-    return driver.find_elements("css selector", selector)
+# The page redraws its view every 2 s, so an element found now may be gone a moment later:
+# reads take the text or an attribute of every match in one script (atomic with respect to
+# the page's own scripts), and actions are retried on a stale element.
+READ = """return Array.from(document.querySelectorAll(arguments[0]),
+    e => arguments[1] === null ? e.innerText : e.getAttribute(arguments[1]));"""
+
+
+def _read(driver, selector: str, attribute: str | None = None) -> list[str]:
+    """The text (or ``attribute``) of every element matching ``selector``."""
+    return driver.execute_script(READ, selector, attribute)
+
+
+def _act(driver, selector: str, action) -> None:
+    """``action(element)`` on the first match, again on a fresh one if it went stale."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(10):
+        try:
+            return action(driver.find_element("css selector", selector))
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{selector} kept going stale")
+
+
+def _points(driver) -> int:
+    """Points in the device page's chart (0 while another view is still shown)."""
+    return int((_read(driver, "#chart", "data-points") or ["0"])[0] or 0)
+
+
+def _type(element, text: str) -> None:
+    element.clear()
+    element.send_keys(text)
 
 
 def test_console_shows_devices_and_an_open_episode(broker, w1_models, tmp_path, driver):
@@ -107,55 +141,39 @@ def test_console_shows_devices_and_an_open_episode(broker, w1_models, tmp_path, 
         # Overview: the pipeline with its devices and one open episode; brokers up.
         driver.get(base + "/")
         card = '.pipeline[data-pipeline="w1"]'
-        _wait(driver, lambda d: "1 open" in "".join(e.text for e in _css(d, card)), "1 open")
-        assert f"{DEVICES} devices" in _css(driver, card)[0].text
-        brokers = _css(driver, "#brokers")[0].text
+        _wait(driver, lambda d: "1 open" in "".join(_read(d, card)), "1 open")
+        assert f"{DEVICES} devices" in _read(driver, card)[0]
+        (brokers,) = _read(driver, "#brokers")
         assert "up" in brokers and "down" not in brokers
-        assert FAULTY in _css(driver, "#recent-events")[0].text
+        assert FAULTY in _read(driver, "#recent-events")[0]
 
-        # Device table: every device, the faulty one first (sorted by score / threshold)
-        # and marked open; the filter narrows the table to it.
+        # Device table: every device, the one with the open episode first (the default
+        # order), marked open; the filter narrows the table, a header click sorts it.
         driver.get(base + "/#/devices/w1")
         rows = "#devices tbody tr"
-        _wait(driver, lambda d: len(_css(d, rows)) == DEVICES, f"{DEVICES} rows")
-        first = _css(driver, rows)[0]
-        assert first.get_attribute("data-device") == FAULTY
-        assert "open" in first.get_attribute("class") and "open" in first.text
-        assert len(_css(driver, "#devices tbody tr.open")) == 1
-        field = _css(driver, "#filter")[0]
-        field.send_keys("dev000")
-        _wait(driver, lambda d: len(_css(d, rows)) == 10, "10 rows matching dev000")
-        _css(driver, 'th[data-sort="device"]')[0].click()
-        _wait(
-            driver,
-            lambda d: _css(d, rows)[0].get_attribute("data-device") == "dev0000",
-            "sorted by device",
-        )
+        _wait(driver, lambda d: len(_read(d, rows)) == DEVICES, f"{DEVICES} rows")
+        assert _read(driver, rows, "data-device")[0] == FAULTY
+        assert _read(driver, "#devices tbody tr.open", "data-device") == [FAULTY]
+        assert "open" in _read(driver, rows)[0]
+        _act(driver, "#filter", lambda e: _type(e, "dev000"))
+        _wait(driver, lambda d: len(_read(d, rows)) == 10, "10 rows matching dev000")
+        _act(driver, 'th[data-sort="device"]', lambda e: e.click())
+        _wait(driver, lambda d: _read(d, rows, "data-device")[:2] == ["dev0000", "dev0001"], "sort")
         browser.save_screenshot(driver, tmp_path, "console-test-devices.png")
 
         # A tablet in portrait: the page fits its width (wide tables scroll inside their box).
         driver.set_window_size(768, 1024)
         driver.refresh()
-        _wait(driver, lambda d: len(_css(d, rows)) == DEVICES, "rows on a tablet")
+        _wait(driver, lambda d: len(_read(d, rows)) == DEVICES, "rows on a tablet")
         width = driver.execute_script("return [document.documentElement.scrollWidth, innerWidth]")
         assert width[0] <= width[1], width
         driver.set_window_size(1280, 900)
 
         # Device page: state, a chart with sampled points, the opened event with its cause.
         driver.get(f"{base}/#/device/w1/{FAULTY}")
-        _wait(
-            driver,
-            lambda d: _css(d, "#device-name") and FAULTY in _css(d, "#device-name")[0].text,
-            "device page",
-        )
-        _wait(
-            driver,
-            lambda d: (
-                _css(d, "#chart") and int(_css(d, "#chart")[0].get_attribute("data-points")) > 0
-            ),
-            "history points",
-        )
-        events = _css(driver, "#device-events")[0].text
+        _wait(driver, lambda d: FAULTY in "".join(_read(d, "#device-name")), "device page")
+        _wait(driver, lambda d: _points(d) > 0, "history")
+        (events,) = _read(driver, "#device-events")
         assert "opened" in events
         event = next(p for _, p in list(agent.console.events) if p.get("event") == "opened")
         assert event["device"] == FAULTY
@@ -166,8 +184,9 @@ def test_console_shows_devices_and_an_open_episode(broker, w1_models, tmp_path, 
 
         # Events list: the opened event, linked to its device.
         driver.get(base + "/#/events")
-        _wait(driver, lambda d: _css(d, '#events tr[data-event="opened"]'), "opened event")
-        assert FAULTY in _css(driver, '#events tr[data-event="opened"]')[0].text
+        opened = '#events tr[data-event="opened"]'
+        _wait(driver, lambda d: _read(d, opened), "opened event")
+        assert FAULTY in _read(driver, opened)[0]
     finally:
         agent.stop()
 
@@ -204,22 +223,17 @@ def test_demo_prints_the_console_url_and_serves_it(tmp_path, driver):
         url = m[1]
         driver.get(url + "#/devices")
         rows = "#devices tbody tr"
-        _wait(driver, lambda d: len(_css(d, rows)) == 6, "6 demo pumps")
-        _wait(driver, lambda d: not any("warming" in r.text for r in _css(d, rows)), "warm-up done")
+        _wait(driver, lambda d: len(_read(d, rows)) == 6, "6 demo pumps")
+        _wait(driver, lambda d: not any("warming" in r for r in _read(d, rows)), "warm-up done")
         driver.get(url + "#/events")
-        _wait(driver, lambda d: _css(d, "#events tbody tr"), "an event")
-        device = _css(driver, "#events tbody tr td:nth-child(3)")[0].text
+        links = "#events tbody tr td:nth-child(3) a"  # a flood event names no device
+        _wait(driver, lambda d: _read(d, links), "a device's event")
+        device = _read(driver, links)[0]
         driver.get(url + "#/devices")
-        _wait(driver, lambda d: len(_css(d, rows)) == 6, "the table again")
+        _wait(driver, lambda d: len(_read(d, rows)) == 6, "the table again")
         browser.save_screenshot(driver, tmp_path, "console-devices.png")
         driver.get(f"{url}#/device/pumps/{device}")
-        _wait(
-            driver,
-            lambda d: (
-                _css(d, "#chart") and int(_css(d, "#chart")[0].get_attribute("data-points")) > 5
-            ),
-            "a chart of several points",
-        )
+        _wait(driver, lambda d: _points(d) > 5, "a chart")
         browser.save_screenshot(driver, tmp_path, "console-device.png")
     finally:
         proc.send_signal(signal.SIGINT)

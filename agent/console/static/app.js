@@ -9,6 +9,7 @@ const ui = { sort: "state", asc: true, filter: "", show: "all" };
 let tick = 2000;
 let timer = null;
 let busy = false;
+let again = false;
 
 // -- helpers ---------------------------------------------------------------------------
 function h(tag, attrs, ...children) {
@@ -48,6 +49,10 @@ function bytes(n) {
 }
 const channel = (c) => (typeof c === "number" ? `ch ${c}` : c);
 const cause = (c) => (Array.isArray(c) ? c.map((x) => `${channel(x.channel)} ${Math.round(x.share * 100)}%`).join(", ") : "");
+function detail(e) {
+  if (e.event === "flood") return `${e.opened} openings in ${e.period} s (limit ${e.limit}): more suppressed`;
+  return cause(e.cause) || (e.reason ? `reason: ${e.reason}` : "");
+}
 const deviceHref = (p, d) => `#/device/${encodeURIComponent(p)}/${encodeURIComponent(d)}`;
 
 function route() {
@@ -70,14 +75,22 @@ function query(r) {
 
 // -- polling ---------------------------------------------------------------------------
 async function refresh() {
-  if (busy) return;
+  if (busy) {
+    again = true; // the view changed while a request was out: ask again once it is back
+    return;
+  }
   busy = true;
+  const hash = location.hash;
   const r = route();
   const link = document.getElementById("link");
   try {
     const res = await fetch(`/api/state?${query(r)}`, { cache: "no-store" });
     if (!res.ok) throw new Error(`HTTP ${res.status}`);
     const state = await res.json();
+    if (location.hash !== hash) {
+      again = true; // this answer is for the view the user just left
+      return;
+    }
     tick = (state.tick || 2) * 1000;
     document.getElementById("tick").textContent = state.tick || 2;
     document.getElementById("agent-id").textContent = `edge-agent · ${state.agent.id}`;
@@ -89,6 +102,10 @@ async function refresh() {
     link.className = "link down";
   } finally {
     busy = false;
+    if (again) {
+      again = false;
+      refresh();
+    }
   }
 }
 
@@ -359,7 +376,7 @@ function eventsTable(events, id) {
       h("td", null, e.severity || ""),
       h("td", { class: "num" }, num(e.score ?? e.peak, 3)),
       h("td", { class: "num" }, num(e.threshold, 3)),
-      h("td", null, cause(e.cause) || (e.reason ? `reason: ${e.reason}` : ""))));
+      h("td", null, detail(e))));
   return h("div", { class: "scroll" }, h("table", { id }, h("thead", null, head), h("tbody", null, rows)));
 }
 
