@@ -15,13 +15,15 @@ if TYPE_CHECKING:
 class Summaries:
     """Counts samples, windows, score sum/max, anomalies and episodes per device until
     flushed; ``typed`` adds a typed output kind's own per-device figures (class counts,
-    last and worst estimate)."""
+    last and worst estimate). Also keeps each device's last score and its highest since
+    :meth:`take_recent` (what the console samples), which a flush does not reset."""
 
     def __init__(self, index: DeviceIndex) -> None:
         self.index = index
         self._alloc(index.capacity)
         index.on_grow.append(self._grow)
         self.typed: KindSummary | None = None
+        index.on_evict.append(self._evict)
 
     def _alloc(self, n: int) -> None:
         self.count = np.zeros(n, np.int64)
@@ -31,16 +33,23 @@ class Summaries:
         self.score_max = np.full(n, -np.inf)
         self.opened = np.zeros(n, np.int64)
         self.closed = np.zeros(n, np.int64)
+        self.last = np.full(n, np.nan)
+        self.recent = np.full(n, -np.inf)
 
     _SUMS = ("count", "windows", "anomalies", "score_sum", "opened", "closed")
 
     def _grow(self, capacity: int) -> None:
         old = {k: getattr(self, k) for k in self._SUMS}
-        old_max = self.score_max
+        old_max, old_last, old_recent = self.score_max, self.last, self.recent
         self._alloc(capacity)
         for k, v in old.items():
             getattr(self, k)[: len(v)] = v
         self.score_max[: len(old_max)] = old_max
+        self.last[: len(old_last)] = old_last
+        self.recent[: len(old_recent)] = old_recent
+
+    def _evict(self, slots: np.ndarray) -> None:
+        self.last[slots], self.recent[slots] = np.nan, -np.inf
 
     def add_samples(self, groups: Groups) -> None:
         self.count[groups.slots] += groups.counts
@@ -50,6 +59,13 @@ class Summaries:
         np.add.at(self.anomalies, slots, anomalous.astype(np.int64))
         np.add.at(self.score_sum, slots, scores)
         np.maximum.at(self.score_max, slots, scores)
+        self.last[slots] = scores  # repeated slots: NumPy keeps the later window (not promised)
+        np.maximum.at(self.recent, slots, scores)
+
+    def take_recent(self) -> np.ndarray:
+        """Each slot's highest score since the last call (-inf: none); then reset."""
+        out, self.recent = self.recent, np.full(len(self.recent), -np.inf)
+        return out
 
     def add_typed(self, slots: np.ndarray, decided: Decided) -> None:
         if self.typed is not None:

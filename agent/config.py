@@ -192,6 +192,26 @@ def _window(v: Any) -> Any:
 class MetricsConfig(Model):
     host: str = Field("127.0.0.1", description="listen address (loopback by default)")
     port: int = Field(9464, ge=0, lt=65536, description="listen port (0: any free port)")
+    username: str | None = Field(
+        None,
+        description="HTTP basic authentication for every path but /healthz and /readyz; "
+        "must be ${VAR}, never literal",
+    )
+    password: str | None = Field(None, description="its password; must be ${VAR}, never literal")
+    console: bool = Field(
+        True,
+        description="serve the read-only web console (/) and /api/state; on an address "
+        "other than loopback only with username and password",
+    )
+    history: Duration = Field(
+        600, description="console: score and threshold history kept per device"
+    )
+    history_mb: float = Field(
+        8,
+        gt=0,
+        description="console: memory for that history (8 bytes per device per 2 s); devices "
+        "beyond it show no chart",
+    )
 
 
 class CalibrationConfig(Model):
@@ -353,7 +373,9 @@ class Config(Model):
     brokers: dict[str, BrokerConfig] = Field(min_length=1)
     spool: SpoolConfig = SpoolConfig()
     metrics: MetricsConfig | None = Field(
-        None, description="Prometheus /metrics, /healthz and /readyz over HTTP; off when absent"
+        None,
+        description="Prometheus /metrics, /healthz, /readyz and the web console over HTTP; "
+        "off when absent",
     )
     pipelines: list[PipelineConfig] = Field(min_length=1)
     fleet: FleetConfig | None = Field(
@@ -479,6 +501,12 @@ def _validate_components(data: dict, registry: Registry, errors: list[str]) -> d
 
 def _cross_checks(cfg: Config) -> list[str]:
     errors = []
+    m = cfg.metrics
+    if m is not None and (m.username is None) != (m.password is None):
+        errors.append(
+            "metrics.username: basic authentication needs both metrics.username and "
+            "metrics.password (or neither)"
+        )
     names = set()
     for i, p in enumerate(cfg.pipelines):
         if p.name in names:

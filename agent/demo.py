@@ -480,10 +480,9 @@ def run_demo(args: argparse.Namespace) -> int:
     lines = [f"{len(devices)} pumps from {source}", f"model: {model.label}", f"broker: {where}"]
     print("edge-agent demo: " + "; ".join(lines), flush=True)
     if agent.metrics is not None:
-        print(
-            f"metrics: http://127.0.0.1:{agent.metrics.port}/metrics  (/healthz, /readyz)",
-            flush=True,
-        )
+        base = f"http://127.0.0.1:{agent.metrics.port}"
+        print(f"console: {base}/  (open it in a browser while the demo runs)", flush=True)
+        print(f"metrics: {base}/metrics  (/healthz, /readyz, /api/state)", flush=True)
     warmup = (model.calibration or {}).get("warmup")
     if args.headless or not sys.stdout.isatty():  # a pipe or a log: progress lines instead
         next_line = PROGRESS_EVERY

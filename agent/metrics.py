@@ -1,14 +1,21 @@
-"""Prometheus metrics and health over HTTP: ``/metrics``, ``/healthz``, ``/readyz``.
+"""Prometheus metrics, health and the web console over HTTP: ``/metrics``, ``/healthz``,
+``/readyz``, ``/`` (the console) and ``/api/state``.
 
 Nothing here runs per message. Scrapes read the counters the pipelines already keep
 (:class:`AgentCollector`); the worker observes :class:`BatchStats` once per inference batch.
-Off unless the config has a ``metrics:`` section; listens on loopback by default.
+Off unless the config has a ``metrics:`` section; listens on loopback by default. With
+``metrics.username`` and ``metrics.password`` every path but the health checks needs HTTP
+basic authentication; the console is served on a non-loopback address only then.
 """
 
 from __future__ import annotations
 
+import base64
 import bisect
 import errno
+import gzip
+import hmac
+import ipaddress
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,7 +28,16 @@ from .errors import SettingError
 
 if TYPE_CHECKING:
     from .config import MetricsConfig
+    from .console import Console
     from .runtime import Agent
+
+OPEN_PATHS = ("/healthz", "/readyz")  # container health checks carry no credentials
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+GZIP_ABOVE = 1024  # bytes: smaller bodies go as they are
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -210,13 +226,47 @@ def listen_problem(host: str, port: int, error: OSError) -> str:
     return f"metrics: cannot listen on {host}:{port}: {error.strerror or error}"
 
 
-class MetricsServer:
-    """HTTP server (daemon thread) for ``/metrics``, ``/healthz`` and ``/readyz``."""
+def is_loopback(host: str) -> bool:
+    """Whether a listen address only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, agent: Agent, config: MetricsConfig) -> None:
+
+def console_refusal(config: MetricsConfig) -> str | None:
+    """Why the console is not served with this config (None: it is)."""
+    if not config.console:
+        return "metrics.console is false"
+    if not is_loopback(config.host) and config.username is None:
+        return (
+            f"metrics.host {config.host!r} is not loopback: set metrics.username and "
+            "metrics.password to serve the console there"
+        )
+    return None
+
+
+class MetricsServer:
+    """HTTP server (daemon thread) for ``/metrics``, ``/healthz``, ``/readyz`` and, with a
+    :class:`agent.console.Console`, the console's pages and ``/api/state``."""
+
+    def __init__(self, agent: Agent, config: MetricsConfig, console: Console | None = None) -> None:
         from prometheus_client import CollectorRegistry
 
         self.agent = agent
+        self.config = config
+        self.console = console
+        self.refusal = console_refusal(config)
+        self.assets: dict[str, tuple[bytes, str]] = {}
+        if console is not None and self.refusal is None:
+            from .console import assets
+
+            self.assets = assets()
+        self.credentials = (
+            f"{config.username}:{config.password}".encode() if config.username else None
+        )
         from prometheus_client import ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=False)
@@ -233,6 +283,18 @@ class MetricsServer:
             target=self._server.serve_forever, name="metrics-http", daemon=True
         )
 
+    def authorised(self, header: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the configured credentials."""
+        if self.credentials is None:
+            return True
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            given = base64.b64decode(header[6:].strip(), validate=True)
+        except ValueError:
+            return False
+        return hmac.compare_digest(given, self.credentials)
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -240,20 +302,48 @@ class MetricsServer:
             def do_GET(self) -> None:
                 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                path, _, query = self.path.partition("?")
+                if path not in OPEN_PATHS and not server.authorised(
+                    self.headers.get("Authorization")
+                ):
+                    self._send(
+                        401,
+                        b"authentication required\n",
+                        "text/plain",
+                        [("WWW-Authenticate", 'Basic realm="edge-agent", charset="UTF-8"')],
+                    )
+                elif path == "/metrics":
                     self._send(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._send(200, b'{"alive":true}\n', "application/json")
                 elif path == "/readyz":
                     ok, body = readiness(server.agent)
                     self._send(200 if ok else 503, orjson.dumps(body) + b"\n", "application/json")
+                elif path in ("/api/state", *server.assets, "/"):
+                    self._console(path, query)
                 else:
                     self._send(404, b"not found\n", "text/plain")
 
-            def _send(self, code: int, body: bytes, ctype: str) -> None:
+            def _console(self, path: str, query: str) -> None:
+                if server.console is None or server.refusal is not None:
+                    body = f"console not served: {server.refusal or 'no console'}\n".encode()
+                    self._send(403, body, "text/plain")
+                elif path == "/api/state":
+                    body = server.console.state_json(_query(query))
+                    self._send(200, body, "application/json", [("Cache-Control", "no-store")])
+                else:
+                    body, ctype = server.assets[path]
+                    self._send(200, body, ctype, [("Cache-Control", "no-cache")])
+
+            def _send(self, code: int, body: bytes, ctype: str, headers: list | tuple = ()) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
+                for name, value in (*SECURITY_HEADERS, *headers):
+                    self.send_header(name, value)
+                if len(body) > GZIP_ABOVE and "gzip" in self.headers.get("Accept-Encoding", ""):
+                    body = gzip.compress(body, 1)
+                    self.send_header("Content-Encoding", "gzip")
+                    self.send_header("Vary", "Accept-Encoding")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
@@ -265,8 +355,17 @@ class MetricsServer:
 
     def start(self) -> None:
         self._thread.start()
-        self.log.info("metrics_listening", host=self.host, port=self.port)
+        served = self.console is not None and self.refusal is None
+        self.log.info("metrics_listening", host=self.host, port=self.port, console=served)
+        if self.config.console and self.refusal is not None:
+            self.log.warning("console_not_served", reason=self.refusal)
 
     def stop(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+def _query(query: str) -> dict[str, str]:
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(query, keep_blank_values=True))

@@ -61,11 +61,23 @@ class Agent:
         self.scheduler = BackgroundScheduler(daemon=True)
         self.started = False
         self.metrics = None
+        self.console = self._new_console()
         self.config_path: str | None = None
         self.fleet = None  # agent.fleet.manager.FleetManager when the config has `fleet:`
         self.reload_lock = threading.RLock()  # one reload at a time: SIGHUP or the fleet
         self._model_problems: dict[str, str | None] = {}
         self._record_ids: dict[str, itertools.count] = {}
+
+    def _new_console(self):
+        """The web console's state when the metrics server will serve it, else None."""
+        from .metrics import console_refusal
+
+        m = self.config.metrics
+        if m is None or console_refusal(m) is not None:
+            return None
+        from .console import Console
+
+        return Console(self, m)
 
     # -- sinks' view of the runtime ------------------------------------------------------
     def connection(self, broker: str) -> Connection:
@@ -108,7 +120,7 @@ class Agent:
         if cfg.metrics is not None:  # bound first: a port in use stops start-up at once
             from .metrics import MetricsServer
 
-            self.metrics = MetricsServer(self, cfg.metrics)
+            self.metrics = MetricsServer(self, cfg.metrics, self.console)
         self.spool = Spool(
             cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl, cfg.spool.sync
         )
@@ -160,7 +172,7 @@ class Agent:
         pipeline = Pipeline(
             processor,
             intake,
-            self._emitter(forwarders),
+            self._emitter(forwarders, p.name),
             self._dead_letter(source, p.source.dead_letter, p.name),
             self._control(source),
             ack=source.acknowledge if source.deferred else None,
@@ -181,12 +193,14 @@ class Agent:
         """Spool depth and drops, for stats records and the status heartbeat."""
         return {"spool": self.spool.stats()} if self.spool else {}
 
-    def _emitter(self, forwarders: list[Forwarder]):
-        spool = self.spool
+    def _emitter(self, forwarders: list[Forwarder], pipeline: str):
+        spool, console = self.spool, self.console
 
         def emit(records: list[Record], then: Callable[[], None] | None) -> None:
             """Queue records for the spool's writer; ``then`` runs once they are committed.
             Fresh events go out at once where an event lane is caught up."""
+            if console is not None and records:
+                console.take(pipeline, records)
             if records and forwarders:
                 *others, last = forwarders
                 for f in others:
@@ -319,6 +333,10 @@ class Agent:
         self.scheduler.add_job(
             self.check_models, "interval", seconds=self.config.agent.model_check, id="models"
         )
+        if self.console is not None:
+            from .console import TICK
+
+            self.scheduler.add_job(self.console.tick, "interval", seconds=TICK, id="console")
         self.scheduler.start()
         for s in self.sources:
             s.start()

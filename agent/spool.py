@@ -369,6 +369,12 @@ class Spool:
                 "SELECT COUNT(*) FROM outbox WHERE sink = ?", (sink,)
             ).fetchone()[0]
 
+    def oldest_age(self) -> float | None:
+        """Seconds since the oldest waiting record was spooled (None: the spool is empty)."""
+        with self._lock:
+            row = self._db.execute("SELECT created FROM outbox ORDER BY id LIMIT 1").fetchone()
+        return None if row is None else max(0.0, time.time() - row[0])
+
     def stats(self) -> dict:
         """Rows stored since start, waiting now, approximate bytes, dropped (cap), expired,
         moved aside (refused by a sink)."""

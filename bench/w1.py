@@ -159,6 +159,7 @@ class Settings:
     loadgen_procs: int = 2
     ramp: tuple[float, float] = (2000.0, 256_000.0)  # first rate, cap; doubling
     bisect_steps: int = 3
+    agent_config: Path = AGENT_CONFIG  # bench.console runs W1 with a metrics section added
 
 
 def agent_missing() -> str | None:
@@ -193,7 +194,7 @@ def start(s: Settings, proc: Processor, log: Path) -> Child:
         "W1_QOS": str(proc.qos),
         "W1_SPOOL": str(spool),
     }
-    return Child(AGENT_ARGV, log, env=env)
+    return Child([*AGENT_ARGV[:-1], str(s.agent_config)], log, env=env)
 
 
 def wait_probe(port: int, collector: Child, child: Child, timeout: float = 30.0) -> None:
