@@ -14,6 +14,7 @@ class Summaries:
         self.index = index
         self._alloc(index.capacity)
         index.on_grow.append(self._grow)
+        self.touched: list[np.ndarray] = []  # slots changed since agent.period.snapshot
 
     def _alloc(self, n: int) -> None:
         self.count = np.zeros(n, np.int64)
@@ -32,12 +33,14 @@ class Summaries:
 
     def add_samples(self, groups: Groups) -> None:
         self.count[groups.slots] += groups.counts
+        self.touched.append(groups.slots)
 
     def add_scores(self, slots: np.ndarray, scores: np.ndarray, anomalous: np.ndarray) -> None:
         np.add.at(self.windows, slots, 1)
         np.add.at(self.anomalies, slots, anomalous.astype(np.int64))
         np.add.at(self.score_sum, slots, scores)
         np.maximum.at(self.score_max, slots, scores)
+        self.touched.append(slots)
 
     def flush(self) -> list[dict]:
         """One summary per device that sent samples or had windows scored; then reset."""
@@ -67,4 +70,5 @@ class Summaries:
         self.anomalies[active] = 0
         self.score_sum[active] = 0
         self.score_max[active] = -np.inf
+        self.touched = []
         return out

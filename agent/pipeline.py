@@ -6,10 +6,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from . import log
+from . import log, period
 from .intake import Intake
+from .period import PeriodWrite
 from .processor import Processor
 from .records import Message, Record
+
+Emit = Callable[[list[Record], Callable[[], None] | None, PeriodWrite | None], None]
 
 
 class Pipeline:
@@ -19,7 +22,7 @@ class Pipeline:
         self,
         processor: Processor,
         intake: Intake,
-        emit: Callable[[list[Record], Callable[[], None] | None], None],
+        emit: Emit,
         dead_letter: Callable[[list[tuple[Message, str, str]]], None] | None = None,
         control: Callable[[list[tuple[str, bytes]]], None] | None = None,
         *,
@@ -31,7 +34,7 @@ class Pipeline:
         self.emit = emit
         self.dead_letter = dead_letter
         self.control = control
-        self.ack = ack  # told once a batch is processed and its events are committed
+        self.ack = ack  # told once a batch's events and period totals are committed
         self.stats = stats  # extra figures for the stats record (e.g. spool drops)
         self.log = log.get(pipeline=processor.name, component="worker")
         self._flush = threading.Event()
@@ -68,7 +71,7 @@ class Pipeline:
         self._next = None
         old = self.processor
         if not new.keeps_windows_of(old):
-            self.emit(old.flush(self._stats()), None)
+            self._flush_now(old)
         kept[0] = new.adopt(old)
         self.processor = new
         done.set()
@@ -83,6 +86,13 @@ class Pipeline:
         self._stop.set()
         self.intake.wake()
         self._thread.join(timeout)
+
+    def _flush_now(self, p: Processor) -> None:
+        """The period's summaries and stats, committed with the clearing of its totals."""
+        self.emit(p.flush(self._stats()), None, period.cleared(p.name))
+
+    def _durable(self, p: Processor) -> PeriodWrite:
+        return period.snapshot(p.name, p.summaries, p.period_start)
 
     def _stats(self) -> dict:
         return {
@@ -107,9 +117,9 @@ class Pipeline:
                         p.counters.add_errors({"internal": len(msgs)})
                         if p._limit.allow("internal"):
                             self.log.exception("batch_failed", messages=len(msgs))
-                        self.emit([], self._acknowledge(msgs))
+                        self.emit([], self._acknowledge(msgs), self._durable(p))
                         continue
-                    self.emit(events, self._acknowledge(msgs))
+                    self.emit(events, self._acknowledge(msgs), self._durable(p))
                     if p.rejected:
                         rejected, p.rejected = p.rejected, []
                         if self.dead_letter:
@@ -120,7 +130,7 @@ class Pipeline:
                             self.control(control)
                 if self._flush.is_set():
                     self._flush.clear()
-                    self.emit(p.flush(self._stats()), None)
+                    self._flush_now(p)
                 if not msgs:
                     if self._stop.is_set() and not len(intake):
                         break
@@ -129,4 +139,4 @@ class Pipeline:
             self.error = e
             self.log.exception("worker_failed")
         finally:
-            self.emit(p.flush(self._stats()), None)
+            self._flush_now(p)

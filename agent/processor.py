@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,6 +63,7 @@ class Processor:
         handler: ModelHandler | StreamHandler,
         *,
         id_prefix: str = "",
+        ids: Iterator[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = config.name
@@ -78,7 +79,7 @@ class Processor:
         self.batch_stats = BatchStats()
         self.period_errors: dict[str, int] = {}
         self.period_start = time.time()
-        self._ids = itertools.count(1)
+        self._ids = ids or itertools.count(1)  # shared across rebuilds by the runtime
         self._id_prefix = id_prefix or f"{config.name}-{os.urandom(4).hex()}-"
         self.log = log.get(pipeline=config.name, component="processor")
         self._limit = log.RateLimit(1.0)
@@ -308,12 +309,15 @@ def _states(batch) -> list[dict]:
 
 
 def build_processor(
-    config: PipelineConfig, registry: Registry | None = None, id_prefix: str = ""
+    config: PipelineConfig,
+    registry: Registry | None = None,
+    id_prefix: str = "",
+    ids: Iterator[int] | None = None,
 ) -> Processor:
     """A pipeline's decoder, handler and processor, its model loaded, checked and warmed up."""
     registry = registry or Registry()
     decoder = registry.get("decoder", config.decoder.type)(config.decoder)
     handler = registry.get("handler", config.handler.type)(config.handler)
-    processor = Processor(config, decoder, handler, id_prefix=id_prefix)
+    processor = Processor(config, decoder, handler, id_prefix=id_prefix, ids=ids)
     processor.load()
     return processor

@@ -29,6 +29,7 @@ import orjson
 
 from . import log
 from .errors import SpoolError
+from .period import PeriodWrite
 from .records import EVENT, Record, dumps
 
 _SCHEMA = """
@@ -40,6 +41,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (sink, prio, id);
+CREATE TABLE IF NOT EXISTS period (
+    pipeline TEXT NOT NULL,
+    device TEXT NOT NULL,
+    updated REAL NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (pipeline, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 """
 
 
@@ -53,6 +62,7 @@ class _Job:
     first: int  # id of records[0]
     then: Callable[[], None] | None
     delete: Sequence[int] = ()
+    period: PeriodWrite | None = None
 
 
 class Express:
@@ -124,6 +134,7 @@ class Spool:
         self.sync = "normal" if sync == "normal" else "full"
         self._db.execute(f"PRAGMA synchronous={self.sync.upper()}")
         self._db.executescript(_SCHEMA)
+        self.incarnation = self._next_incarnation()
         self._bytes = self._db.execute(
             "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
         ).fetchone()[0]
@@ -141,6 +152,18 @@ class Spool:
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
 
+    def _next_incarnation(self) -> int:
+        """1 + the number of earlier opens of this file, committed before anything else."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO meta VALUES ('incarnation', 1)"
+                " ON CONFLICT(key) DO UPDATE SET value = value + 1"
+            )
+            n = self._db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()[0]
+            self._db.execute("COMMIT")
+        return n
+
     def wake_event(self, sink: str, prio: int | None = None) -> threading.Event:
         """An event set whenever rows for ``sink`` (of priority ``prio``) are added."""
         return self._wake.setdefault((sink, prio), threading.Event())
@@ -150,19 +173,24 @@ class Spool:
         return self._express.setdefault(sink, Express())
 
     def submit(
-        self, sink: str, records: Sequence[Record], then: Callable[[], None] | None = None
+        self,
+        sink: str,
+        records: Sequence[Record],
+        then: Callable[[], None] | None = None,
+        period: PeriodWrite | None = None,
     ) -> int:
         """Queue ``records`` for the writer and return their last id at once.
 
         Fresh events go to ``sink``'s express queue now; ``then`` runs in the writer thread
         after this and every earlier submission is committed (callbacks run in order).
+        ``period`` is written in the same transaction (see :mod:`agent.period`).
         Raises the writer's error if a commit failed.
         """
         self._check()
         with self._cv:
             first = self._next_id
             self._next_id += len(records)
-            self._jobs.append(_Job(sink, records, first, then))
+            self._jobs.append(_Job(sink, records, first, then, period=period))
             self._cv.notify()
         express = self._express.get(sink)
         events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
@@ -172,9 +200,10 @@ class Spool:
             self.wake_event(sink).set()
         return first + len(records) - 1
 
-    def after(self, then: Callable[[], None]) -> None:
-        """Run ``then`` in the writer once everything submitted so far is committed."""
-        self.submit("", [], then)
+    def after(self, then: Callable[[], None] | None, period: PeriodWrite | None = None) -> None:
+        """Run ``then`` in the writer once everything submitted so far (and ``period``) is
+        committed."""
+        self.submit("", [], then, period)
 
     def ack_later(self, ids: Sequence[int], then: Callable[[], None]) -> None:
         """Delete delivered rows in the writer, after their own commit; then run ``then``."""
@@ -239,19 +268,30 @@ class Spool:
         now = time.time()
         size = 0
 
-        def rows():
+        def rows(job: _Job):
             nonlocal size
-            for job in jobs:
-                for i, r in enumerate(job.records):
-                    body = dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
-                    size += len(body) + 40
-                    yield job.first + i, job.sink, 0 if r.kind == EVENT else 1, now, body
+            for i, r in enumerate(job.records):
+                body = dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
+                size += len(body) + 40
+                yield job.first + i, job.sink, 0 if r.kind == EVENT else 1, now, body
 
+        # A device's running totals only matter as of the last batch of this commit.
+        period: dict[tuple[str, str], bytes] = {}
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)", rows()
-            )
+            for job in jobs:
+                if job.records:
+                    self._db.executemany(
+                        "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)",
+                        rows(job),
+                    )
+                if job.period is not None:
+                    self._period(job.period, period)
+            if period:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO period VALUES (?, ?, ?, ?)",
+                    [(p, d, now, body) for (p, d), body in period.items()],
+                )
             deletes = [i for job in jobs for i in job.delete]
             if deletes:
                 self._bytes = max(0, self._bytes - self._delete_counted(deletes))
@@ -260,6 +300,27 @@ class Spool:
             self.stored += sum(len(j.records) for j in jobs)
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
+
+    def _period(self, write: PeriodWrite, pending: dict[tuple[str, str], bytes]) -> None:
+        """Apply one batch's or flush's period rows in order (caller holds the lock)."""
+        if write.clear:
+            for key in [k for k in pending if k[0] == write.pipeline]:
+                del pending[key]
+            self._db.execute("DELETE FROM period WHERE pipeline = ?", (write.pipeline,))
+        for device, body in write.rows:
+            pending[(write.pipeline, device)] = body
+
+    def period_rows(self, pipeline: str | None = None) -> list[tuple[str, str, bytes, float]]:
+        """(pipeline, device, body, updated) of the running totals left by the last run."""
+        with self._lock:
+            if pipeline is None:
+                return self._db.execute(
+                    "SELECT pipeline, device, body, updated FROM period"
+                ).fetchall()
+            return self._db.execute(
+                "SELECT pipeline, device, body, updated FROM period WHERE pipeline = ?",
+                (pipeline,),
+            ).fetchall()
 
     def _enforce_cap(self) -> None:
         """Drop the oldest rows until under 90% of the cap; caller holds the lock."""

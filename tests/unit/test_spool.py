@@ -142,3 +142,22 @@ def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
     (_, first), (_, second) = s.take("a", 10)
     assert first.payload == {"score": 1.5, "n": 3, "v": [0, 1], "at": str(tmp_path)}
     assert second.payload == {"score": 2.0}
+
+
+def test_period_totals_follow_batches_and_flushes_in_commit_order(tmp_path):
+    """A flush clears only what came before it, even inside one group commit; the rows
+    outlive the process, and the open count rises on every open (the id incarnation)."""
+    from agent.period import PeriodWrite, cleared
+
+    s = Spool(tmp_path / "s.db")
+    first = s.incarnation
+    s.after(None, PeriodWrite("p", [("d1", b"[1]"), ("d2", b"[2]")]))
+    s.submit("a", [rec(SUMMARY, 1)], None, cleared("p"))
+    s.after(None, PeriodWrite("p", [("d1", b"[3]")]))
+    s.after(None, PeriodWrite("q", [("d9", b"[9]")]))
+    s.wait()
+    del s  # no close(): as after a crash
+    again = Spool(tmp_path / "s.db")
+    rows = sorted((p, d, b) for p, d, b, _ in again.period_rows())
+    assert rows == [("p", "d1", b"[3]"), ("q", "d9", b"[9]")]
+    assert again.incarnation == first + 1

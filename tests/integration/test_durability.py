@@ -1,0 +1,102 @@
+"""Acknowledged means durable: real brokers, a real spool file, ``edge-agent run`` killed.
+
+Each test prints its figures (run with -s); docs/reliability.md quotes them.
+"""
+
+from __future__ import annotations
+
+import signal
+import uuid
+
+import pytest
+import yaml
+
+from agent.testing.mosquitto import Mosquitto
+from tests.support.faults import samples_per_device, tally, write_config
+from tests.support.mqtt import AgentProcess, Collector, publish, w1_payloads
+
+pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
+
+
+def figures(name: str, **numbers: object) -> None:
+    print(f"\nFIGURES {name}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
+
+
+def _config(tmp_path, broker, up_port, model, line, every="1h"):
+    status_topic = f"status/{line}"
+    cfg = write_config(
+        tmp_path / "agent.yaml",
+        local=broker.port,
+        upstream=up_port,
+        model=model,
+        spool=tmp_path / "spool.db",
+        agent={
+            "id": f"a-{line}",
+            "status_topic": status_topic,
+            "status_broker": "local",
+            "heartbeat": "1s",
+        },
+    )
+    doc = yaml.safe_load(cfg.read_text())
+    doc["pipelines"][0]["summary"]["every"] = every
+    cfg.write_text(yaml.safe_dump(doc))
+    return cfg, status_topic
+
+
+def decoded(status: Collector, topic: str) -> int:
+    beats = [m for m in status.of(topic) if "pipelines" in m]
+    return beats[-1]["pipelines"]["w1"]["decoded"] if beats else 0
+
+
+def test_sigkill_between_flushes_loses_no_acknowledged_sample(broker, w1_models, tmp_path):
+    """Every sample is acknowledged, none flushed yet (1 h period), then SIGKILL: after a
+    restart the summaries upstream hold every sample exactly once, and no id twice."""
+    line = uuid.uuid4().hex[:8]
+    (tmp_path / "up").mkdir()
+    up = Mosquitto(workdir=tmp_path / "up").start()
+    col = Collector(up.port, ["summary/#", "events/#", "stats/#"])
+    cfg, status_topic = _config(tmp_path, broker, up.port, w1_models[1], line)
+    status = Collector(broker.port, [status_topic])
+    items = w1_payloads(devices=20, samples=150)
+    agent = AgentProcess(cfg, {})
+    again = None
+    try:
+        agent.wait_ready()
+        publish(broker.port, f"plant/{line}/{{device}}/telemetry", items, qos=1)
+        assert status.wait_for(lambda: decoded(status, status_topic) >= len(items), 30)
+        assert not col.of("summary/")  # nothing flushed: every count is between flushes
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait(10)
+        again = AgentProcess(cfg, {})
+        again.wait_ready()
+        assert col.wait_for(
+            lambda: sum(samples_per_device(tally(col.of("summary/"))[0]).values()) >= len(items),
+            30,
+        )
+        assert again.stop() == 0, again.logs[-20:]
+        col.wait_for(lambda: False, 1.0)
+    finally:
+        for a in (agent, again):
+            if a is not None and a.proc.poll() is None:
+                a.proc.kill()
+        up.stop()
+    summaries, dup = tally(col.of("summary/"))
+    ids = [m["id"] for _, m in col.messages]
+    bodies = {}
+    for _, m in col.messages:
+        bodies.setdefault(m["id"], set()).add(repr(sorted(m.items())))
+    per_device = samples_per_device(summaries)
+    recovered = [s for s in summaries.values() if s.get("recovered")]
+    col.close()
+    status.close()
+    figures(
+        "sigkill_between_flushes",
+        samples=len(items),
+        samples_in_summaries=sum(per_device.values()),
+        recovered_summaries=len(recovered),
+        duplicates=dup,
+        ids=len(ids),
+    )
+    assert all(per_device[f"dev{d:04d}"] == 150 for d in range(20)), per_device
+    assert len(recovered) == 20
+    assert all(len(b) == 1 for b in bodies.values()), "an id was used for two payloads"
