@@ -17,6 +17,7 @@ import numpy as np
 from . import log
 from .aggregate import Summaries
 from .config import PipelineConfig
+from .isolate import decode_isolated
 from .metrics import BatchStats
 from .protocols import Decoder, ModelHandler, StreamHandler
 from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
@@ -115,7 +116,7 @@ class Processor:
                 {"too_large": len(big)},
                 [(m, "too_large", f"{len(m.payload)} bytes > {limit}") for m in big],
             )
-        batch = self.decoder.decode_many(messages)
+        batch = decode_isolated(self.decoder, messages)
         if batch.errors:
             self._count_errors(batch.errors, batch.rejects)
         self.control += batch.control
@@ -140,6 +141,8 @@ class Processor:
             batch.devices = [batch.devices[i] for i in keep.tolist()]
             if batch.detections is not None:
                 batch.detections = batch.detections.take_frames(keep, len(full) + len(keep))
+            if not len(slots):  # every sample over the cap: counted above, nothing to add
+                return events, None
         self.counters.decoded += len(slots)
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()

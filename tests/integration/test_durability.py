@@ -162,3 +162,34 @@ def test_ids_unique_across_rebuild_reloads_under_load_and_restarts(broker, w1_mo
     )
     assert conflicts == 0
     assert counted == len(items)
+
+
+def test_one_bad_seq_in_a_burst_costs_only_itself(broker, w1_models, tmp_path):
+    """A ``"seq": 1e30`` among 400 good messages (the issue's probe): 400 samples counted,
+    one ``schema`` error, one dead letter, no ``internal``."""
+    line = uuid.uuid4().hex[:8]
+    col = Collector(broker.port, [f"sum-{line}/#", f"stats-{line}/#", f"dead/{line}/#"])
+    cfg, _ = _config(tmp_path, broker, broker.port, w1_models[1], line, every="0.5s")
+    doc = yaml.safe_load(cfg.read_text())
+    pipe = doc["pipelines"][0]
+    pipe["source"]["dead_letter"] = f"dead/{line}/{{kind}}"
+    pipe["sinks"][0].update(summaries=f"sum-{line}/{{device}}", stats=f"stats-{line}/{{pipeline}}")
+    cfg.write_text(yaml.safe_dump(doc))
+    items = w1_payloads(devices=10, samples=40)
+    bad = (items[0][0], -1, b'{"ts": %f, "seq": 1e30, "v": [1,2,3,4,5,6,7,8]}' % 1e9, False)
+    burst = [*items[:200], bad, *items[200:]]
+    agent = AgentProcess(cfg, {})
+    try:
+        agent.wait_ready()
+        publish(broker.port, f"plant/{line}/{{device}}/telemetry", burst, qos=1)
+        assert col.wait_for(lambda: sum(m["count"] for m in col.of(f"sum-{line}")) >= 400, 30)
+        assert col.wait_for(lambda: col.of(f"dead/{line}/"), 10)
+        assert agent.stop() == 0, agent.logs[-20:]
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+    stats = col.of(f"stats-{line}/")
+    col.close()
+    assert sum(m["count"] for m in col.of(f"sum-{line}")) == 400
+    assert stats[-1]["errors"] == {"schema": 1}, stats[-1]["errors"]
+    assert [t for t, _, _ in col.raw if t.startswith("dead/")] == [f"dead/{line}/schema"]
