@@ -126,15 +126,29 @@ class AgentCollector:
         )
         for broker, role, up in self.agent.connection_states():
             connected.add_metric([broker, role], 1 if up else 0)
-        yield from (depth, spool_dropped, delivered, connected)
+        failing = GaugeMetricFamily(
+            "edge_agent_spool_write_failing",
+            "1 while spool commits fail (disk full, I/O error): intake is paused",
+        )
+        failing.add_metric([], 1 if spool and spool.failing else 0)
+        dead = CounterMetricFamily(
+            "edge_agent_spool_dead_lettered", "undecodable spool rows moved to dead_letter"
+        )
+        dead.add_metric([], spool.dead if spool else 0)
+        yield from (depth, spool_dropped, delivered, connected, failing, dead)
 
 
 def readiness(agent: Agent) -> tuple[bool, dict]:
-    """Ready when every broker connection is up and every model is loaded."""
+    """Ready when every broker connection is up, every model is loaded and the spool
+    can write."""
     down = [f"{b}/{r}" for b, r, up in agent.connection_states() if not up]
     failed = [p.processor.name for p in agent.pipelines if p.error is not None]
-    ok = agent.started and not down and not failed and bool(agent.pipelines)
-    return ok, {"ready": ok, "started": agent.started, "down": down, "failed": failed}
+    spool = agent.spool is not None and agent.spool.failing
+    ok = agent.started and not down and not failed and not spool and bool(agent.pipelines)
+    body = {"ready": ok, "started": agent.started, "down": down, "failed": failed}
+    if spool:
+        body["spool_write_error"] = agent.spool.write_error
+    return ok, body
 
 
 class MetricsServer:

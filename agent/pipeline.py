@@ -28,6 +28,7 @@ class Pipeline:
         *,
         ack: Callable[[list[Message]], None] | None = None,
         stats: Callable[[], dict] | None = None,
+        paused: Callable[[], bool] | None = None,
     ) -> None:
         self.processor = processor
         self.intake = intake
@@ -36,6 +37,8 @@ class Pipeline:
         self.control = control
         self.ack = ack  # told once a batch's events and period totals are committed
         self.stats = stats  # extra figures for the stats record (e.g. spool drops)
+        # True while the spool cannot write: take nothing, so QoS 1 input stays unacknowledged
+        self.paused = paused or (lambda: False)
         self.log = log.get(pipeline=processor.name, component="worker")
         self._flush = threading.Event()
         self._stop = threading.Event()
@@ -109,6 +112,11 @@ class Pipeline:
                 if self._next is not None:
                     self._take_swap()
                     p, limit = self.processor, self.processor.config.max_batch
+                if self.paused():
+                    if self._stop.is_set():
+                        break  # what is queued is not acknowledged: the broker keeps it
+                    intake.wait(0.1)
+                    continue
                 msgs = intake.drain(limit)
                 if msgs:
                     try:

@@ -174,6 +174,7 @@ class Agent:
             self._control(source),
             ack=source.acknowledge if source.deferred else None,
             stats=self.spool_stats,
+            paused=lambda: self.spool.failing,
         )
         return pipeline, source, forwarders
 

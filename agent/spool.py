@@ -18,6 +18,7 @@ delete after PUBACK is a writer job too (``ack_later``), so it always follows th
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -49,10 +50,31 @@ CREATE TABLE IF NOT EXISTS period (
     PRIMARY KEY (pipeline, device)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    sink TEXT,
+    created REAL,
+    moved REAL NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB
+);
 """
 
 
 GROUP_COMMIT_WAIT = 0.002  # s
+RETRY_MAX = 5.0  # s between attempts to commit while the disk is full or failing
+CLOSE_RETRY = 10.0  # s a closing spool keeps retrying before it gives the submissions up
+_CORRUPT = {getattr(sqlite3, "SQLITE_CORRUPT", 11), getattr(sqlite3, "SQLITE_NOTADB", 26)}
+
+
+def _unreadable(e: sqlite3.Error) -> bool:
+    """A damaged file (not a database, malformed), as opposed to a full or failing disk."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code in _CORRUPT
+    return isinstance(e, sqlite3.DatabaseError) and any(
+        m in str(e) for m in ("not a database", "malformed")
+    )
 
 
 @dataclass(slots=True)
@@ -129,16 +151,8 @@ class Spool:
         self._next_expiry = 0.0
         self.log = log.get(component="spool")
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self.sync = "normal" if sync == "normal" else "full"
-        self._db.execute(f"PRAGMA synchronous={self.sync.upper()}")
-        self._db.executescript(_SCHEMA)
-        self.incarnation = self._next_incarnation()
-        self._bytes = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
-        ).fetchone()[0]
-        top = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+        self.moved_aside: Path | None = None
+        self._db, top = self._open(sync)
         self._next_id = top + 1  # ids are given here, so express rows have one before COMMIT
         self._wake: dict[tuple[str, int | None], threading.Event] = {}
         self._express: dict[str, Express] = {}
@@ -147,21 +161,78 @@ class Spool:
         self._jobs: list[_Job] = []
         self._cv = threading.Condition()
         self._done = self._next_id - 1  # every id up to this one is committed
-        self._failed: Exception | None = None
+        self.write_error: str | None = None  # the last commit failed: intake is paused
+        self.write_failures = 0
+        self.dead = 0  # rows moved to the dead_letter table (undecodable)
+        self.abandoned_records = 0
+        self._abandoned = False
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
 
-    def _next_incarnation(self) -> int:
+    def _open(self, sync: str) -> tuple[sqlite3.Connection, int]:
+        """Connect, read the outbox's size and top id, count this open (the incarnation).
+
+        A damaged file is moved aside (with its -wal and -shm) and a fresh one started; a
+        full or failing disk is retried with backoff until it takes the write (no crash
+        loop: the agent starts taking data once it can keep it).
+        """
+        wait = 0.0
+        while True:
+            db = None
+            try:
+                db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                self.sync = "normal" if sync == "normal" else "full"
+                db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+                db.executescript(_SCHEMA)
+                self._bytes = db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
+                ).fetchone()[0]
+                top = db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+                self.incarnation = self._next_incarnation(db)
+                return db, top
+            except sqlite3.Error as e:
+                if db is not None:
+                    db.close()
+                if str(self.path) == ":memory:":
+                    raise
+                if _unreadable(e):
+                    self._move_aside(e)
+                    continue
+                wait = min(max(wait * 2, 0.2), RETRY_MAX)
+                self.log.error(
+                    "spool_open_failed", path=str(self.path), error=str(e), retry_in=wait
+                )
+                time.sleep(wait)
+
+    def _move_aside(self, error: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.unreadable-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.rename(f"{target}{suffix}")
+        self.moved_aside = target
+        self.log.error(
+            "spool_moved_aside", path=str(self.path), moved_to=str(target), error=str(error)
+        )
+
+    @staticmethod
+    def _next_incarnation(db: sqlite3.Connection) -> int:
         """1 + the number of earlier opens of this file, committed before anything else."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
                 "INSERT INTO meta VALUES ('incarnation', 1)"
                 " ON CONFLICT(key) DO UPDATE SET value = value + 1"
             )
-            n = self._db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()[0]
-            self._db.execute("COMMIT")
+            n = db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()[0]
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
         return n
 
     def wake_event(self, sink: str, prio: int | None = None) -> threading.Event:
@@ -217,22 +288,25 @@ class Spool:
         self.wait(self.submit(sink, records))
 
     def wait(self, last: int | None = None) -> None:
-        """Until every submission (up to id ``last``) is committed and its callback ran."""
+        """Until every submission (up to id ``last``) is committed and its callback ran
+        (or given up by :meth:`close`)."""
         with self._cv:
             top = self._next_id - 1 if last is None else last
-            self._cv.wait_for(
-                lambda: (
-                    (self._done >= top and (last is not None or not self._jobs))
-                    or self._failed is not None
-                )
-            )
+            self._cv.wait_for(lambda: self._done >= top and (last is not None or not self._jobs))
         self._check()
 
+    @property
+    def failing(self) -> bool:
+        """The last commit failed (disk full, I/O error): take no more input until one works."""
+        return self.write_error is not None
+
     def _check(self) -> None:
-        if self._failed is not None:
-            raise SpoolError(f"{self.path}: {self._failed}") from self._failed
+        if self._abandoned:
+            raise SpoolError(f"{self.path}: closed while writes failed ({self.write_error})")
 
     def _write_loop(self) -> None:
+        wait = 0.0
+        gave_up_at = None
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._jobs or self._closing)
@@ -245,12 +319,36 @@ class Spool:
                 jobs, self._jobs = self._jobs, []
             try:
                 self._commit(jobs)
-            except Exception as e:  # disk full, I/O error: stop taking data, say why
-                self.log.exception("spool_write_failed", records=sum(len(j.records) for j in jobs))
+            except sqlite3.Error as e:  # disk full, I/O error: keep the jobs, retry, pause
+                wait = min(max(wait * 2, 0.1), RETRY_MAX)
                 with self._cv:
-                    self._failed = e
-                    self._cv.notify_all()
-                return
+                    self._jobs[:0] = jobs  # first again, in order; no callback has run
+                    self.write_failures += 1
+                    first = self.write_error is None
+                    self.write_error = str(e)
+                    if self._closing:
+                        gave_up_at = gave_up_at or time.monotonic() + CLOSE_RETRY
+                        if time.monotonic() > gave_up_at:
+                            self._give_up()
+                            return
+                if first or self._limit.allow("write"):
+                    self.log.error(
+                        "spool_write_failed",
+                        path=str(self.path),
+                        error=str(e),
+                        records=sum(len(j.records) for j in jobs),
+                        failures=self.write_failures,
+                        retry_in=wait,
+                    )
+                with self._cv:
+                    self._cv.wait(wait)
+                continue
+            if self.write_error is not None:
+                self.log.warning(
+                    "spool_write_recovered", path=str(self.path), failures=self.write_failures
+                )
+                self.write_error = None
+            wait = 0.0
             for job in jobs:
                 if job.then is not None:
                     job.then()
@@ -261,6 +359,22 @@ class Spool:
             for sink, prio in added:
                 self.wake_event(sink).set()
                 self.wake_event(sink, prio).set()
+
+    def _give_up(self) -> None:
+        """Closing with a disk that still fails: drop the submissions (caller holds _cv).
+
+        Their callbacks (QoS 1 acknowledgements) never run, so the broker keeps those
+        messages for the next start; only what QoS 0 brought is lost, and it is counted.
+        """
+        lost = sum(len(j.records) for j in self._jobs)
+        self.log.error(
+            "spool_writes_abandoned", path=str(self.path), records=lost, error=self.write_error
+        )
+        self.abandoned_records = lost
+        self._abandoned = True
+        self._done = self._next_id - 1
+        self._jobs = []
+        self._cv.notify_all()
 
     def _commit(self, jobs: list[_Job]) -> None:
         """One transaction for every job; bodies serialised one at a time (orjson gives each
@@ -277,7 +391,7 @@ class Spool:
 
         # A device's running totals only matter as of the last batch of this commit.
         period: dict[tuple[str, str], bytes] = {}
-        with self._lock:
+        with self._lock, self._rollback_on_error():
             self._db.execute("BEGIN")
             for job in jobs:
                 if job.records:
@@ -293,13 +407,22 @@ class Spool:
                     [(p, d, now, body) for (p, d), body in period.items()],
                 )
             deletes = [i for job in jobs for i in job.delete]
-            if deletes:
-                self._bytes = max(0, self._bytes - self._delete_counted(deletes))
+            freed = self._delete_counted(deletes) if deletes else 0
             self._db.execute("COMMIT")
-            self._bytes += size
+            self._bytes = max(0, self._bytes - freed) + size
             self.stored += sum(len(j.records) for j in jobs)
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
+
+    @contextlib.contextmanager
+    def _rollback_on_error(self):
+        try:
+            yield
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
 
     def _period(self, write: PeriodWrite, pending: dict[tuple[str, str], bytes]) -> None:
         """Apply one batch's or flush's period rows in order (caller holds the lock)."""
@@ -361,11 +484,39 @@ class Spool:
                     "SELECT id, body FROM outbox WHERE sink = ? AND prio = ? ORDER BY id LIMIT ?",
                     (sink, prio, limit),
                 ).fetchall()
-        out = []
+        out, bad = [], []
         for rid, body in rows:
-            kind, pipeline, device, record_id, payload = orjson.loads(body)
-            out.append((rid, Record(kind, pipeline, device, payload, record_id)))
+            try:
+                kind, pipeline, device, record_id, payload = orjson.loads(body)
+                if not isinstance(payload, dict):
+                    raise TypeError(f"payload is {type(payload).__name__}, not an object")
+                record = Record(str(kind), str(pipeline), str(device), payload, str(record_id))
+            except (orjson.JSONDecodeError, TypeError, ValueError) as e:
+                bad.append((rid, f"{type(e).__name__}: {e}"))
+                continue
+            out.append((rid, record))
+        if bad:
+            self._dead_letter(bad)
         return out
+
+    def _dead_letter(self, bad: list[tuple[int, str]]) -> None:
+        """Move undecodable rows to the ``dead_letter`` table (counted, logged): one bad row
+        must not block its lane, and it stays on disk for a look."""
+        now = time.time()
+        with self._lock, self._rollback_on_error():
+            self._db.execute("BEGIN")
+            for rid, reason in bad:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO dead_letter SELECT id, sink, created, ?, ?, body"
+                    " FROM outbox WHERE id = ?",
+                    (now, reason, rid),
+                )
+            self._bytes = max(0, self._bytes - self._delete_counted([r for r, _ in bad]))
+            self._db.execute("COMMIT")
+        self.dead += len(bad)
+        self.log.error(
+            "spool_row_dead_lettered", rows=[r for r, _ in bad], reason=bad[0][1], total=self.dead
+        )
 
     def _expire(self) -> None:
         cur = self._db.execute("DELETE FROM outbox WHERE created < ?", (time.time() - self.ttl,))
@@ -389,11 +540,14 @@ class Spool:
         with self._lock:
             if self.sync == "full":
                 self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN")
-            freed = self._delete_counted(ids)
-            self._db.execute("COMMIT")
-            if self.sync == "full":
-                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._rollback_on_error():
+                    self._db.execute("BEGIN")
+                    freed = self._delete_counted(ids)
+                    self._db.execute("COMMIT")
+            finally:
+                if self.sync == "full":
+                    self._db.execute("PRAGMA synchronous=FULL")
             self._bytes = max(0, self._bytes - freed)
 
     def _delete_counted(self, ids: Sequence[int]) -> int:
@@ -418,13 +572,17 @@ class Spool:
             ).fetchone()[0]
 
     def stats(self) -> dict:
-        """Rows stored since start, waiting now, approximate bytes, dropped (cap), expired."""
+        """Rows stored since start, waiting now, approximate bytes, dropped (cap), expired,
+        dead-lettered (undecodable), and whether writes fail now (and how often they did)."""
         return {
             "stored": self.stored,
             "depth": self.depth(),
             "bytes": self._bytes,
             "dropped": self.dropped,
             "expired": self.expired,
+            "dead": self.dead,
+            "write_failing": self.failing,
+            "write_failures": self.write_failures,
         }
 
     def close(self) -> None:

@@ -113,23 +113,72 @@ def test_callbacks_run_in_order_after_their_records_are_committed(tmp_path):
     s.close()
 
 
-def test_a_failed_commit_stops_intake_with_an_error_naming_the_file(tmp_path):
-    """Disk full or an I/O error in the writer: the next submission raises, naming the spool,
-    and nothing is acknowledged as if it had been stored."""
-    import pytest
+def test_a_full_disk_pauses_writes_and_they_resume_by_themselves(tmp_path):
+    """A real full filesystem: commits fail, nothing is acknowledged, ``failing`` and the
+    stats say so; once space is freed the same submissions commit, in order, by themselves."""
+    from tests.support.disk import fill, small_disk
+    from tests.support.waiting import until
 
-    from agent.errors import SpoolError
+    with small_disk(tmp_path / "disk") as disk:
+        s = Spool(disk / "s.db")
+        s.put_many("a", [rec(EVENT, 0)])
+        filler = fill(disk)
+        acked: list[int] = []
+        big = [Record(SUMMARY, "p", "d", {"i": i, "pad": "x" * 2000}, f"b-{i}") for i in range(800)]
+        s.submit("a", big, lambda: acked.append(1))
+        assert until(lambda: s.failing, 10)
+        assert acked == [] and s.stats()["write_failing"] and s.write_failures >= 1
+        s.submit("a", [rec(EVENT, 1)], lambda: acked.append(2))  # queued behind, no raise
+        filler.unlink()
+        s.wait()
+        assert acked == [1, 2] and not s.failing
+        assert len(s.take("a", 5000)) == 802
+        s.close()
+
+
+def test_an_undecodable_row_is_dead_lettered_and_the_rest_flows(tmp_path):
+    """A row whose body cannot be decoded (damaged on disk) moves to ``dead_letter``, is
+    counted, and the rows behind it are delivered."""
+    import sqlite3
 
     s = Spool(tmp_path / "s.db")
+    s.put_many("a", [rec(EVENT, i) for i in range(3)])
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("UPDATE outbox SET body = x'00ff' WHERE id = 2")
+    db.commit()
+    db.close()
+    assert [r.id for _, r in s.take("a", 10)] == ["id-event-0", "id-event-2"]
+    assert s.stats()["dead"] == 1 and s.depth("a") == 2
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("SELECT id, body FROM dead_letter").fetchall() == [(2, b"\x00\xff")]
+
+
+def test_an_unreadable_spool_is_moved_aside_and_a_fresh_one_started(tmp_path):
+    """Garbage where the spool should be: the file (and its -wal) is renamed aside, logged,
+    and a new spool works."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not an sqlite file" * 100)
+    (tmp_path / "s.db-wal").write_bytes(b"junk")
+    s = Spool(path)
+    assert s.moved_aside is not None and s.moved_aside.exists()
+    assert s.moved_aside.read_bytes().startswith(b"this is not")
+    assert not (tmp_path / "s.db-wal").exists() or s.depth() == 0
     s.put_many("a", [rec(EVENT, 0)])
-    s._db.execute("DROP TABLE outbox")  # stands in for a disk that refuses writes
-    acked = []
-    s.submit("a", [rec(EVENT, 1)], lambda: acked.append(1))
-    with pytest.raises(SpoolError, match=r"s\.db"):
-        s.wait()
-    with pytest.raises(SpoolError, match=r"s\.db"):
-        s.submit("a", [rec(EVENT, 2)])
-    assert acked == []
+    assert [r.id for _, r in s.take("a", 10)] == ["id-event-0"]
+
+
+def test_a_truncated_spool_is_moved_aside(tmp_path):
+    """A spool cut short (a power cut mid-copy, a full disk): moved aside, a fresh one used."""
+    path = tmp_path / "s.db"
+    s = Spool(path)
+    s.put_many("a", [Record(SUMMARY, "p", "d", {"pad": "x" * 3000}, f"i{i}") for i in range(200)])
+    s.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    again = Spool(path)
+    assert again.moved_aside is not None
+    again.put_many("a", [rec(EVENT, 0)])
+    assert again.depth("a") == 1
 
 
 def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
