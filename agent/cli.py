@@ -20,7 +20,9 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime import Agent, settle_heap
 
     log.setup(args.log_level, args.pretty)
-    cfg, children = workers.split(load_config(args.config))
+    full = load_config(args.config)
+    _files_readable(full, args.config)
+    cfg, children = workers.split(full)
     pool = workers.WorkerPool(children, args.log_level, args.pretty)
     if cfg is None:
         return _run_pool(pool)
@@ -105,13 +107,24 @@ def _reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def _files_readable(cfg, path: str) -> None:
+    """Raise ConfigError naming each TLS or model file ``run`` could not open."""
+    from .config import file_problems
+
+    problems = file_problems(cfg)
+    if problems:
+        raise ConfigError(str(path), problems)
+
+
 def _check(args: argparse.Namespace) -> int:
     from .config import load_config
 
     status = 0
     for path in args.configs:
         try:
-            load_config(path)
+            cfg = load_config(path)
+            if not args.offline:
+                _files_readable(cfg, path)
         except ConfigError as e:
             print(e, file=sys.stderr)
             status = 2
@@ -186,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate config files; exit 2 on any error")
     check.add_argument("configs", nargs="+")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="skip the files run would open (TLS material, models): a config checked away "
+        "from its gateway",
+    )
     check.set_defaults(func=_check)
 
     schema = sub.add_parser("schema", help="print the JSON Schema of the config")

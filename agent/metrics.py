@@ -8,6 +8,7 @@ Off unless the config has a ``metrics:`` section; listens on loopback by default
 from __future__ import annotations
 
 import bisect
+import hmac
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -143,9 +144,19 @@ def readiness(agent: Agent) -> tuple[bool, dict]:
     can write."""
     down = [f"{b}/{r}" for b, r, up in agent.connection_states() if not up]
     failed = [p.processor.name for p in agent.pipelines if p.error is not None]
+    unsubscribed = {s.conn.name: s.error for s in agent.sources if s.error}
     spool = agent.spool is not None and agent.spool.failing
-    ok = agent.started and not down and not failed and not spool and bool(agent.pipelines)
+    ok = (
+        agent.started
+        and not down
+        and not failed
+        and not spool
+        and not unsubscribed
+        and bool(agent.pipelines)
+    )
     body = {"ready": ok, "started": agent.started, "down": down, "failed": failed}
+    if unsubscribed:
+        body["unsubscribed"] = unsubscribed
     if spool:
         body["spool_write_error"] = agent.spool.write_error
     return ok, body
@@ -158,6 +169,7 @@ class MetricsServer:
         from prometheus_client import CollectorRegistry
 
         self.agent = agent
+        self.token = config.token  # required on every request when set (Bearer)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
         self.log = log.get(component="metrics")
@@ -176,7 +188,12 @@ class MetricsServer:
                 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
                 path = self.path.split("?", 1)[0]
-                if path == "/metrics":
+                if server.token and not hmac.compare_digest(
+                    self.headers.get("Authorization", "").encode(),
+                    f"Bearer {server.token}".encode(),
+                ):
+                    self._send(401, b"unauthorized\n", "text/plain")
+                elif path == "/metrics":
                     self._send(200, generate_latest(server.registry), CONTENT_TYPE_LATEST)
                 elif path == "/healthz":
                     self._send(200, b'{"alive":true}\n', "application/json")

@@ -38,15 +38,22 @@ class MqttSource:
             self.conn.client.manual_ack_set(True)
             intake.on_drop = lambda m: self.acknowledge([m])  # counted as dropped
         self.paused = False
+        self.error: str | None = None  # the last subscribe failed: the agent is not ready
 
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
-        client.subscribe([(t, self.config.qos) for t in self.config.topics])
+        try:
+            client.subscribe([(t, self.config.qos) for t in self.config.topics])
+        except Exception as e:  # in paho's network thread: it would end the thread
+            self.error = f"{type(e).__name__}: {e}"
+            self.conn.log.error("subscribe_failed", topics=self.config.topics, error=self.error)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [str(r) for r in reason_codes if r.is_failure]
         if failed:
+            self.error = f"subscription refused: {', '.join(failed)}"
             self.conn.log.error("subscribe_refused", topics=self.config.topics, reasons=failed)
         else:
+            self.error = None
             self.conn.log.info("source_subscribed", topics=self.config.topics)
 
     def _on_message(self, client, userdata, msg) -> None:
