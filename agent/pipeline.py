@@ -99,6 +99,7 @@ class Pipeline:
 
     def _stats(self) -> dict:
         return {
+            **self.processor.sequences.stats(),
             "received": self.intake.received,
             "dropped": self.intake.dropped,
             "queued": len(self.intake),

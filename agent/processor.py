@@ -23,6 +23,7 @@ from .protocols import Decoder, ModelHandler, StreamHandler
 from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from .registry import Registry
 from .rule import Hold
+from .sequence import Sequences
 from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex, Groups
 
@@ -76,6 +77,7 @@ class Processor:
         self.index = DeviceIndex(w.max_devices)
         self.windows = CountWindows(self.index, w.size, w.hop, decoder.channels)
         self.summaries = Summaries(self.index)
+        self.sequences = Sequences(self.index)
         self.counters = Counters()
         self.batch_stats = BatchStats()
         self.period_errors: dict[str, int] = {}
@@ -147,6 +149,7 @@ class Processor:
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
         groups = Groups.of(slots)
+        self.sequences.observe(slots, batch.seq)
         self.summaries.add_samples(groups)
         if self.stateful:  # a StreamHandler keeps its own per-device state: no windows
             found = self.handler.update(batch)
@@ -243,8 +246,10 @@ class Processor:
         self.period_errors, self.period_start = old.period_errors, old.period_start
         self._ids, self._id_prefix = old._ids, old._id_prefix
         same = self.keeps_windows_of(old)
+        self.sequences.gap, self.sequences.repeat = old.sequences.gap, old.sequences.repeat
         if same:
             self.index, self.windows, self.summaries = old.index, old.windows, old.summaries
+            self.sequences = old.sequences
             if self.hold:  # open anomalies are not carried over; the state follows the index
                 self.hold = Hold(self.index, self.hold.hold)
             if self.warmup is not None:  # state indexed by the adopted index's slots

@@ -168,3 +168,16 @@ def test_a_decoder_that_raises_costs_only_the_message(processor_factory):
     assert p.counters.decoded == 30 and p.counters.errors == {"decode": 1}
     assert [(m.payload, k) for m, k, _ in p.rejected] == [(b"boom", "decode")]
     assert "decoder defect" in p.rejected[0][2]
+
+
+def test_sequence_gaps_and_repeats_are_counted_per_device(processor_factory):
+    """Per device, in arrival order (across batches): a jump counts once as ``seq_gap``; a
+    sample at or below the last one counts as ``seq_repeat``; samples without seq are not
+    compared; every sample is still counted."""
+    p = processor_factory()
+    p.process([good("a", k) for k in (0, 1, 2, 5, 6)] + [good("b", k) for k in (10, 11)])
+    p.process([good("a", k) for k in (6, 7, 3)] + [good("b", 12), good("b", 20)])
+    nos = Message("t/b", orjson.dumps({"ts": time.time(), "v": [1] * 8}), time.time())
+    p.process([nos, good("b", 21)])
+    assert p.sequences.stats() == {"seq_gap": 2, "seq_repeat": 2}
+    assert p.counters.decoded == 5 + 2 + 5 + 2
