@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -190,5 +192,11 @@ def test_check_names_missing_tls_and_model_files_with_their_keys(tmp_path, capsy
     assert f"brokers.local.tls.ca: {tmp_path / 'nope-ca.pem'}: no such readable file" in err
     assert f"pipelines[0].handler.model: {tmp_path / 'nope.onnx'}: no such readable" in err
     assert main(["check", "--offline", str(p)]) == 0
-    assert main(["run", "-c", str(p)]) == 2
-    assert "brokers.local.tls.ca" in capsys.readouterr().err
+    run = subprocess.run(  # a process of its own: run sets up logging for the process
+        [sys.executable, "-m", "agent", "run", "-c", str(p)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "brokers.local.tls.ca" in run.stderr, run.stderr
