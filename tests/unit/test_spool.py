@@ -210,3 +210,55 @@ def test_period_totals_follow_batches_and_flushes_in_commit_order(tmp_path):
     rows = sorted((p, d, b) for p, d, b, _ in again.period_rows())
     assert rows == [("p", "d1", b"[3]"), ("q", "d9", b"[9]")]
     assert again.incarnation == first + 1
+
+
+def test_opening_on_a_full_disk_waits_until_it_can_write(tmp_path):
+    """A restart while the disk is still full: the open retries (no exception, no crash
+    loop) and succeeds by itself once there is space, the open count committed."""
+    import threading
+
+    from tests.support.disk import fill, small_disk
+
+    with small_disk(tmp_path / "disk") as disk:
+        first = Spool(disk / "s.db")
+        first.put_many("a", [rec(EVENT, 0)])
+        first.close()
+        filler = fill(disk)
+        opened: list[Spool] = []
+        errors: list[BaseException] = []
+
+        def open_it() -> None:
+            try:
+                opened.append(Spool(disk / "s.db"))
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=open_it)
+        t.start()
+        t.join(1.0)
+        stuck = t.is_alive() and not opened
+        filler.unlink()
+        t.join(30)
+        assert stuck and not errors
+        assert opened and opened[0].incarnation == 2 and opened[0].depth("a") == 1
+        opened[0].close()
+
+
+def test_closing_while_writes_fail_gives_them_up_unacknowledged(tmp_path, monkeypatch):
+    """SIGTERM with the disk still full: close() returns after CLOSE_RETRY, the records are
+    counted as abandoned and their callbacks (QoS 1 acknowledgements) never run."""
+    from agent import spool as spool_module
+    from tests.support.disk import fill, small_disk
+    from tests.support.waiting import until
+
+    monkeypatch.setattr(spool_module, "CLOSE_RETRY", 0.5)
+    with small_disk(tmp_path / "disk") as disk:
+        s = Spool(disk / "s.db")
+        fill(disk)
+        acked: list[int] = []
+        pad = "x" * 2000
+        big = [Record(SUMMARY, "p", "d", {"i": i, "pad": pad}, f"b-{i}") for i in range(800)]
+        s.submit("a", big, lambda: acked.append(1))
+        assert until(lambda: s.failing, 10)
+        s.close()
+        assert acked == [] and s.abandoned_records == 800
