@@ -17,6 +17,7 @@ from ..records import Message, SampleBatch
 
 _TOPIC_SEGMENT = re.compile(r"^topic\[(-?\d+)\]$")
 _NUMBERS = frozenset((int, float))
+CACHED_TOPIC_MAX = 256  # longer topics are split each time: the cache stays under ~60 MB
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -72,9 +73,12 @@ class JsonDecoder:
     def _device_of(self, topic: str) -> str:
         device = self._devices.get(topic)
         if device is None:
+            device = topic.split("/")[self._segment]
+            if len(topic) > CACHED_TOPIC_MAX:  # the cache is bounded by bytes, not only count
+                return device
             if len(self._devices) > 100_000:
                 self._devices.clear()
-            device = self._devices[topic] = topic.split("/")[self._segment]
+            self._devices[topic] = device
         return device
 
     def _decode_clean(self, messages: Sequence[Message]) -> SampleBatch | None:
