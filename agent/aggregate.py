@@ -24,6 +24,7 @@ class Summaries:
         index.on_grow.append(self._grow)
         self.typed: KindSummary | None = None
         index.on_evict.append(self._evict)
+        self.touched: list[np.ndarray] = []  # slots changed since agent.period.snapshot
 
     def _alloc(self, n: int) -> None:
         self.count = np.zeros(n, np.int64)
@@ -53,6 +54,7 @@ class Summaries:
 
     def add_samples(self, groups: Groups) -> None:
         self.count[groups.slots] += groups.counts
+        self.touched.append(groups.slots)
 
     def add_scores(self, slots: np.ndarray, scores: np.ndarray, anomalous: np.ndarray) -> None:
         np.add.at(self.windows, slots, 1)
@@ -61,6 +63,7 @@ class Summaries:
         np.maximum.at(self.score_max, slots, scores)
         self.last[slots] = scores  # repeated slots: NumPy keeps the later window (not promised)
         np.maximum.at(self.recent, slots, scores)
+        self.touched.append(slots)
 
     def take_recent(self) -> np.ndarray:
         """Each slot's highest score since the last call (-inf: none); then reset."""
@@ -111,4 +114,5 @@ class Summaries:
         for k in self._SUMS:
             getattr(self, k)[active] = 0
         self.score_max[active] = -np.inf
+        self.touched = []
         return out

@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     ValidationError,
     WithJsonSchema,
+    field_validator,
 )
 
 from .errors import ConfigError, PluginError
@@ -32,7 +33,27 @@ from .registry import Registry
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-SECRET_KEYS = frozenset({"username", "password"})  # credentials: from the environment only
+SECRET_KEYS = frozenset({"username", "password", "token"})  # from the environment only
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+def topic_filter_problem(f: str) -> str | None:
+    """Why ``f`` is not a valid MQTT topic filter (paho raises on it at subscribe), or None."""
+    if not f:
+        return "empty topic filter"
+    if "\x00" in f or len(f.encode()) > 65535:
+        return "NUL character or longer than 65,535 bytes"
+    levels = f.split("/")
+    if f.startswith("$share/"):
+        if len(levels) < 3 or not levels[1] or any(c in levels[1] for c in "+#"):
+            return "a shared subscription is $share/<group>/<filter>"
+        levels = levels[2:]
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != len(levels) - 1):
+            return "'#' must be a whole level and the last one"
+        if "+" in level and level != "+":
+            return "'+' must be a whole level"
+    return None
 
 
 def _duration(v: Any) -> Any:
@@ -146,6 +167,16 @@ class SpoolConfig(Model):
 class SourceConfig(Model):
     broker: str = Field(description="name of a broker in `brokers`")
     topics: list[str] = Field(min_length=1, description="topic filters (wildcards allowed)")
+
+    @field_validator("topics")
+    @classmethod
+    def _valid_filters(cls, topics: list[str]) -> list[str]:
+        for t in topics:
+            problem = topic_filter_problem(t)
+            if problem:
+                raise ValueError(f"{t!r} is not a valid topic filter: {problem}")
+        return topics
+
     qos: int = Field(0, ge=0, le=1, description="subscription QoS (0 or 1)")
     queue: int = Field(100_000, gt=0, description="intake bound, messages")
     overflow: Literal["drop_oldest", "drop_newest", "block"] = Field(
@@ -211,6 +242,15 @@ class MetricsConfig(Model):
         gt=0,
         description="console: memory for that history (8 bytes per device per 2 s); devices "
         "beyond it show no chart",
+    )
+    allow_remote: bool = Field(
+        False,
+        description="true: a non-loopback host is allowed (needs `token` or `username`/`password`)",
+    )
+    token: str | None = Field(
+        None,
+        description="bearer token every request but /healthz and /readyz must carry (or "
+        "basic authentication); must be ${VAR}",
     )
 
 
@@ -448,8 +488,17 @@ def _substitute(node: Any, path: list[Any], errors: list[str]) -> Any:
         if path and path[-1] in SECRET_KEYS and node is not None:
             errors.append(f"{_loc(path)}: secrets must come from an environment variable")
         return node
-    if path and path[-1] in SECRET_KEYS and not _ENV.fullmatch(node.strip()):
-        errors.append(f"{_loc(path)}: secrets must come from an environment variable (${{VAR}})")
+    if path and path[-1] in SECRET_KEYS:
+        m = _ENV.fullmatch(node.strip())
+        if not m:
+            errors.append(
+                f"{_loc(path)}: secrets must come from an environment variable (${{VAR}})"
+            )
+        elif m[2]:  # ${VAR:-default}: the default would be a literal secret in the file
+            errors.append(
+                f"{_loc(path)}: a secret cannot have a default (${{{m[1]}:-...}}): the default "
+                f"would be a literal secret in the file; use ${{{m[1]}}}"
+            )
 
     def repl(m: re.Match[str]) -> str:
         value = os.environ.get(m[1], m[2])
@@ -547,6 +596,19 @@ def _cross_checks(cfg: Config) -> list[str]:
                     f"pipelines[{i}].sinks[{j}].broker: unknown broker {broker!r}; "
                     f"expected one of {sorted(cfg.brokers)}"
                 )
+    m = cfg.metrics
+    if m is not None and not m.host.startswith(LOOPBACK):
+        if not m.allow_remote:
+            errors.append(
+                f"metrics.host: {m.host!r} is not a loopback address; the endpoint has no "
+                "authentication unless you set `allow_remote: true` and `token: ${VAR}` (or "
+                "`username` and `password`)"
+            )
+        elif not (m.token or (m.username and m.password)):
+            errors.append(
+                "metrics.token: a non-loopback metrics endpoint needs a bearer token (or "
+                "username and password)"
+            )
     if cfg.agent.status_broker and cfg.agent.status_broker not in cfg.brokers:
         errors.append(f"agent.status_broker: unknown broker {cfg.agent.status_broker!r}")
     if cfg.fleet is not None:
@@ -609,3 +671,21 @@ def load_config(path: str | Path, registry: Registry | None = None) -> Config:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(source, [f"{where}not valid YAML ({getattr(e, 'problem', e)})"]) from None
     return parse_config(data, source, registry)
+
+
+def file_problems(cfg: Config) -> list[str]:
+    """Files ``run`` would open later (TLS material, model files) that are not readable now,
+    each named with its key (``check`` and ``run`` report them; ``load_config`` does not, so
+    a config can be validated on a machine without its models)."""
+    out = []
+    for name, b in cfg.brokers.items():
+        for key in ("ca", "cert", "key"):
+            path = getattr(b.tls, key, None) if b.tls else None
+            if path is not None and not os.access(path, os.R_OK):
+                out.append(f"brokers.{name}.tls.{key}: {path}: no such readable file")
+    for i, p in enumerate(cfg.pipelines):
+        model = getattr(p.handler, "model", None)
+        local = isinstance(model, str | Path) and not str(model).startswith("builtin:")
+        if local and (not Path(model).is_file() or not os.access(model, os.R_OK)):
+            out.append(f"pipelines[{i}].handler.model: {model}: no such readable file")
+    return out

@@ -34,6 +34,7 @@ READ_SIZE = 65536
 MAX_ROUNDS = 32  # bulk reads per recv() call before paho gets its loop back
 BUSY_RATE = 2000.0  # messages/s over RATE_WINDOW above which reads are coalesced
 RATE_WINDOW = 0.05  # s
+CACHED_TOPIC_MAX = 256  # bytes; 100,000 cached topics stay under ~60 MB
 
 PublishCallback = Callable[[list[Message], list[int]], None]
 
@@ -124,9 +125,10 @@ class PublishSplitter:
         topic = self._topics.get(raw)
         if topic is None:
             topic = raw.decode("utf-8", "replace")
-            if len(self._topics) > 100_000:
-                self._topics.clear()
-            self._topics[raw] = topic
+            if tlen <= CACHED_TOPIC_MAX:  # bounded by bytes too: long ones stay uncached
+                if len(self._topics) > 100_000:
+                    self._topics.clear()
+                self._topics[raw] = topic
         mid = None
         if qos:
             mid = (buf[p] << 8) | buf[p + 1]

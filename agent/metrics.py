@@ -201,15 +201,40 @@ class AgentCollector:
         for broker, role, conn in self.agent.connections():
             connected.add_metric([broker, role], 1 if conn.connected.is_set() else 0)
             reconnects.add_metric([broker, role], max(0, conn.connects - 1))
-        yield from (delivered, connected, reconnects)
+        spool = self.agent.spool
+        failing = GaugeMetricFamily(
+            "edge_agent_spool_write_failing",
+            "1 while spool commits fail (disk full, I/O error): intake is paused",
+        )
+        failing.add_metric([], 1 if spool and spool.failing else 0)
+        dead = CounterMetricFamily(
+            "edge_agent_spool_dead_lettered", "undecodable spool rows moved to dead_letter"
+        )
+        dead.add_metric([], spool.dead if spool else 0)
+        yield from (delivered, connected, reconnects, failing, dead)
 
 
 def readiness(agent: Agent) -> tuple[bool, dict]:
-    """Ready when every broker connection is up and every model is loaded."""
+    """Ready when every broker connection is up, every model is loaded and the spool
+    can write."""
     down = [f"{b}/{r}" for b, r, up in agent.connection_states() if not up]
     failed = [p.processor.name for p in agent.pipelines if p.error is not None]
-    ok = agent.started and not down and not failed and bool(agent.pipelines)
-    return ok, {"ready": ok, "started": agent.started, "down": down, "failed": failed}
+    unsubscribed = {s.conn.name: s.error for s in agent.sources if s.error}
+    spool = agent.spool is not None and agent.spool.failing
+    ok = (
+        agent.started
+        and not down
+        and not failed
+        and not spool
+        and not unsubscribed
+        and bool(agent.pipelines)
+    )
+    body = {"ready": ok, "started": agent.started, "down": down, "failed": failed}
+    if unsubscribed:
+        body["unsubscribed"] = unsubscribed
+    if spool:
+        body["spool_write_error"] = agent.spool.write_error
+    return ok, body
 
 
 def listen_problem(host: str, port: int, error: OSError) -> str:
@@ -240,10 +265,10 @@ def console_refusal(config: MetricsConfig) -> str | None:
     """Why the console is not served with this config (None: it is)."""
     if not config.console:
         return "metrics.console is false"
-    if not is_loopback(config.host) and config.username is None:
+    if not is_loopback(config.host) and config.username is None and not config.token:
         return (
-            f"metrics.host {config.host!r} is not loopback: set metrics.username and "
-            "metrics.password to serve the console there"
+            f"metrics.host {config.host!r} is not loopback: set metrics.token (or "
+            "metrics.username and metrics.password) to serve the console there"
         )
     return None
 
@@ -267,6 +292,7 @@ class MetricsServer:
         self.credentials = (
             f"{config.username}:{config.password}".encode() if config.username else None
         )
+        self.token = config.token  # Bearer, accepted beside basic authentication
         from prometheus_client import ProcessCollector
 
         self.registry = CollectorRegistry(auto_describe=False)
@@ -284,10 +310,13 @@ class MetricsServer:
         )
 
     def authorised(self, header: str | None) -> bool:
-        """Whether an ``Authorization`` header carries the configured credentials."""
-        if self.credentials is None:
+        """Whether an ``Authorization`` header carries a configured credential: the bearer
+        ``token`` or the basic ``username``/``password`` (open when neither is set)."""
+        if self.credentials is None and not self.token:
             return True
-        if not header or not header.startswith("Basic "):
+        if header and self.token and header.startswith("Bearer "):
+            return hmac.compare_digest(header.encode(), f"Bearer {self.token}".encode())
+        if self.credentials is None or not header or not header.startswith("Basic "):
             return False
         try:
             given = base64.b64decode(header[6:].strip(), validate=True)

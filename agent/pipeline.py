@@ -6,10 +6,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from . import log
+from . import log, period
 from .intake import Intake
+from .period import PeriodWrite
 from .processor import Processor
 from .records import Message, Record
+
+Emit = Callable[[list[Record], Callable[[], None] | None, PeriodWrite | None], None]
 
 
 class Pipeline:
@@ -19,20 +22,23 @@ class Pipeline:
         self,
         processor: Processor,
         intake: Intake,
-        emit: Callable[[list[Record], Callable[[], None] | None], None],
+        emit: Emit,
         dead_letter: Callable[[list[tuple[Message, str, str]]], None] | None = None,
         control: Callable[[list[tuple[str, bytes]]], None] | None = None,
         *,
         ack: Callable[[list[Message]], None] | None = None,
         stats: Callable[[], dict] | None = None,
+        paused: Callable[[], bool] | None = None,
     ) -> None:
         self.processor = processor
         self.intake = intake
         self.emit = emit
         self.dead_letter = dead_letter
         self.control = control
-        self.ack = ack  # told once a batch is processed and its events are committed
+        self.ack = ack  # told once a batch's events and period totals are committed
         self.stats = stats  # extra figures for the stats record (e.g. spool drops)
+        # True while the spool cannot write: take nothing, so QoS 1 input stays unacknowledged
+        self.paused = paused or (lambda: False)
         self.log = log.get(pipeline=processor.name, component="worker")
         self._flush = threading.Event()
         self._stop = threading.Event()
@@ -72,9 +78,7 @@ class Pipeline:
         self._next = None
         old = self.processor
         if not new.keeps_windows_of(old):
-            closed = old.close_episodes("reload")
-            old.counters.events += len(closed)
-            self.emit([*closed, *old.flush(self._stats())], None)
+            self._flush_now(old, "reload")
         kept[0] = new.adopt(old)
         self.processor = new
         done.set()
@@ -90,8 +94,20 @@ class Pipeline:
         self.intake.wake()
         self._thread.join(timeout)
 
+    def _flush_now(self, p: Processor, close: str | None = None, stats: dict | None = None) -> None:
+        """The period's summaries and stats (after closing open episodes when ``close`` says
+        why), committed with the clearing of its totals. The caller holds ``self.lock``."""
+        closed = p.close_episodes(close) if close else []
+        p.counters.events += len(closed)
+        records = [*closed, *p.flush(self._stats() if stats is None else stats)]
+        self.emit(records, None, period.cleared(p.name))
+
+    def _durable(self, p: Processor) -> PeriodWrite:
+        return period.snapshot(p.name, p.summaries, p.period_start)
+
     def _stats(self) -> dict:
         return {
+            **self.processor.sequences.stats(),
             "received": self.intake.received,
             "dropped": self.intake.dropped,
             "queued": len(self.intake),
@@ -106,6 +122,11 @@ class Pipeline:
                     with self.lock:
                         self._take_swap()
                     p, limit = self.processor, self.processor.config.max_batch
+                if self.paused():
+                    if self._stop.is_set():
+                        break  # what is queued is not acknowledged: the broker keeps it
+                    intake.wait(0.1)
+                    continue
                 msgs = intake.drain(limit)
                 if msgs:
                     try:
@@ -115,10 +136,10 @@ class Pipeline:
                         p.counters.add_errors({"internal": len(msgs)})
                         if p._limit.allow("internal"):
                             self.log.exception("batch_failed", messages=len(msgs))
-                        self.emit([], self._acknowledge(msgs))
+                        self.emit([], self._acknowledge(msgs), self._durable(p))
                         continue
                     p.counters.events += len(events)
-                    self.emit(events, self._acknowledge(msgs))
+                    self.emit(events, self._acknowledge(msgs), self._durable(p))
                     if p.rejected:
                         rejected, p.rejected = p.rejected, []
                         if self.dead_letter:
@@ -131,8 +152,7 @@ class Pipeline:
                     self._flush.clear()
                     stats = self._stats()  # a spool query: not under the lock
                     with self.lock:
-                        records = p.flush(stats)
-                    self.emit(records, None)
+                        self._flush_now(p, stats=stats)
                 if not msgs:
                     if self._stop.is_set() and not len(intake):
                         break
@@ -143,7 +163,4 @@ class Pipeline:
         finally:
             stats = self._stats()
             with self.lock:
-                closed = p.close_episodes("stop")
-                p.counters.events += len(closed)
-                records = [*closed, *p.flush(stats)]
-            self.emit(records, None)
+                self._flush_now(p, "stop", stats)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +19,7 @@ from .aggregate import Summaries
 from .calibration import MIN_BUDGET_WINDOWS
 from .config import PipelineConfig
 from .episodes import CLOSED, FLOOD, OPENED, Episodes, Transition
+from .isolate import decode_isolated
 from .metrics import BatchStats
 from .outputs import Decision, decision_for
 from .protocols import Attributing, Decoder, ModelHandler, NamedChannels, StreamHandler
@@ -26,6 +27,7 @@ from .records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from .registry import Registry
 from .restarts import Restarts
 from .rule import Hold
+from .sequence import Sequences
 from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex, Groups
 
@@ -104,6 +106,7 @@ class Processor:
         handler: ModelHandler | StreamHandler,
         *,
         id_prefix: str = "",
+        ids: Iterator[int] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = config.name
@@ -115,11 +118,12 @@ class Processor:
         self.index = DeviceIndex(w.max_devices)
         self.windows = CountWindows(self.index, w.size, w.hop, decoder.channels)
         self.summaries = Summaries(self.index)
+        self.sequences = Sequences(self.index)
         self.counters = Counters()
         self.batch_stats = BatchStats()
         self.period_errors: dict[str, int] = {}
         self.period_start = time.time()
-        self._ids = itertools.count(1)
+        self._ids = ids or itertools.count(1)  # shared across rebuilds by the runtime
         self._id_prefix = id_prefix or f"{config.name}-{os.urandom(4).hex()}-"
         self.log = log.get(pipeline=config.name, component="processor")
         self._limit = log.RateLimit(1.0)
@@ -186,7 +190,7 @@ class Processor:
                 {"too_large": len(big)},
                 [(m, "too_large", f"{len(m.payload)} bytes > {limit}") for m in big],
             )
-        batch = self.decoder.decode_many(messages)
+        batch = decode_isolated(self.decoder, messages)
         if batch.errors:
             self._count_errors(batch.errors, batch.rejects)
         self.control += batch.control
@@ -213,10 +217,13 @@ class Processor:
                 batch.origin = batch.origin[keep]
             if batch.detections is not None:
                 batch.detections = batch.detections.take_frames(keep, len(full) + len(keep))
+            if not len(slots):  # every sample over the cap: counted above, nothing to add
+                return events, None
         self.counters.decoded += len(slots)
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
         groups = Groups.of(slots)
+        self.sequences.observe(slots, batch.seq)
         self.summaries.add_samples(groups)
         if self.stateful:  # a StreamHandler keeps its own per-device state: no windows
             found = self.handler.update(batch)
@@ -490,8 +497,10 @@ class Processor:
         self.period_errors, self.period_start = old.period_errors, old.period_start
         self._ids, self._id_prefix = old._ids, old._id_prefix
         same = self.keeps_windows_of(old)
+        self.sequences.gap, self.sequences.repeat = old.sequences.gap, old.sequences.repeat
         if same:
             self.index, self.windows, self.summaries = old.index, old.windows, old.summaries
+            self.sequences = old.sequences
             if self.hold:  # open anomalies are not carried over; the state follows the index
                 self.hold = Hold(self.index, self.hold.hold)
             if self.warmup is not None:  # state indexed by the adopted index's slots
@@ -610,12 +619,15 @@ def _states(batch) -> list[dict]:
 
 
 def build_processor(
-    config: PipelineConfig, registry: Registry | None = None, id_prefix: str = ""
+    config: PipelineConfig,
+    registry: Registry | None = None,
+    id_prefix: str = "",
+    ids: Iterator[int] | None = None,
 ) -> Processor:
     """A pipeline's decoder, handler and processor, its model loaded, checked and warmed up."""
     registry = registry or Registry()
     decoder = registry.get("decoder", config.decoder.type)(config.decoder)
     handler = registry.get("handler", config.handler.type)(config.handler)
-    processor = Processor(config, decoder, handler, id_prefix=id_prefix)
+    processor = Processor(config, decoder, handler, id_prefix=id_prefix, ids=ids)
     processor.load()
     return processor

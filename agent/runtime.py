@@ -16,11 +16,12 @@ from collections.abc import Callable
 import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from . import log
+from . import log, period
 from .config import Config, PipelineConfig
 from .delivery import Forwarder
 from .intake import Intake
 from .mqtt import Connection, client_id
+from .period import PeriodWrite
 from .pipeline import Pipeline
 from .processor import Processor, build_processor
 from .records import EVENT, Message, Record
@@ -52,7 +53,8 @@ class Agent:
         self.config = config
         self.registry = registry or Registry()
         self.log = log.get(component="agent", agent=config.agent.id)
-        self.boot = os.urandom(3).hex()
+        self.boot = os.urandom(3).hex()  # "<spool incarnation>.<random>" once built
+        self._ids: dict[str, itertools.count] = {}  # per pipeline name, across rebuilds
         self._connections: dict[str, Connection] = {}
         self.spool: Spool | None = None
         self.forwarders: list[Forwarder] = []
@@ -124,19 +126,48 @@ class Agent:
         self.spool = Spool(
             cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl, cfg.spool.sync
         )
+        # The spool counts its opens durably: ids of this run cannot repeat an earlier one's
+        # while the file lives; the random part covers a spool deleted or moved aside.
+        self.boot = f"{self.spool.incarnation}.{os.urandom(2).hex()}"
         for p in cfg.pipelines:
             pipeline, source, forwarders = self.build_pipeline(p)
             self.forwarders += forwarders
             self.pipelines.append(pipeline)
             self.sources.append(source)
+        self._recover_periods()
         if cfg.agent.status_topic and self._status_broker():
             conn = self.connection(self._status_broker())
             conn.on_connected.append(lambda client, _: self._publish_status(client, "online"))
 
+    def _recover_periods(self) -> None:
+        """Summaries of what the last run counted after its last flush (a crash), spooled
+        with the clearing of those totals."""
+        left: dict[str, list] = {}
+        for pipeline, device, body, updated in self.spool.period_rows():
+            left.setdefault(pipeline, []).append((device, body, updated))
+        for pl in self.pipelines:
+            rows = left.pop(pl.processor.name, None)
+            if rows:
+                records = period.recover(pl.processor.name, rows, pl.processor._next_id)
+                pl.emit(records, None, period.cleared(pl.processor.name))
+                self.log.warning(
+                    "period_recovered",
+                    pipeline=pl.processor.name,
+                    devices=len(records),
+                    samples=sum(r.payload["count"] for r in records),
+                )
+        for name, rows in left.items():  # kept on disk: the pipeline may come back
+            self.log.error("period_orphaned", pipeline=name, devices=len(rows))
+
     def make_processor(self, p: PipelineConfig) -> Processor:
-        """A pipeline's decoder, handler and processor, its model loaded, checked, warmed up."""
+        """A pipeline's decoder, handler and processor, its model loaded, checked, warmed up.
+
+        Ids go on from the last processor of the same name (a rebuild restarts no count)."""
         processor = build_processor(
-            p, self.registry, id_prefix=f"{self.config.agent.id}-{self.boot}-{p.name}-"
+            p,
+            self.registry,
+            id_prefix=f"{self.config.agent.id}-{self.boot}-{p.name}-",
+            ids=self._ids.setdefault(p.name, itertools.count(1)),
         )
         # One id counter per pipeline name for the whole boot: a pipeline restarted by a
         # reload must not number its records from 1 again (ids are unique per message).
@@ -177,6 +208,7 @@ class Agent:
             self._control(source),
             ack=source.acknowledge if source.deferred else None,
             stats=self.spool_stats,
+            paused=lambda: self.spool.failing,
         )
         return pipeline, source, forwarders
 
@@ -196,21 +228,25 @@ class Agent:
     def _emitter(self, forwarders: list[Forwarder], pipeline: str):
         spool, console = self.spool, self.console
 
-        def emit(records: list[Record], then: Callable[[], None] | None) -> None:
-            """Queue records for the spool's writer; ``then`` runs once they are committed.
-            Fresh events go out at once where an event lane is caught up."""
+        def emit(
+            records: list[Record], then: Callable[[], None] | None, totals: PeriodWrite | None
+        ) -> None:
+            """Queue records (and the period's running totals) for the spool's writer;
+            ``then`` runs once they are committed. Fresh events go out at once where an
+            event lane is caught up."""
             if console is not None and records:
                 console.take(pipeline, records)
             if records and forwarders:
                 *others, last = forwarders
                 for f in others:
                     spool.submit(f.name, records)
-                spool.submit(last.name, records, then)  # runs after all: commits are in order
+                # runs after all (commits are in order); the totals join the same commit
+                spool.submit(last.name, records, then, totals)
                 if any(r.kind == EVENT for r in records):
                     for f in forwarders:
                         f.kick()
-            elif then is not None:
-                spool.after(then)
+            elif then is not None or totals is not None:
+                spool.after(then, totals)
 
         return emit
 

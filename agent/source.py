@@ -44,16 +44,23 @@ class MqttSource:
             # mean acknowledging what was never processed, and the broker would forget it.
             intake.policy = "block"
         self.paused = False
+        self.error: str | None = None  # the last subscribe failed: the agent is not ready
 
     def _subscribe(self, client: mqtt.Client, session_present: bool) -> None:
         self.subscribed.clear()
-        client.subscribe([(t, self.config.qos) for t in self.config.topics])
+        try:
+            client.subscribe([(t, self.config.qos) for t in self.config.topics])
+        except Exception as e:  # in paho's network thread: it would end the thread
+            self.error = f"{type(e).__name__}: {e}"
+            self.conn.log.error("subscribe_failed", topics=self.config.topics, error=self.error)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [str(r) for r in reason_codes if r.is_failure]
         if failed:
+            self.error = f"subscription refused: {', '.join(failed)}"
             self.conn.log.error("subscribe_refused", topics=self.config.topics, reasons=failed)
         else:
+            self.error = None
             self.conn.log.info("source_subscribed", topics=self.config.topics)
             self.subscribed.set()
 

@@ -20,6 +20,7 @@ delete after PUBACK is a writer job too (``ack_later``), so it always follows th
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -31,6 +32,7 @@ import orjson
 
 from . import log
 from .errors import SpoolError
+from .period import PeriodWrite
 from .records import EVENT, Record, dumps
 
 _SCHEMA = """
@@ -42,10 +44,39 @@ CREATE TABLE IF NOT EXISTS outbox (
     body BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (sink, prio, id);
+CREATE TABLE IF NOT EXISTS period (
+    pipeline TEXT NOT NULL,
+    device TEXT NOT NULL,
+    updated REAL NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (pipeline, device)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY,
+    sink TEXT,
+    created REAL,
+    moved REAL NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB
+);
 """
 
 
 GROUP_COMMIT_WAIT = 0.002  # s
+RETRY_MAX = 5.0  # s between attempts to commit while the disk is full or failing
+CLOSE_RETRY = 10.0  # s a closing spool keeps retrying before it gives the submissions up
+_CORRUPT = {getattr(sqlite3, "SQLITE_CORRUPT", 11), getattr(sqlite3, "SQLITE_NOTADB", 26)}
+
+
+def _unreadable(e: sqlite3.Error) -> bool:
+    """A damaged file (not a database, malformed), as opposed to a full or failing disk."""
+    code = getattr(e, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code in _CORRUPT
+    return isinstance(e, sqlite3.DatabaseError) and any(
+        m in str(e) for m in ("not a database", "malformed")
+    )
 
 
 @dataclass(slots=True)
@@ -55,6 +86,7 @@ class _Job:
     first: int  # id of records[0]
     then: Callable[[], None] | None
     delete: Sequence[int] = ()
+    period: PeriodWrite | None = None
 
 
 class Express:
@@ -122,15 +154,8 @@ class Spool:
         self._next_expiry = 0.0
         self.log = log.get(component="spool")
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self.sync = "normal" if sync == "normal" else "full"
-        self._db.execute(f"PRAGMA synchronous={self.sync.upper()}")
-        self._db.executescript(_SCHEMA)
-        self._bytes = self._db.execute(
-            "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
-        ).fetchone()[0]
-        top = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+        self.moved_aside: Path | None = None
+        self._db, top = self._open(sync)
         self._next_id = top + 1  # ids are given here, so express rows have one before COMMIT
         self._wake: dict[tuple[str, int | None], threading.Event] = {}
         self._express: dict[str, Express] = {}
@@ -140,10 +165,79 @@ class Spool:
         self._cv = threading.Condition()
         self._done = self._next_id - 1  # every id up to this one is committed
         self._busy = False  # the writer holds taken jobs whose callbacks have not all run
-        self._failed: Exception | None = None
+        self.write_error: str | None = None  # the last commit failed: intake is paused
+        self.write_failures = 0
+        self.dead = 0  # rows moved to the dead_letter table (undecodable)
+        self.abandoned_records = 0
+        self._abandoned = False
         self._closing = False
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
+
+    def _open(self, sync: str) -> tuple[sqlite3.Connection, int]:
+        """Connect, read the outbox's size and top id, count this open (the incarnation).
+
+        A damaged file is moved aside (with its -wal and -shm) and a fresh one started; a
+        full or failing disk is retried with backoff until it takes the write (no crash
+        loop: the agent starts taking data once it can keep it).
+        """
+        wait = 0.0
+        while True:
+            db = None
+            try:
+                db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                self.sync = "normal" if sync == "normal" else "full"
+                db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+                db.executescript(_SCHEMA)
+                self._bytes = db.execute(
+                    "SELECT COALESCE(SUM(LENGTH(body)) + COUNT(*) * 40, 0) FROM outbox"
+                ).fetchone()[0]
+                top = db.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+                self.incarnation = self._next_incarnation(db)
+                return db, top
+            except sqlite3.Error as e:
+                if db is not None:
+                    db.close()
+                if str(self.path) == ":memory:":
+                    raise
+                if _unreadable(e):
+                    self._move_aside(e)
+                    continue
+                wait = min(max(wait * 2, 0.2), RETRY_MAX)
+                self.log.error(
+                    "spool_open_failed", path=str(self.path), error=str(e), retry_in=wait
+                )
+                time.sleep(wait)
+
+    def _move_aside(self, error: Exception) -> None:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.unreadable-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.rename(f"{target}{suffix}")
+        self.moved_aside = target
+        self.log.error(
+            "spool_moved_aside", path=str(self.path), moved_to=str(target), error=str(error)
+        )
+
+    @staticmethod
+    def _next_incarnation(db: sqlite3.Connection) -> int:
+        """1 + the number of earlier opens of this file, committed before anything else."""
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO meta VALUES ('incarnation', 1)"
+                " ON CONFLICT(key) DO UPDATE SET value = value + 1"
+            )
+            n = db.execute("SELECT value FROM meta WHERE key = 'incarnation'").fetchone()[0]
+            db.execute("COMMIT")
+        except sqlite3.Error:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return n
 
     def wake_event(self, sink: str, prio: int | None = None) -> threading.Event:
         """An event set whenever rows for ``sink`` (of priority ``prio``) are added."""
@@ -154,19 +248,24 @@ class Spool:
         return self._express.setdefault(sink, Express())
 
     def submit(
-        self, sink: str, records: Sequence[Record], then: Callable[[], None] | None = None
+        self,
+        sink: str,
+        records: Sequence[Record],
+        then: Callable[[], None] | None = None,
+        period: PeriodWrite | None = None,
     ) -> int:
         """Queue ``records`` for the writer and return their last id at once.
 
         Fresh events go to ``sink``'s express queue now; ``then`` runs in the writer thread
         after this and every earlier submission is committed (callbacks run in order).
+        ``period`` is written in the same transaction (see :mod:`agent.period`).
         Raises the writer's error if a commit failed.
         """
         self._check()
         with self._cv:
             first = self._next_id
             self._next_id += len(records)
-            self._jobs.append(_Job(sink, records, first, then))
+            self._jobs.append(_Job(sink, records, first, then, period=period))
             self._cv.notify()
         express = self._express.get(sink)
         events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
@@ -176,9 +275,10 @@ class Spool:
             self.wake_event(sink).set()
         return first + len(records) - 1
 
-    def after(self, then: Callable[[], None]) -> None:
-        """Run ``then`` in the writer once everything submitted so far is committed."""
-        self.submit("", [], then)
+    def after(self, then: Callable[[], None] | None, period: PeriodWrite | None = None) -> None:
+        """Run ``then`` in the writer once everything submitted so far (and ``period``) is
+        committed."""
+        self.submit("", [], then, period)
 
     def ack_later(self, ids: Sequence[int], then: Callable[[], None]) -> None:
         """Delete delivered rows in the writer, after their own commit; then run ``then``."""
@@ -188,22 +288,27 @@ class Spool:
             self._cv.notify()
 
     def wait(self, last: int | None = None) -> None:
-        """Until every submission (up to id ``last``) is committed and its callback ran."""
+        """Until every submission (up to id ``last``) is committed and its callback ran
+        (or given up by :meth:`close`)."""
         with self._cv:
             top = self._next_id - 1 if last is None else last
             self._cv.wait_for(
-                lambda: (
-                    (self._done >= top and (last is not None or not (self._jobs or self._busy)))
-                    or self._failed is not None
-                )
+                lambda: self._done >= top and (last is not None or not (self._jobs or self._busy))
             )
         self._check()
 
+    @property
+    def failing(self) -> bool:
+        """The last commit failed (disk full, I/O error): take no more input until one works."""
+        return self.write_error is not None
+
     def _check(self) -> None:
-        if self._failed is not None:
-            raise SpoolError(f"{self.path}: {self._failed}") from self._failed
+        if self._abandoned:
+            raise SpoolError(f"{self.path}: closed while writes failed ({self.write_error})")
 
     def _write_loop(self) -> None:
+        wait = 0.0
+        gave_up_at = None
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._jobs or self._closing)
@@ -218,12 +323,37 @@ class Spool:
                 # not return before its callback (e.g. a QoS 1 acknowledgement) ran
             try:
                 self._commit(jobs)
-            except Exception as e:  # disk full, I/O error: stop taking data, say why
-                self.log.exception("spool_write_failed", records=sum(len(j.records) for j in jobs))
+            except sqlite3.Error as e:  # disk full, I/O error: keep the jobs, retry, pause
+                wait = min(max(wait * 2, 0.1), RETRY_MAX)
                 with self._cv:
-                    self._failed = e
-                    self._cv.notify_all()
-                return
+                    self._jobs[:0] = jobs  # first again, in order; no callback has run
+                    self._busy = False
+                    self.write_failures += 1
+                    first = self.write_error is None
+                    self.write_error = str(e)
+                    if self._closing:
+                        gave_up_at = gave_up_at or time.monotonic() + CLOSE_RETRY
+                        if time.monotonic() > gave_up_at:
+                            self._give_up()
+                            return
+                if first or self._limit.allow("write"):
+                    self.log.error(
+                        "spool_write_failed",
+                        path=str(self.path),
+                        error=str(e),
+                        records=sum(len(j.records) for j in jobs),
+                        failures=self.write_failures,
+                        retry_in=wait,
+                    )
+                with self._cv:
+                    self._cv.wait(wait)
+                continue
+            if self.write_error is not None:
+                self.log.warning(
+                    "spool_write_recovered", path=str(self.path), failures=self.write_failures
+                )
+                self.write_error = None
+            wait = 0.0
             for job in jobs:
                 if job.then is not None:
                     self._run(job.then)
@@ -246,33 +376,91 @@ class Spool:
             if self._limit.allow("callback"):
                 self.log.exception("spool_callback_failed")
 
+    def _give_up(self) -> None:
+        """Closing with a disk that still fails: drop the submissions (caller holds _cv).
+
+        Their callbacks (QoS 1 acknowledgements) never run, so the broker keeps those
+        messages for the next start; only what QoS 0 brought is lost, and it is counted.
+        """
+        lost = sum(len(j.records) for j in self._jobs)
+        self.log.error(
+            "spool_writes_abandoned", path=str(self.path), records=lost, error=self.write_error
+        )
+        self.abandoned_records = lost
+        self._abandoned = True
+        self._busy = False
+        self._done = self._next_id - 1
+        self._jobs = []
+        self._cv.notify_all()
+
     def _commit(self, jobs: list[_Job]) -> None:
         """One transaction for every job; bodies serialised one at a time (orjson gives each
         result a 4 KiB buffer: a list of 10,000 summaries' bodies would hold 40 MB)."""
         now = time.time()
         size = 0
 
-        def rows():
+        def rows(job: _Job):
             nonlocal size
-            for job in jobs:
-                for i, r in enumerate(job.records):
-                    body = dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
-                    size += len(body) + 40
-                    yield job.first + i, job.sink, 0 if r.kind == EVENT else 1, now, body
+            for i, r in enumerate(job.records):
+                body = dumps((r.kind, r.pipeline, r.device, r.id, r.payload))
+                size += len(body) + 40
+                yield job.first + i, job.sink, 0 if r.kind == EVENT else 1, now, body
 
-        with self._lock:
+        # A device's running totals only matter as of the last batch of this commit.
+        period: dict[tuple[str, str], bytes] = {}
+        with self._lock, self._rollback_on_error():
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)", rows()
-            )
+            for job in jobs:
+                if job.records:
+                    self._db.executemany(
+                        "INSERT INTO outbox (id, sink, prio, created, body) VALUES (?, ?, ?, ?, ?)",
+                        rows(job),
+                    )
+                if job.period is not None:
+                    self._period(job.period, period)
+            if period:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO period VALUES (?, ?, ?, ?)",
+                    [(p, d, now, body) for (p, d), body in period.items()],
+                )
             deletes = [i for job in jobs for i in job.delete]
-            if deletes:
-                self._bytes = max(0, self._bytes - self._delete_counted(deletes))
+            freed = self._delete_counted(deletes) if deletes else 0
             self._db.execute("COMMIT")
-            self._bytes += size
+            self._bytes = max(0, self._bytes - freed) + size
             self.stored += sum(len(j.records) for j in jobs)
             if self._bytes > self.max_bytes:
                 self._enforce_cap()
+
+    @contextlib.contextmanager
+    def _rollback_on_error(self):
+        try:
+            yield
+        except sqlite3.Error:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            raise
+
+    def _period(self, write: PeriodWrite, pending: dict[tuple[str, str], bytes]) -> None:
+        """Apply one batch's or flush's period rows in order (caller holds the lock)."""
+        if write.clear:
+            for key in [k for k in pending if k[0] == write.pipeline]:
+                del pending[key]
+            self._db.execute("DELETE FROM period WHERE pipeline = ?", (write.pipeline,))
+        for device, body in write.rows:
+            pending[(write.pipeline, device)] = body
+
+    def period_rows(self, pipeline: str | None = None) -> list[tuple[str, str, bytes, float]]:
+        """(pipeline, device, body, updated) of the running totals left by the last run."""
+        with self._lock:
+            if pipeline is None:
+                return self._db.execute(
+                    "SELECT pipeline, device, body, updated FROM period"
+                ).fetchall()
+            return self._db.execute(
+                "SELECT pipeline, device, body, updated FROM period WHERE pipeline = ?",
+                (pipeline,),
+            ).fetchall()
 
     def _enforce_cap(self) -> None:
         """Drop the oldest rows until under 90% of the cap; caller holds the lock."""
@@ -313,11 +501,39 @@ class Spool:
                     "SELECT id, body FROM outbox WHERE sink = ? AND prio = ? ORDER BY id LIMIT ?",
                     (sink, prio, limit),
                 ).fetchall()
-        out = []
+        out, bad = [], []
         for rid, body in rows:
-            kind, pipeline, device, record_id, payload = orjson.loads(body)
-            out.append((rid, Record(kind, pipeline, device, payload, record_id)))
+            try:
+                kind, pipeline, device, record_id, payload = orjson.loads(body)
+                if not isinstance(payload, dict):
+                    raise TypeError(f"payload is {type(payload).__name__}, not an object")
+                record = Record(str(kind), str(pipeline), str(device), payload, str(record_id))
+            except (orjson.JSONDecodeError, TypeError, ValueError) as e:
+                bad.append((rid, f"{type(e).__name__}: {e}"))
+                continue
+            out.append((rid, record))
+        if bad:
+            self._dead_letter(bad)
         return out
+
+    def _dead_letter(self, bad: list[tuple[int, str]]) -> None:
+        """Move undecodable rows to the ``dead_letter`` table (counted, logged): one bad row
+        must not block its lane, and it stays on disk for a look."""
+        now = time.time()
+        with self._lock, self._rollback_on_error():
+            self._db.execute("BEGIN")
+            for rid, reason in bad:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO dead_letter SELECT id, sink, created, ?, ?, body"
+                    " FROM outbox WHERE id = ?",
+                    (now, reason, rid),
+                )
+            self._bytes = max(0, self._bytes - self._delete_counted([r for r, _ in bad]))
+            self._db.execute("COMMIT")
+        self.dead += len(bad)
+        self.log.error(
+            "spool_row_dead_lettered", rows=[r for r, _ in bad], reason=bad[0][1], total=self.dead
+        )
 
     def _expire(self) -> None:
         cur = self._db.execute("DELETE FROM outbox WHERE created < ?", (time.time() - self.ttl,))
@@ -341,11 +557,14 @@ class Spool:
         with self._lock:
             if self.sync == "full":
                 self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN")
-            freed = self._delete_counted(ids)
-            self._db.execute("COMMIT")
-            if self.sync == "full":
-                self._db.execute("PRAGMA synchronous=FULL")
+            try:
+                with self._rollback_on_error():
+                    self._db.execute("BEGIN")
+                    freed = self._delete_counted(ids)
+                    self._db.execute("COMMIT")
+            finally:
+                if self.sync == "full":
+                    self._db.execute("PRAGMA synchronous=FULL")
             self._bytes = max(0, self._bytes - freed)
 
     def _delete_counted(self, ids: Sequence[int]) -> int:
@@ -377,7 +596,8 @@ class Spool:
 
     def stats(self) -> dict:
         """Rows stored since start, waiting now, approximate bytes, dropped (cap), expired,
-        moved aside (refused by a sink)."""
+        moved aside (refused by a sink), dead-lettered (undecodable), and whether writes fail
+        now (and how often they did)."""
         return {
             "stored": self.stored,
             "depth": self.depth(),
@@ -385,6 +605,9 @@ class Spool:
             "dropped": self.dropped,
             "expired": self.expired,
             "moved_aside": self.moved,
+            "dead": self.dead,
+            "write_failing": self.failing,
+            "write_failures": self.write_failures,
         }
 
     def move_aside(self, ids: Sequence[int], reason: str) -> None:

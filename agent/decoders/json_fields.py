@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -15,6 +16,9 @@ from ..config import ComponentConfig
 from ..records import Message, SampleBatch
 
 _TOPIC_SEGMENT = re.compile(r"^topic\[(-?\d+)\]$")
+_NUMBERS = frozenset((int, float))
+CACHED_TOPIC_MAX = 256  # longer topics are split each time: the cache stays under ~60 MB
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 class JsonDecoderConfig(ComponentConfig):
@@ -28,6 +32,11 @@ class JsonDecoderConfig(ComponentConfig):
     channels: int | None = Field(None, gt=0, description="length of the values list")
     fields: list[str] | None = Field(
         None, min_length=1, description="named numeric fields instead of a values list"
+    )
+    lenient_values: bool = Field(
+        False,
+        description="accept booleans and numeric strings as values (off: only JSON numbers; "
+        "anything else is rejected as `values`)",
     )
 
     @model_validator(mode="after")
@@ -46,8 +55,9 @@ class JsonDecoderConfig(ComponentConfig):
 class JsonDecoder:
     """Decodes JSON objects; a bad payload is counted by kind and never raises.
 
-    Error kinds: ``json`` (not a JSON object), ``schema`` (missing or mistyped field),
-    ``values`` (wrong count, non-numeric, NaN or infinite).
+    Error kinds: ``json`` (not a JSON object), ``schema`` (missing or mistyped field, a
+    ``seq`` that is not an integer within int64), ``values`` (wrong count, not a JSON number
+    (booleans, strings, lists: unless ``lenient_values``), NaN, infinite, beyond float32).
     """
 
     config_model = JsonDecoderConfig
@@ -70,9 +80,12 @@ class JsonDecoder:
     def _device_of(self, topic: str) -> str:
         device = self._devices.get(topic)
         if device is None:
+            device = topic.split("/")[self._segment]
+            if len(topic) > CACHED_TOPIC_MAX:  # the cache is bounded by bytes, not only count
+                return device
             if len(self._devices) > 100_000:
                 self._devices.clear()
-            device = self._devices[topic] = topic.split("/")[self._segment]
+            self._devices[topic] = device
         return device
 
     def _decode_clean(self, messages: Sequence[Message]) -> SampleBatch | None:
@@ -81,18 +94,20 @@ class JsonDecoder:
         loads, n = orjson.loads, len(messages)
         try:
             objs = [loads(m.payload) for m in messages]
+            rows = [o[c.values] for o in objs]
+            if not c.lenient_values and not _numbers_only(rows):
+                return None
             with np.errstate(over="ignore"):  # out-of-range floats become inf: not clean
-                values = np.array([o[c.values] for o in objs], np.float32)
+                values = np.array(rows, np.float32)
             ts = (
                 np.array([o[c.ts] for o in objs], np.float64)
                 if c.ts
                 else np.array([m.received for m in messages], np.float64)
             )
-            seq = (
-                np.array([o.get(c.seq, -1) for o in objs], np.int64)
-                if c.seq
-                else np.full(n, -1, np.int64)
-            )
+            seqs = [o.get(c.seq, -1) for o in objs] if c.seq else None
+            if seqs is not None and not set(map(type, seqs)) <= {int}:
+                return None  # floats, booleans, strings: checked one by one
+            seq = np.array(seqs, np.int64) if seqs is not None else np.full(n, -1, np.int64)
             devices = [self._device_of(m.topic) for m in messages]
         except (
             orjson.JSONDecodeError,
@@ -140,15 +155,18 @@ class JsonDecoder:
                 device = msg.topic.split("/")[seg] if seg is not None else obj[c.device]
                 vals = obj[c.values] if c.fields is None else [obj[f] for f in c.fields]
                 t = float(obj[ts_key]) if ts_key else msg.received
-                s = int(obj.get(seq_key, -1)) if seq_key else -1
+                s = _seq(obj.get(seq_key, -1)) if seq_key else -1
             except (KeyError, IndexError) as e:
                 reject(msg, "schema", f"missing {e}")
                 continue
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, OverflowError) as e:
                 reject(msg, "schema", f"bad field ({e})")
                 continue
             if not isinstance(vals, list) or len(vals) != width:
                 reject(msg, "values", f"expected {width} values")
+                continue
+            if not c.lenient_values and not _numbers_only([vals]):
+                reject(msg, "values", "a value is not a JSON number (boolean, string or list)")
                 continue
             if not math.isfinite(t):
                 reject(msg, "schema", "timestamp is not finite")
@@ -189,3 +207,23 @@ class JsonDecoder:
     def _row_ok(self, row: list[float]) -> bool:
         arr = self._to_array([row])
         return arr is not None and bool(np.isfinite(arr).all())
+
+
+def _numbers_only(rows: list) -> bool:
+    """Whether every item of every row is a JSON number (``bool`` is not: its type differs)."""
+    try:
+        return set(map(type, itertools.chain.from_iterable(rows))) <= _NUMBERS
+    except TypeError:  # a row that is not a list
+        return False
+
+
+def _seq(value: object) -> int:
+    """A sequence number: an integer (or an integral float) within int64."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"seq {value!r} is not a number")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"seq {value!r} is not an integer")
+    n = int(value)
+    if not _INT64[0] <= n <= _INT64[1]:
+        raise OverflowError(f"seq {value!r} is beyond int64")
+    return n

@@ -46,8 +46,24 @@ def resolve_model(ref: str) -> Path:
     return Path(ref)
 
 
+MAX_MODEL_BYTES = 512 << 20  # larger files are refused before they are read
+_CHUNK = 1 << 20
+
+
 def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The file's sha256, read in 1 MiB chunks (a model check holds no copy of the file)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _too_large(path: Path) -> str | None:
+    size = path.stat().st_size
+    if size > MAX_MODEL_BYTES:
+        return f"{path}: {size} bytes, more than the {MAX_MODEL_BYTES} a model file may have"
+    return None
 
 
 def _dims(shape: list) -> str:
@@ -78,6 +94,9 @@ class OnnxHandler:
         path = self.path
         if not path.is_file():
             raise ModelError(f"{path}: model file not found")
+        big = _too_large(path)
+        if big:
+            raise ModelError(big)
         data = path.read_bytes()
         self.sha256 = hashlib.sha256(data).hexdigest()
         if self.config.sha256 and self.sha256 != self.config.sha256.lower():
@@ -154,6 +173,9 @@ class OnnxHandler:
         which refuses a pin mismatch or an unloadable (e.g. truncated) file.
         """
         try:
+            big = _too_large(self.path)
+            if big:
+                return f"{big}; refused, the running model stays in service"
             digest = sha256_of(self.path)
         except OSError as e:
             return f"{self.path}: model file unreadable ({e.strerror}); running model kept"

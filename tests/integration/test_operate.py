@@ -343,3 +343,33 @@ def test_windowed_pipeline_with_shared_subscription_is_rejected(tmp_path):
     )
     assert out.returncode == 2
     assert "windows would split" in out.stderr and "window: none" in out.stderr
+
+
+def test_metrics_with_a_token_refuse_requests_without_it(broker, w1_models, tmp_path, monkeypatch):
+    """``metrics.token``: every endpoint answers 401 without ``Authorization: Bearer``."""
+    monkeypatch.setenv("METRICS_TOKEN", "s3cret-token")
+    raw = _config(
+        broker.port,
+        f"t{uuid.uuid4().hex[:6]}",
+        w1_models[1],
+        tmp_path / "spool.db",
+        metrics={"host": "127.0.0.1", "port": 0, "token": "${METRICS_TOKEN}"},
+    )
+    agent = Agent(parse_config(raw, "test"))
+    agent.build()
+    agent.start()
+    try:
+        base = f"http://127.0.0.1:{agent.metrics.port}"
+        assert _get(base + "/metrics")[0] == 401
+        assert _get(base + "/healthz")[0] == 401
+        wrong = urllib.request.Request(base + "/healthz", headers={"Authorization": "Bearer x"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(wrong, timeout=5)
+        assert e.value.code == 401
+        right = urllib.request.Request(
+            base + "/healthz", headers={"Authorization": "Bearer s3cret-token"}
+        )
+        with urllib.request.urlopen(right, timeout=5) as r:
+            assert r.status == 200
+    finally:
+        agent.stop()

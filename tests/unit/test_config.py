@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,10 +170,10 @@ def test_shared_subscription_rejected_for_windows(tmp_path):
 
 def test_check_command_exit_codes(tmp_path, capsys):
     """`edge-agent check` exits 0 on good files and 2 printing every error on bad ones."""
-    good = ROOT / "configs" / "w1.yaml"
-    assert main(["check", str(good)]) == 0
+    good = ROOT / "configs" / "w1.yaml"  # its model is built by the demo: not checked here
+    assert main(["check", "--offline", str(good)]) == 0
     bad = w1_with(tmp_path, lambda d: d["pipelines"][0]["window"].update(hop=0))
-    assert main(["check", str(good), str(bad)]) == 2
+    assert main(["check", "--offline", str(good), str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}: pipelines[0].window.hop: Input should be greater than 0" in err
 
@@ -194,3 +196,60 @@ def test_max_clock_skew_bad_word_names_the_key(tmp_path):
     p = w1_with(tmp_path, lambda d: d["pipelines"][0]["source"].update(max_clock_skew="never"))
     (error,) = errors_of(p)
     assert error.startswith("pipelines[0].source.max_clock_skew: ") and "duration" in error
+
+
+def test_a_secret_with_a_default_is_rejected(tmp_path, monkeypatch):
+    """``${UNSET:-hunter2}`` would put a literal password in place: refused, with the key."""
+    monkeypatch.delenv("UNSET_PW", raising=False)
+    p = w1_with(tmp_path, lambda d: d["brokers"]["local"].update(password="${UNSET_PW:-hunter2}"))
+    (err,) = errors_of(p)
+    assert err.startswith("brokers.local.password: a secret cannot have a default")
+    assert "hunter2" not in err
+
+
+def test_an_invalid_topic_filter_is_rejected_after_substitution(tmp_path, monkeypatch):
+    """``plant/${LINE}/+/telemetry`` with LINE='#' would make paho raise at subscribe time."""
+    monkeypatch.setenv("LINE", "#")
+    p = w1_with(
+        tmp_path,
+        lambda d: d["pipelines"][0]["source"].update(topics=["plant/${LINE}/+/telemetry"]),
+    )
+    (err,) = errors_of(p)
+    assert err.startswith("pipelines[0].source.topics: ")
+    assert "'plant/#/+/telemetry' is not a valid topic filter" in err
+
+
+@pytest.mark.parametrize(
+    ("metrics", "expected"),
+    [
+        ({"host": "0.0.0.0"}, "metrics.host: '0.0.0.0' is not a loopback address"),
+        ({"host": "0.0.0.0", "allow_remote": True}, "metrics.token: a non-loopback"),
+    ],
+)
+def test_a_remote_metrics_endpoint_needs_a_token(tmp_path, metrics, expected):
+    (err,) = errors_of(w1_with(tmp_path, lambda d: d.update(metrics=metrics)))
+    assert err.startswith(expected)
+
+
+def test_check_names_missing_tls_and_model_files_with_their_keys(tmp_path, capsys):
+    """Files ``run`` would open (TLS material, the model) are checked by ``check`` and
+    ``run``, each named with its key; ``--offline`` skips them."""
+
+    def edit(d):
+        d["brokers"]["local"]["tls"] = {"ca": str(tmp_path / "nope-ca.pem")}
+        d["pipelines"][0]["handler"]["model"] = str(tmp_path / "nope.onnx")
+
+    p = w1_with(tmp_path, edit)
+    assert main(["check", str(p)]) == 2
+    err = capsys.readouterr().err
+    assert f"brokers.local.tls.ca: {tmp_path / 'nope-ca.pem'}: no such readable file" in err
+    assert f"pipelines[0].handler.model: {tmp_path / 'nope.onnx'}: no such readable" in err
+    assert main(["check", "--offline", str(p)]) == 0
+    run = subprocess.run(  # a process of its own: run sets up logging for the process
+        [sys.executable, "-m", "agent", "run", "-c", str(p)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "brokers.local.tls.ca" in run.stderr, run.stderr

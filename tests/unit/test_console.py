@@ -226,14 +226,20 @@ def test_console_off_answers_403_and_metrics_stay(tmp_path):
         agent.spool.close()
 
 
-def test_console_needs_credentials_off_loopback(tmp_path):
+def test_console_needs_credentials_off_loopback(tmp_path, monkeypatch):
     """Bound to another address (not bound here: tests stay on loopback) the console is
-    served only with credentials; the agent then keeps no console state at all."""
-    cfg = parse_config(_config(tmp_path, host="0.0.0.0"), "test")
-    assert "not loopback" in console_refusal(cfg.metrics)
-    assert Agent(cfg).console is None
+    served only with credentials (a bearer token or basic authentication); without them the
+    agent keeps no console state at all (`check` refuses such a config anyway)."""
+    monkeypatch.setenv("METRICS_TOKEN", "s3cret")
+    cfg = parse_config(
+        _config(tmp_path, host="0.0.0.0", allow_remote=True, token="${METRICS_TOKEN}"), "test"
+    )
+    assert console_refusal(cfg.metrics) is None
+    bare = cfg.metrics.model_copy(update={"token": None})
+    assert "not loopback" in console_refusal(bare)
+    assert Agent(cfg.model_copy(update={"metrics": bare})).console is None
     for host in ("127.0.0.1", "::1", "localhost", "127.0.0.2"):
-        assert console_refusal(cfg.metrics.model_copy(update={"host": host})) is None
+        assert console_refusal(bare.model_copy(update={"host": host})) is None
 
 
 def test_username_needs_a_password_and_comes_from_the_environment(tmp_path, monkeypatch):

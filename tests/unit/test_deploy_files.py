@@ -192,6 +192,7 @@ def test_default_container_config_serves_the_shipped_model(monkeypatch):
 
     for var in ("AGENT_ID", "MQTT_HOST", "MQTT_PORT", "MODEL"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("METRICS_TOKEN", "from-the-compose-env")  # compose requires it
     cfg = load_config(ROOT / "docker/agent.yaml")
     (pipe,) = cfg.pipelines
     assert pipe.handler.threshold == "auto" and pipe.calibration is not None

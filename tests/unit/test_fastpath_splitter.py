@@ -303,3 +303,12 @@ def test_a_busy_reader_lets_paho_send_first_then_reads():
         assert r.got == [b"m0", b"m1", b"m2"]
     finally:
         r.close()
+
+
+def test_long_topics_are_split_but_not_cached():
+    """The splitter's topic cache is bounded by bytes: a 30 KB topic is decoded each time."""
+    long_topic = "t/" + "x" * 30_000
+    s = PublishSplitter(False)
+    msgs, _, _ = s.feed(publish(long_topic, b"a") + publish("t/short", b"b"), 1.0)
+    assert [m.topic for m in msgs] == [long_topic, "t/short"]
+    assert list(s._topics) == [b"t/short"]

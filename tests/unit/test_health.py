@@ -27,16 +27,20 @@ def _cfg(metrics):
     return parse_config(raw, "test")
 
 
+REMOTE = {"allow_remote": True, "token": "${HEALTH_TOKEN}"}  # off loopback: authenticated
+
+
 @pytest.mark.parametrize(
     ("metrics", "url"),
     [
-        ({"host": "0.0.0.0", "port": 9464}, "http://127.0.0.1:9464/readyz"),
-        ({"host": "::", "port": 9100}, "http://[::1]:9100/readyz"),
-        ({"host": "10.1.2.3", "port": 9464}, "http://10.1.2.3:9464/readyz"),
+        ({"host": "0.0.0.0", "port": 9464, **REMOTE}, "http://127.0.0.1:9464/readyz"),
+        ({"host": "::", "port": 9100, **REMOTE}, "http://[::1]:9100/readyz"),
+        ({"host": "10.1.2.3", "port": 9464, **REMOTE}, "http://10.1.2.3:9464/readyz"),
         ({}, "http://127.0.0.1:9464/readyz"),
         ({"port": 0}, None),  # any free port: unknown, the spool lock decides
         (None, None),
     ],
 )
-def test_readyz_url(metrics, url):
+def test_readyz_url(metrics, url, monkeypatch):
+    monkeypatch.setenv("HEALTH_TOKEN", "t")
     assert readyz_url(_cfg(metrics)) == url

@@ -71,3 +71,17 @@ def test_arbitrary_payloads_never_raise(payloads):
     assert len(b) + sum(b.errors.values()) == len(payloads)
     assert len(b.rejects) == sum(b.errors.values())
     assert np.isfinite(b.values).all() and b.values.shape == (len(b), 2)
+
+
+def test_long_topics_are_decoded_but_not_cached():
+    """The topic -> device cache is bounded by bytes: a 30 KB topic is split every time."""
+    from agent.decoders.json_fields import CACHED_TOPIC_MAX, JsonDecoder, JsonDecoderConfig
+    from agent.records import Message
+
+    d = JsonDecoder(JsonDecoderConfig(type="json", device="topic[1]", channels=2))
+    body = b'{"ts": 1e9, "v": [1, 2]}'
+    long_id = "x" * 30_000
+    batch = d.decode_many([Message(f"t/{long_id}/a", body), Message("t/short/a", body)])
+    assert batch.devices == [long_id, "short"]
+    assert list(d._devices) == ["t/short/a"]
+    assert CACHED_TOPIC_MAX < 30_000

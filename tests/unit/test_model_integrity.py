@@ -48,3 +48,25 @@ def test_unpinned_change_and_truncation(w1_models, tmp_path):
     path.unlink()
     assert "unreadable" in (h.check_file() or "")
     assert h.infer(np.zeros((1, 32, 8), np.float32)).shape == (1,)
+
+
+def test_a_model_file_replaced_by_a_huge_one_is_refused_unread(w1_models, tmp_path):
+    """A model file grown past MAX_MODEL_BYTES (a sparse file here: real size, no data) is
+    refused by the periodic check and by a load without being read into memory."""
+    import resource
+
+    from agent.handlers import onnx_model
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(w1_models[1], path)
+    h = handler(path)
+    h.load(32, 8)
+    with open(path, "r+b") as f:
+        f.truncate(onnx_model.MAX_MODEL_BYTES + 1)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    problem = h.check_file()
+    assert problem and "more than the" in problem and "stays in service" in problem
+    with pytest.raises(ModelError, match="more than the"):
+        handler(path).load(32, 8)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss
+    assert grown_kib < onnx_model.MAX_MODEL_BYTES // 1024 // 4

@@ -125,3 +125,82 @@ def test_rejected_timestamps_name_the_topic_and_guess_the_unit(processor_factory
         "the source's clock is not set: fix it, or source.max_clock_skew: none"
     )
     assert "ts looks like" not in got[msgs[3].topic][1]
+
+
+BAD_ONES = [
+    (b'{"ts": 1e9, "seq": 1e30, "v": [1, 2, 3, 4, 5, 6, 7, 8]}', "schema"),
+    (b'{"ts": 1e9, "seq": 1180591620717411303424, "v": [1, 2, 3, 4, 5, 6, 7, 8]}', "schema"),
+    (b'{"ts": 1' + b"0" * 400 + b', "v": [1, 2, 3, 4, 5, 6, 7, 8]}', "json"),  # orjson: inf
+    (b'{"ts": 1e9, "v": [true, 2, 3, 4, 5, 6, 7, 8]}', "values"),
+    (b'{"ts": 1e9, "v": ["1.5", 2, 3, 4, 5, 6, 7, 8]}', "values"),
+    (b'{"ts": 1e9, "v": [[1], [2], [3], [4], [5], [6], [7], [8]]}', "values"),
+    (b'{"ts": 1e9, "v": [1e39, 2, 3, 4, 5, 6, 7, 8]}', "values"),
+    (b'{"ts": 1e9, "v": [1, 2, 3]}', "values"),
+    (b"[1, 2]", "json"),
+]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(0, len(BAD_ONES) - 1),
+    st.integers(1, 120),
+    st.integers(0, 119),
+)
+def test_one_bad_message_costs_only_itself(processor_factory, which, n, at):
+    """One bad payload anywhere in a batch of good ones: every good sample is counted, the
+    bad one is counted once, by its kind, and dead-lettered; nothing lands in ``internal``."""
+    p = processor_factory(max_clock_skew=None)
+    body, kind = BAD_ONES[which]
+    msgs = [good(f"d{k % 5}", k) for k in range(n)]
+    msgs.insert(min(at, n), Message("t/bad", body, time.time()))
+    p.process(msgs)
+    assert p.counters.decoded == n
+    assert p.counters.errors == {kind: 1}, p.counters.errors
+    assert [(m.payload, k) for m, k, _ in p.rejected] == [(body, kind)]
+    counted = sum(r.payload.get("count", 0) for r in p.flush() if r.kind == "summary")
+    assert counted == n
+
+
+def test_a_batch_only_of_devices_over_the_cap_is_counted_once(processor_factory):
+    """max_devices is 16: a batch made only of devices beyond it is counted once each, as
+    ``device_limit``, and raises nothing."""
+    p = processor_factory()
+    p.process([good(f"d{k}", 0) for k in range(16)])
+    p.process([good(f"x{k}", 0) for k in range(5)])
+    assert p.counters.decoded == 16
+    assert p.counters.errors == {"device_limit": 5}
+
+
+class _RaisingDecoder(JsonDecoder):
+    """A plugin decoder with a defect: it raises on one payload instead of counting it."""
+
+    def decode_many(self, messages):
+        if any(m.payload == b"boom" for m in messages):
+            raise RuntimeError("decoder defect")
+        return super().decode_many(messages)
+
+
+def test_a_decoder_that_raises_costs_only_the_message(processor_factory):
+    """The batch is decoded again message by message: the one that raises is rejected as
+    ``decode`` (dead-lettered with the exception as reason); the others are counted."""
+    base = processor_factory()
+    p = Processor(base.config, _RaisingDecoder(base.config.decoder), base.handler)
+    msgs = [good("a", k) for k in range(30)]
+    msgs.insert(7, Message("t/a", b"boom", time.time()))
+    p.process(msgs)
+    assert p.counters.decoded == 30 and p.counters.errors == {"decode": 1}
+    assert [(m.payload, k) for m, k, _ in p.rejected] == [(b"boom", "decode")]
+    assert "decoder defect" in p.rejected[0][2]
+
+
+def test_sequence_gaps_and_repeats_are_counted_per_device(processor_factory):
+    """Per device, in arrival order (across batches): a jump counts once as ``seq_gap``; a
+    sample at or below the last one counts as ``seq_repeat``; samples without seq are not
+    compared; every sample is still counted."""
+    p = processor_factory()
+    p.process([good("a", k) for k in (0, 1, 2, 5, 6)] + [good("b", k) for k in (10, 11)])
+    p.process([good("a", k) for k in (6, 7, 3)] + [good("b", 12), good("b", 20)])
+    nos = Message("t/b", orjson.dumps({"ts": time.time(), "v": [1] * 8}), time.time())
+    p.process([nos, good("b", 21)])
+    assert p.sequences.stats() == {"seq_gap": 2, "seq_repeat": 2}
+    assert p.counters.decoded == 5 + 2 + 5 + 2

@@ -116,23 +116,72 @@ def test_callbacks_run_in_order_after_their_records_are_committed(tmp_path):
     s.close()
 
 
-def test_a_failed_commit_stops_intake_with_an_error_naming_the_file(tmp_path):
-    """Disk full or an I/O error in the writer: the next submission raises, naming the spool,
-    and nothing is acknowledged as if it had been stored."""
-    import pytest
+def test_a_full_disk_pauses_writes_and_they_resume_by_themselves(tmp_path):
+    """A real full filesystem: commits fail, nothing is acknowledged, ``failing`` and the
+    stats say so; once space is freed the same submissions commit, in order, by themselves."""
+    from tests.support.disk import fill, small_disk
+    from tests.support.waiting import until
 
-    from agent.errors import SpoolError
+    with small_disk(tmp_path / "disk") as disk:
+        s = Spool(disk / "s.db")
+        put_many(s, "a", [rec(EVENT, 0)])
+        filler = fill(disk)
+        acked: list[int] = []
+        big = [Record(SUMMARY, "p", "d", {"i": i, "pad": "x" * 2000}, f"b-{i}") for i in range(800)]
+        s.submit("a", big, lambda: acked.append(1))
+        assert until(lambda: s.failing, 10)
+        assert acked == [] and s.stats()["write_failing"] and s.write_failures >= 1
+        s.submit("a", [rec(EVENT, 1)], lambda: acked.append(2))  # queued behind, no raise
+        filler.unlink()
+        s.wait()
+        assert acked == [1, 2] and not s.failing
+        assert len(s.take("a", 5000)) == 802
+        s.close()
+
+
+def test_an_undecodable_row_is_dead_lettered_and_the_rest_flows(tmp_path):
+    """A row whose body cannot be decoded (damaged on disk) moves to ``dead_letter``, is
+    counted, and the rows behind it are delivered."""
+    import sqlite3
 
     s = Spool(tmp_path / "s.db")
+    put_many(s, "a", [rec(EVENT, i) for i in range(3)])
+    db = sqlite3.connect(tmp_path / "s.db")
+    db.execute("UPDATE outbox SET body = x'00ff' WHERE id = 2")
+    db.commit()
+    db.close()
+    assert [r.id for _, r in s.take("a", 10)] == ["id-event-0", "id-event-2"]
+    assert s.stats()["dead"] == 1 and s.depth("a") == 2
+    db = sqlite3.connect(tmp_path / "s.db")
+    assert db.execute("SELECT id, body FROM dead_letter").fetchall() == [(2, b"\x00\xff")]
+
+
+def test_an_unreadable_spool_is_moved_aside_and_a_fresh_one_started(tmp_path):
+    """Garbage where the spool should be: the file (and its -wal) is renamed aside, logged,
+    and a new spool works."""
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not an sqlite file" * 100)
+    (tmp_path / "s.db-wal").write_bytes(b"junk")
+    s = Spool(path)
+    assert s.moved_aside is not None and s.moved_aside.exists()
+    assert s.moved_aside.read_bytes().startswith(b"this is not")
+    assert not (tmp_path / "s.db-wal").exists() or s.depth() == 0
     put_many(s, "a", [rec(EVENT, 0)])
-    s._db.execute("DROP TABLE outbox")  # stands in for a disk that refuses writes
-    acked = []
-    s.submit("a", [rec(EVENT, 1)], lambda: acked.append(1))
-    with pytest.raises(SpoolError, match=r"s\.db"):
-        s.wait()
-    with pytest.raises(SpoolError, match=r"s\.db"):
-        s.submit("a", [rec(EVENT, 2)])
-    assert acked == []
+    assert [r.id for _, r in s.take("a", 10)] == ["id-event-0"]
+
+
+def test_a_truncated_spool_is_moved_aside(tmp_path):
+    """A spool cut short (a power cut mid-copy, a full disk): moved aside, a fresh one used."""
+    path = tmp_path / "s.db"
+    s = Spool(path)
+    put_many(s, "a", [Record(SUMMARY, "p", "d", {"pad": "x" * 3000}, f"i{i}") for i in range(200)])
+    s.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    again = Spool(path)
+    assert again.moved_aside is not None
+    put_many(again, "a", [rec(EVENT, 0)])
+    assert again.depth("a") == 1
 
 
 def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
@@ -185,3 +234,74 @@ def test_wait_returns_only_after_a_callback_only_job_ran(tmp_path):
     assert returned.wait(10) and ran.is_set()
     waiter.join()
     s.close()
+
+
+def test_period_totals_follow_batches_and_flushes_in_commit_order(tmp_path):
+    """A flush clears only what came before it, even inside one group commit; the rows
+    outlive the process, and the open count rises on every open (the id incarnation)."""
+    from agent.period import PeriodWrite, cleared
+
+    s = Spool(tmp_path / "s.db")
+    first = s.incarnation
+    s.after(None, PeriodWrite("p", [("d1", b"[1]"), ("d2", b"[2]")]))
+    s.submit("a", [rec(SUMMARY, 1)], None, cleared("p"))
+    s.after(None, PeriodWrite("p", [("d1", b"[3]")]))
+    s.after(None, PeriodWrite("q", [("d9", b"[9]")]))
+    s.wait()
+    del s  # no close(): as after a crash
+    again = Spool(tmp_path / "s.db")
+    rows = sorted((p, d, b) for p, d, b, _ in again.period_rows())
+    assert rows == [("p", "d1", b"[3]"), ("q", "d9", b"[9]")]
+    assert again.incarnation == first + 1
+
+
+def test_opening_on_a_full_disk_waits_until_it_can_write(tmp_path):
+    """A restart while the disk is still full: the open retries (no exception, no crash
+    loop) and succeeds by itself once there is space, the open count committed."""
+    import threading
+
+    from tests.support.disk import fill, small_disk
+
+    with small_disk(tmp_path / "disk") as disk:
+        first = Spool(disk / "s.db")
+        put_many(first, "a", [rec(EVENT, 0)])
+        first.close()
+        filler = fill(disk)
+        opened: list[Spool] = []
+        errors: list[BaseException] = []
+
+        def open_it() -> None:
+            try:
+                opened.append(Spool(disk / "s.db"))
+            except BaseException as e:
+                errors.append(e)
+
+        t = threading.Thread(target=open_it)
+        t.start()
+        t.join(1.0)
+        stuck = t.is_alive() and not opened
+        filler.unlink()
+        t.join(30)
+        assert stuck and not errors
+        assert opened and opened[0].incarnation == 2 and opened[0].depth("a") == 1
+        opened[0].close()
+
+
+def test_closing_while_writes_fail_gives_them_up_unacknowledged(tmp_path, monkeypatch):
+    """SIGTERM with the disk still full: close() returns after CLOSE_RETRY, the records are
+    counted as abandoned and their callbacks (QoS 1 acknowledgements) never run."""
+    from agent import spool as spool_module
+    from tests.support.disk import fill, small_disk
+    from tests.support.waiting import until
+
+    monkeypatch.setattr(spool_module, "CLOSE_RETRY", 0.5)
+    with small_disk(tmp_path / "disk") as disk:
+        s = Spool(disk / "s.db")
+        fill(disk)
+        acked: list[int] = []
+        pad = "x" * 2000
+        big = [Record(SUMMARY, "p", "d", {"i": i, "pad": pad}, f"b-{i}") for i in range(800)]
+        s.submit("a", big, lambda: acked.append(1))
+        assert until(lambda: s.failing, 10)
+        s.close()
+        assert acked == [] and s.abandoned_records == 800
