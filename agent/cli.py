@@ -192,7 +192,7 @@ def _check(args: argparse.Namespace) -> int:
     for path in args.configs:
         try:
             cfg = load_config(path)
-            if not args.offline:
+            if not (args.offline or args.connect):  # --connect reports them one by one
                 _files_readable(cfg, path)
         except ConfigError as e:
             print(e, file=sys.stderr)

@@ -673,19 +673,36 @@ def load_config(path: str | Path, registry: Registry | None = None) -> Config:
     return parse_config(data, source, registry)
 
 
+TLS_FILES = {
+    "ca": "the CA bundle that signs the broker's certificate",
+    "cert": "the client certificate",
+    "key": "the client private key",
+}
+
+
+def _unreadable(path: Path) -> str | None:
+    if not path.exists():
+        return "does not exist"
+    if not path.is_file():
+        return "is not a file"
+    return None if os.access(path, os.R_OK) else "is not readable by this user"
+
+
 def file_problems(cfg: Config) -> list[str]:
     """Files ``run`` would open later (TLS material, model files) that are not readable now,
     each named with its key (``check`` and ``run`` report them; ``load_config`` does not, so
     a config can be validated on a machine without its models)."""
     out = []
     for name, b in cfg.brokers.items():
-        for key in ("ca", "cert", "key"):
+        for key, what in TLS_FILES.items():
             path = getattr(b.tls, key, None) if b.tls else None
-            if path is not None and not os.access(path, os.R_OK):
-                out.append(f"brokers.{name}.tls.{key}: {path}: no such readable file")
+            if path is not None and (problem := _unreadable(Path(path))):
+                out.append(f"brokers.{name}.tls.{key}: {path} {problem} (expected {what}, PEM)")
     for i, p in enumerate(cfg.pipelines):
         model = getattr(p.handler, "model", None)
         local = isinstance(model, str | Path) and not str(model).startswith("builtin:")
-        if local and (not Path(model).is_file() or not os.access(model, os.R_OK)):
-            out.append(f"pipelines[{i}].handler.model: {model}: no such readable file")
+        if local and (problem := _unreadable(Path(model))):
+            out.append(
+                f"pipelines[{i}].handler.model: {model} {problem} (expected an ONNX model file)"
+            )
     return out

@@ -17,14 +17,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from . import fastpath, log
-from .config import BrokerConfig
+from .config import TLS_FILES, BrokerConfig
 from .errors import SettingError
-
-TLS_FILES = {
-    "ca": "the CA bundle that signs the broker's certificate",
-    "cert": "the client certificate",
-    "key": "the client private key",
-}
 
 
 def tls_context(broker: BrokerConfig, name: str = "?") -> ssl.SSLContext:

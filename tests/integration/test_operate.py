@@ -346,7 +346,8 @@ def test_windowed_pipeline_with_shared_subscription_is_rejected(tmp_path):
 
 
 def test_metrics_with_a_token_refuse_requests_without_it(broker, w1_models, tmp_path, monkeypatch):
-    """``metrics.token``: every endpoint answers 401 without ``Authorization: Bearer``."""
+    """``metrics.token``: every endpoint but the health checks answers 401 without
+    ``Authorization: Bearer`` (``/healthz`` and ``/readyz`` stay open for HEALTHCHECKs)."""
     monkeypatch.setenv("METRICS_TOKEN", "s3cret-token")
     raw = _config(
         broker.port,
@@ -361,13 +362,13 @@ def test_metrics_with_a_token_refuse_requests_without_it(broker, w1_models, tmp_
     try:
         base = f"http://127.0.0.1:{agent.metrics.port}"
         assert _get(base + "/metrics")[0] == 401
-        assert _get(base + "/healthz")[0] == 401
-        wrong = urllib.request.Request(base + "/healthz", headers={"Authorization": "Bearer x"})
+        assert _get(base + "/healthz")[0] == 200
+        wrong = urllib.request.Request(base + "/metrics", headers={"Authorization": "Bearer x"})
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(wrong, timeout=5)
         assert e.value.code == 401
         right = urllib.request.Request(
-            base + "/healthz", headers={"Authorization": "Bearer s3cret-token"}
+            base + "/metrics", headers={"Authorization": "Bearer s3cret-token"}
         )
         with urllib.request.urlopen(right, timeout=5) as r:
             assert r.status == 200

@@ -242,8 +242,8 @@ def test_check_names_missing_tls_and_model_files_with_their_keys(tmp_path, capsy
     p = w1_with(tmp_path, edit)
     assert main(["check", str(p)]) == 2
     err = capsys.readouterr().err
-    assert f"brokers.local.tls.ca: {tmp_path / 'nope-ca.pem'}: no such readable file" in err
-    assert f"pipelines[0].handler.model: {tmp_path / 'nope.onnx'}: no such readable" in err
+    assert f"brokers.local.tls.ca: {tmp_path / 'nope-ca.pem'} does not exist (expected" in err
+    assert f"pipelines[0].handler.model: {tmp_path / 'nope.onnx'} does not exist" in err
     assert main(["check", "--offline", str(p)]) == 0
     run = subprocess.run(  # a process of its own: run sets up logging for the process
         [sys.executable, "-m", "agent", "run", "-c", str(p)],
