@@ -66,6 +66,25 @@ def _lost_hint(broker: BrokerConfig) -> str:
     return "the broker closed the connection before CONNACK"
 
 
+# OpenSSL's reasons for a handshake with no TLS version both ends accept.
+_VERSION_REASONS = {
+    "TLSV1_ALERT_PROTOCOL_VERSION",
+    "UNSUPPORTED_PROTOCOL",
+    "NO_PROTOCOLS_AVAILABLE",
+    "WRONG_SSL_VERSION",
+}
+
+
+def _failed_hint(broker: BrokerConfig, error: BaseException | None) -> dict[str, str]:
+    """What to change when a handshake fails for a reason OpenSSL's text leaves implicit."""
+    if broker.tls is not None and getattr(error, "reason", None) in _VERSION_REASONS:
+        return {
+            "hint": "the broker and this client share no TLS version: tls.min_version is "
+            f"{broker.tls.min_version}; the broker offers only other versions"
+        }
+    return {}
+
+
 FLUSH_TOPIC = "edge-agent/flush"  # never subscribed: only its UNSUBACK is wanted
 _NOT_IN_LEVEL = re.compile(r"[/+#\x00]")
 
@@ -190,7 +209,12 @@ class Connection:
         error = sys.exc_info()[1]
         self.last_error = f"{type(error).__name__}: {error}" if error else "connection failed"
         delay = self._backoff()
-        self.log.error("mqtt_connect_failed", error=self.last_error, retry_in=round(delay, 2))
+        self.log.error(
+            "mqtt_connect_failed",
+            error=self.last_error,
+            retry_in=round(delay, 2),
+            **_failed_hint(self.broker, error),
+        )
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         was = self.connected.is_set()

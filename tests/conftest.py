@@ -14,9 +14,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
+    """A test on the session's ``broker`` is a ``mosquitto`` test; without the binary those
+    are skipped, saying how to get it."""
+    for item in items:
+        if "broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.mosquitto)
     if shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists():
         return
-    skip = pytest.mark.skip(reason="mosquitto binary not installed")
+    skip = pytest.mark.skip(
+        reason="needs the mosquitto broker binary: apt-get install mosquitto (or brew install "
+        "mosquitto), on PATH or at /usr/sbin/mosquitto"
+    )
     for item in items:
         if "mosquitto" in item.keywords:
             item.add_marker(skip)

@@ -79,7 +79,9 @@ class Mosquitto:
         anonymous: bool = True,
         workdir: Path | None = None,
         ready_check: bool = True,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env``: added to the broker process's environment (say ``OPENSSL_CONF``)."""
         self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         self.port = port or free_port()
         # A port chosen here is held (bound, not listening) until mosquitto has it: no
@@ -90,6 +92,7 @@ class Mosquitto:
         self.persistence = persistence
         self.anonymous = anonymous
         self.ready_check = ready_check
+        self.env = {**os.environ, **env} if env else None
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -109,7 +112,9 @@ class Mosquitto:
         conf = self.dir / "mosquitto.conf"
         conf.write_text(self.config_text)
         with open(self.dir / "mosquitto.stderr", "ab") as err:  # never a full, unread pipe
-            self.proc = subprocess.Popen([self.binary, "-c", str(conf)], stdout=err, stderr=err)
+            self.proc = subprocess.Popen(
+                [self.binary, "-c", str(conf)], stdout=err, stderr=err, env=self.env
+            )
         if self.ready_check:
             try:
                 wait_for_connack(self.port)

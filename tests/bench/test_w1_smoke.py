@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main as cli_main
-from bench.broker import MOSQUITTO, mosquitto
+from bench.broker import mosquitto
 from bench.floor import FLOORS
 from bench.floor import table as floor_table
 from bench.proc import steal_share
@@ -25,10 +25,8 @@ from bench.w1 import (
     table,
 )
 
-pytestmark = [
-    pytest.mark.mosquitto,
-    pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason=f"{MOSQUITTO} not installed"),
-]
+# The trials run a mosquitto (marked `mosquitto`: skipped without it, tests/conftest.py);
+# the table, bisection and steal tests are pure functions and always run.
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +40,7 @@ def by_name(name: str) -> Processor:
     return next(p for p in PROCESSORS if p.name == name)
 
 
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("name", ["naive-fp32-q0", "naive-fp32-q1"])
 def test_naive_agent_counts_every_sample(settings: Settings, name: str) -> None:
     """Each sample sent is in exactly one summary; each anomaly summed arrived as one event."""
@@ -55,6 +54,7 @@ def test_naive_agent_counts_every_sample(settings: Settings, name: str) -> None:
     assert trial.steal_pct is not None and 0 <= trial.steal_pct <= 100
 
 
+@pytest.mark.mosquitto
 def test_agent_counts_every_sample_once(settings: Settings) -> None:
     """The agent's summaries count each sample once, from a spool of its own per trial."""
     for _ in range(2):  # the second trial must not replay rows of the first
@@ -69,6 +69,7 @@ def test_agent_counts_every_sample_once(settings: Settings) -> None:
     assert (settings.workdir / "agent-int8-q0-spool.db").exists()
 
 
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("threads", [1, 2])
 def test_relay_forwards_every_18th_sample_and_counts_all(settings: Settings, threads: int) -> None:
     """The floor relays (bench.floor) are checked like any processor: nothing lost, and
@@ -109,6 +110,7 @@ def test_edge_agent_bench_runs_the_named_benchmark(
     assert first_line in capsys.readouterr().out
 
 
+@pytest.mark.mosquitto
 @pytest.mark.parametrize("name", ["counter-q0", "counter-q1"])
 def test_counter_counts_every_sample(settings: Settings, name: str) -> None:
     """The stock paho subscriber receives every sample sent."""

@@ -5,11 +5,14 @@ The plugins in plugins/ are installed like any third-party wheel and checked the
 
 from __future__ import annotations
 
+import uuid
+
 import numpy as np
 import orjson
 import pytest
 
 from agent.config import parse_config
+from agent.proto.sparkplug_b_pb2 import Payload
 from agent.protocols import output_kind
 from agent.records import EVENT, STATS, SUMMARY, Message, Record
 from agent.registry import Registry
@@ -23,6 +26,7 @@ from agent.testing.conformance import (
     check_stream_handler,
 )
 from agent.training import cmapss, datasets
+from tests.support.mqtt import Collector
 from tests.support.payloads import T0, analytics, births, ddata, full, minimal
 
 REG = Registry()
@@ -261,19 +265,71 @@ def test_file_and_stdout_sinks(tmp_path, capsys):
 
 
 @pytest.mark.mosquitto
-def test_mqtt_sink(broker):
-    agent = _agent(broker.port, type="mqtt")
+def test_mqtt_sink_delivers_each_record_to_its_topic(broker):
+    """The kit writes the records twice; a subscriber on the real broker receives each record
+    twice (at least once per write), on its kind's topic with '/' in the device replaced, its
+    payload unchanged plus the record id."""
+    pre = f"conf-{uuid.uuid4().hex[:8]}"
+    cfg = {
+        "type": "mqtt",
+        "broker": "up",
+        "events": f"{pre}/ev/{{device}}",
+        "summaries": f"{pre}/sum/{{device}}",
+        "stats": f"{pre}/stats/{{pipeline}}",
+    }
+    agent = _agent(broker.port, **cfg)
+    col = Collector(broker.port, [f"{pre}/#"])
     agent.connection("up").start()
     try:
-        check_sink(REG.get("sink", "mqtt"), {"type": "mqtt", "broker": "up"}, agent, RECORDS)
+        check_sink(REG.get("sink", "mqtt"), cfg, agent, RECORDS)
+        col.settle()
     finally:
         agent.connection("up").stop()
+        col.close()
+    topics = {EVENT: f"{pre}/ev/dev_1", SUMMARY: f"{pre}/sum/dev_1", STATS: f"{pre}/stats/p"}
+    want = [(topics[r.kind], {**r.payload, "id": r.id}) for r in RECORDS]
+    key = orjson.dumps
+    assert sorted(map(key, col.messages)) == sorted(map(key, want + want))
+
+
+def _metrics(p: Payload) -> dict[int, object]:
+    return {m.alias: None if m.is_null else getattr(m, m.WhichOneof("value")) for m in p.metrics}
 
 
 @pytest.mark.mosquitto
-def test_sparkplug_sink(broker):
-    cfg = {"type": "sparkplug_b", "broker": "up", "group": "conf"}
-    check_sink(REG.get("sink", "sparkplug_b"), cfg, _agent(broker.port, **cfg), RECORDS)
+def test_sparkplug_sink_delivers_births_data_and_death(broker):
+    """A subscriber on the real broker sees NBIRTH, one DBIRTH for the device, a DDATA per
+    event and summary of each write (stats have no device: not sent) carrying the record's
+    values under the aliases the DBIRTH named, seq 0, 1, 2, ... and, on close, an NDEATH with
+    the NBIRTH's bdSeq."""
+    group = f"conf{uuid.uuid4().hex[:8]}"
+    cfg = {"type": "sparkplug_b", "broker": "up", "group": group}
+    col = Collector(broker.port, [f"spBv1.0/{group}/#"])
+    try:
+        check_sink(REG.get("sink", "sparkplug_b"), cfg, _agent(broker.port, **cfg), RECORDS)
+        col.settle()
+    finally:
+        col.close()
+    got = [(t.split("/", 2)[2], Payload.FromString(body)) for t, body, _ in col.raw]
+    base = "conf"  # the node id: agent.id
+    assert [t for t, _ in got] == [
+        f"NBIRTH/{base}",
+        f"DBIRTH/{base}/dev_1",
+        *[f"DDATA/{base}/dev_1"] * 4,
+        f"NDEATH/{base}",
+    ]
+    births = [p for t, p in got if t != f"NDEATH/{base}"]
+    assert [p.seq for p in births] == list(range(len(births)))
+    nbirth, dbirth, ndeath = got[0][1], got[1][1], got[-1][1]
+    bd_seq = {m.name: m.long_value for m in nbirth.metrics}["bdSeq"]
+    assert [(m.name, m.long_value) for m in ndeath.metrics] == [("bdSeq", bd_seq)]
+    name = {m.alias: m.name for m in dbirth.metrics}
+    data = [{name[a]: v for a, v in _metrics(p).items()} for _, p in got[2:-1]]
+    event = {"event/score": 2.0, "event/threshold": 1.5, "event/anomaly": True}
+    summary = {"summary/count": 10, "summary/windows": 2, "summary/anomalies": 0}
+    summary |= {"summary/mean": None, "summary/max": None}
+    assert data == [event, summary, event, summary]
+    assert [p.uuid for _, p in got[2:-1]] == ["id-1", "id-2", "id-1", "id-2"]
 
 
 def test_sinks_without_upstream_raise_not_connected():

@@ -28,8 +28,6 @@ from tests.support.mqtt import (
     w1_payloads,
 )
 
-pytestmark = pytest.mark.mosquitto
-
 
 def _config(port: int, prefix: str, model: Path, spool: Path, **over) -> dict:
     pipe = {
@@ -75,6 +73,7 @@ def _get(url: str) -> tuple[int, bytes]:
         return e.code, e.read()
 
 
+@pytest.mark.mosquitto
 def test_metrics_endpoint_scraped_and_parsed(broker, w1_models, tmp_path):
     """/metrics reports what the pipeline counted; /healthz and /readyz answer 200."""
     prefix = f"m{uuid.uuid4().hex[:6]}"
@@ -166,6 +165,7 @@ def _reload(cfg_path: Path, other: Path | None = None) -> subprocess.CompletedPr
     )
 
 
+@pytest.mark.mosquitto
 def test_reload_threshold_under_load_loses_nothing(broker, w1_models, tmp_path):
     """A threshold changed by `edge-agent reload` while messages flow: every accepted sample
     is counted in exactly one summary, events after the swap carry the new threshold, and the
@@ -199,6 +199,7 @@ def test_reload_threshold_under_load_loses_nothing(broker, w1_models, tmp_path):
     col.close()
 
 
+@pytest.mark.mosquitto
 def test_invalid_reload_keeps_running_config(broker, w1_models, tmp_path):
     """A broken file sent with SIGHUP is rejected and logged; the old config keeps working."""
     prefix = f"i{uuid.uuid4().hex[:6]}"
@@ -219,6 +220,7 @@ def test_invalid_reload_keeps_running_config(broker, w1_models, tmp_path):
     col.close()
 
 
+@pytest.mark.mosquitto
 def test_reload_swaps_a_changed_model_file_and_refuses_a_broken_one(broker, w1_models, tmp_path):
     """`reload` with the same config after the model file changed: the new model is checked,
     warmed up and swapped in (windows kept, same shape); a file of the wrong shape is refused
@@ -274,6 +276,7 @@ def _score_model(path: Path) -> Path:
     return path
 
 
+@pytest.mark.mosquitto
 def test_shared_subscription_two_agents_each_message_once(broker, tmp_path):
     """Two agents on `$share/...` with `window: none`: every sample scored by exactly one."""
     prefix = f"s{uuid.uuid4().hex[:6]}"

@@ -23,8 +23,16 @@ from tests.support.waiting import until
 pytestmark = pytest.mark.mosquitto
 
 
-def _cert(name, key, issuer=None, issuer_key=None, *, ca=False, server=False):
+LOOPBACK_NAMES = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+
+
+def _cert(
+    name, key, issuer=None, issuer_key=None, *, ca=False, server=False, names=None, valid=None
+):
+    """``server``: names ``names`` (default localhost and 127.0.0.1); ``valid``: the
+    (from, to) offsets from now, default 5 min ago to a day ahead."""
     now = dt.datetime.now(dt.timezone.utc)
+    start, end = valid or (-dt.timedelta(minutes=5), dt.timedelta(days=1))
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     b = (
         x509.CertificateBuilder()
@@ -32,17 +40,12 @@ def _cert(name, key, issuer=None, issuer_key=None, *, ca=False, server=False):
         .issuer_name(issuer.subject if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now + start)
+        .not_valid_after(now + end)
         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
     )
     if server:
-        b = b.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
+        b = b.add_extension(x509.SubjectAlternativeName(names or LOOPBACK_NAMES), critical=False)
     return b.sign(issuer_key or key, hashes.SHA256())
 
 
@@ -73,6 +76,18 @@ def pki(tmp_path_factory) -> dict[str, Path]:
         out[name] = _write(d / f"{name}.pem", _cert(name, key, ca, ca_key, server=server), key)
     other_key = ec.generate_private_key(ec.SECP256R1())
     out["other_ca"] = _write(d / "other-ca.pem", _cert("other-ca", other_key, ca=True))
+    key = ec.generate_private_key(ec.SECP256R1())
+    elsewhere = [x509.DNSName("broker.elsewhere.invalid")]  # neither localhost nor 127.0.0.1
+    out["wrong_name"] = _write(
+        d / "wrong-name.pem",
+        _cert("wrong-name", key, ca, ca_key, server=True, names=elsewhere),
+        key,
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    past = (-dt.timedelta(days=2), -dt.timedelta(days=1))
+    out["expired"] = _write(
+        d / "expired.pem", _cert("expired", key, ca, ca_key, server=True, valid=past), key
+    )
     return out
 
 
@@ -88,6 +103,21 @@ def tls_broker(pki, tmp_path_factory):
     )
     with Mosquitto(extra=extra, workdir=tmp_path_factory.mktemp("tlsmq")) as b:
         b.tls_port = port
+        yield b
+
+
+@pytest.fixture(scope="module")
+def bad_tls_broker(pki, tmp_path_factory):
+    """mosquitto with a plain listener and two TLS ones (no client certificate needed) whose
+    server certificates fail the client's checks: one names another host, one has expired."""
+    ports = {"wrong_name": free_port(), "expired": free_port()}
+    extra = "".join(
+        f"listener {port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki[name]}\n"
+        f"keyfile {pki[name].with_suffix('.key')}\n"
+        for name, port in ports.items()
+    )
+    with Mosquitto(extra=extra, workdir=tmp_path_factory.mktemp("badtlsmq")) as b:
+        b.tls_ports = ports
         yield b
 
 
@@ -193,7 +223,115 @@ def test_tls_refusals_are_clear_errors_with_backoff(
     assert_backoff([e["retry_in"] for e in errors()])  # backing off, not a tight loop
 
 
-@pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto_passwd missing")
+def _refused(agent: AgentProcess, count: int = 3) -> list[dict]:
+    """The agent's connect errors for broker ``local`` once ``count`` are logged (or 20 s)."""
+
+    def errors() -> list[dict]:
+        found = agent.events("mqtt_connect_failed") + agent.events("mqtt_connection_lost")
+        return [e for e in found if e.get("broker") == "local"]
+
+    try:
+        until(lambda: len(errors()) >= count, 20, 0.1)
+        assert agent.proc.poll() is None, "the agent must keep running and retrying"
+    finally:
+        agent.proc.kill()
+        agent.proc.wait()
+    connected = [e for e in agent.events("mqtt_connected") if e.get("broker") == "local"]
+    assert not connected, connected
+    return errors()
+
+
+@pytest.mark.parametrize(
+    ("host", "expect"),
+    [
+        ("localhost", "Hostname mismatch, certificate is not valid for 'localhost'"),
+        ("127.0.0.1", "IP address mismatch, certificate is not valid for '127.0.0.1'"),
+    ],
+)
+def test_hostname_mismatch_is_refused(bad_tls_broker, pki, w1_models, tmp_path, host, expect):
+    """A broker whose certificate (signed by the trusted CA) names another host: each attempt
+    is an error naming the mismatch, retried with backoff, never connected. With
+    ``check_hostname: false`` the same listener connects: the name was the only fault."""
+    port = bad_tls_broker.tls_ports["wrong_name"]
+    tls = {"ca": str(pki["ca"])}
+    agent = _agent(
+        tmp_path, port, bad_tls_broker.port, w1_models[1], local={"host": host, "tls": tls}
+    )
+    errors = _refused(agent)
+    texts = [e.get("error", "") for e in errors]
+    print(f"\nFIGURES tls_hostname_{host}: attempts_logged={len(texts)}, first={texts[:1]}")
+    assert len(texts) >= 3 and all(expect in t for t in texts), texts
+    assert_backoff([e["retry_in"] for e in errors])
+    unchecked = {"host": host, "tls": {**tls, "check_hostname": False}}
+    agent = _agent(tmp_path, port, bad_tls_broker.port, w1_models[1], local=unchecked)
+    try:
+        agent.wait_ready()
+        assert agent.stop() == 0
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+
+
+def test_expired_broker_certificate_is_refused(bad_tls_broker, pki, w1_models, tmp_path):
+    """A broker certificate that expired yesterday (right CA, right names): each attempt is
+    an error saying so, retried with backoff, never connected."""
+    port = bad_tls_broker.tls_ports["expired"]
+    local = {"host": "localhost", "tls": {"ca": str(pki["ca"])}}
+    errors = _refused(_agent(tmp_path, port, bad_tls_broker.port, w1_models[1], local=local))
+    texts = [e.get("error", "") for e in errors]
+    print(f"\nFIGURES tls_expired: attempts_logged={len(texts)}, first={texts[:1]}")
+    assert all("certificate has expired" in t for t in texts), texts
+    assert_backoff([e["retry_in"] for e in errors])
+
+
+# OpenSSL's own configuration caps what mosquitto (2.x: ``tls_version`` is a minimum) offers.
+TLS12_ONLY = """\
+openssl_conf = conf
+[conf]
+ssl_conf = ssl
+[ssl]
+system_default = system_default
+[system_default]
+MaxProtocol = TLSv1.2
+"""
+
+
+def test_min_version_above_the_brokers_is_refused(pki, w1_models, tmp_path):
+    """A broker that speaks TLS 1.2 at most and a client with ``min_version: "1.3"``: each
+    attempt is an error naming the protocol version and saying which setting asks for it,
+    never connected. The same client with the default ``min_version: "1.2"`` connects."""
+    (tmp_path / "mq").mkdir()
+    (tmp_path / "openssl.cnf").write_text(TLS12_ONLY)
+    port = free_port()
+    extra = (
+        f"listener {port} 127.0.0.1\ncafile {pki['ca']}\ncertfile {pki['server']}\n"
+        f"keyfile {pki['server'].with_suffix('.key')}\n"
+    )
+    env = {"OPENSSL_CONF": str(tmp_path / "openssl.cnf")}
+    with Mosquitto(extra=extra, workdir=tmp_path / "mq", env=env) as b:
+        tls = {"ca": str(pki["ca"])}
+        local = {"host": "localhost", "tls": {**tls, "min_version": "1.3"}}
+        errors = _refused(_agent(tmp_path, port, b.port, w1_models[1], local=local))
+        agent = _agent(
+            tmp_path, port, b.port, w1_models[1], local={"host": "localhost", "tls": tls}
+        )
+        try:
+            agent.wait_ready()
+            assert agent.stop() == 0
+        finally:
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+    texts = [f"{e.get('error')} {e.get('hint')}" for e in errors]
+    print(f"\nFIGURES tls_min_version: attempts_logged={len(texts)}, first={texts[:1]}")
+    assert all("protocol version" in t and "tls.min_version" in t for t in texts), texts
+    assert_backoff([e["retry_in"] for e in errors])
+
+
+@pytest.mark.skipif(
+    not shutil.which("mosquitto_passwd"),
+    reason="needs mosquitto_passwd (apt-get install mosquitto; some distributions ship it in "
+    "mosquitto-clients)",
+)
 def test_username_password(w1_models, tmp_path):
     """Right password connects; a wrong one is a clear, backed-off error and never logged."""
     pwfile = tmp_path / "passwd"

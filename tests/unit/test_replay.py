@@ -76,7 +76,7 @@ def test_replay_scores_episodes_against_labels(recording, tmp_path, capsys):
 
 
 def test_replay_table_and_plot(recording, tmp_path, capsys):
-    pytest.importorskip("matplotlib")
+    pytest.importorskip("matplotlib", reason="--plot needs matplotlib: pip install '.[plot]'")
     cfg, path = recording
     png = tmp_path / "replay.png"
     assert main([*replay_args(cfg, path, "--label-column", "anomaly"), "--plot", str(png)]) == 0
