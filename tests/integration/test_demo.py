@@ -65,7 +65,9 @@ def test_default_run_gives_the_readme_figures(tmp_path):
     table, _ = _demo(tmp_path, "--data", str(SKAB))
     _accounting(table)
     assert table["model"] == "skab_pump_ae_int8" and int(table["devices"]) == 8
-    assert int(table["samples published"]) // 8 in (1200, 1201)  # 20/s for 60 s
+    # 20/s for 60 s; a loaded machine may publish a few more before the stop: any count up
+    # to 1,207 per pump gives the same 100 windows ((rows - 400) // 8)
+    assert 1200 <= int(table["samples published"]) // 8 <= 1207
     assert (int(table["anomalies"]), int(table["events upstream"])) == (anomalous, events)
     assert round(int(table["bytes in (telemetry)"]) / 1e6, 2) == mb_in
     assert abs(int(table["bytes upstream"]) / 1e3 - kb_up) <= 0.07 * kb_up

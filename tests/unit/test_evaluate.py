@@ -162,7 +162,9 @@ def test_ai4i_figures_are_the_readmes_and_recount_from_the_flags(capsys, spy):
         "F1": f1(failure[held], pred),
         "precision": tp / pred.sum(),
         "recall": tp / failure[held].sum(),
-        "macro-F1": np.mean([f1(modes[held, k], trace.details["mode"] == k + 1) for k in range(5)]),
+        "macro-F1": np.mean(
+            [f1(modes[held, k], trace.details["class"] == k + 1) for k in range(5)]
+        ),
     }
     for name, value in measured.items():
         assert claims[name].holds(value), (name, value, claims[name])
