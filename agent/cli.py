@@ -11,19 +11,20 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__, log, workers
-from .errors import AgentError, ConfigError, ModelError, PluginError, SettingError
+from agent import __version__, log
+from agent.errors import AgentError, ConfigError, ModelError, PluginError, SettingError
+from agent.runtime import workers
 
 if TYPE_CHECKING:
-    from .config import Config
+    from agent.config import Config
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .instance import InstanceGuard
+    from agent.config import load_config
+    from agent.runtime.instance import InstanceGuard
 
     if args.dry_run:
-        from .preflight import report
+        from agent.runtime.preflight import report
 
         cfg = load_config(args.config)
         print(f"{args.config}: ok")
@@ -60,14 +61,14 @@ def _serve(
 ) -> int:
     """Build, start and supervise the agent (and worker processes) until ``stop``; a set
     ``hup`` reloads (the file a ``reload -c`` asked for, else the agent's own)."""
-    from .notify import notify, reloading
-    from .reload import take_request
-    from .runtime import Agent, settle_heap
+    from agent.runtime.agent import Agent, settle_heap
+    from agent.runtime.notify import notify, reloading
+    from agent.runtime.reload import take_request
 
     stop, hup = signals
     fleet = None
     if full.fleet is not None:  # the last good fleet version, or the local file (docs/fleet.md)
-        from .fleet.manager import FleetManager
+        from agent.fleet.manager import FleetManager
 
         fleet = FleetManager(args.config, full)
         full = fleet.startup_config()
@@ -110,7 +111,7 @@ def _serve(
 
 def _run_pool(pool: workers.WorkerPool, stop: threading.Event) -> int:
     """Every pipeline runs in worker processes: supervise them until a signal."""
-    from .notify import notify
+    from agent.runtime.notify import notify
 
     pool.start()
     notify("READY=1")
@@ -153,8 +154,8 @@ def find_pid_file(agent_id: str) -> Path:
 
 
 def _reload(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .reload import write_request
+    from agent.config import load_config
+    from agent.runtime.reload import write_request
 
     pid_file = args.pid_file
     if args.config:
@@ -178,7 +179,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 def _files_readable(cfg, path: str) -> None:
     """Raise ConfigError naming each TLS or model file ``run`` could not open."""
-    from .config import file_problems
+    from agent.config import file_problems
 
     problems = file_problems(cfg)
     if problems:
@@ -186,7 +187,7 @@ def _files_readable(cfg, path: str) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from agent.config import load_config
 
     status = 0
     for path in args.configs:
@@ -200,15 +201,15 @@ def _check(args: argparse.Namespace) -> int:
         else:
             print(f"{path}: ok")
             if args.connect:
-                from .preflight import report
+                from agent.runtime.preflight import report
 
                 status = max(status, report(path, cfg))
     return status
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .health import check
+    from agent.config import load_config
+    from agent.runtime.health import check
 
     ok, why = check(load_config(args.config))
     print(why)
@@ -217,25 +218,25 @@ def _health(args: argparse.Namespace) -> int:
 
 def _schema(args: argparse.Namespace) -> int:
     if args.markdown:
-        from .docs import config_markdown
+        from agent.tools.docs import config_markdown
 
         sys.stdout.write(config_markdown())
         return 0
-    from .schema import config_schema
+    from agent.tools.schema import config_schema
 
     print(json.dumps(config_schema(), indent=2))
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from agent.tools.demo import run_demo
 
     return run_demo(args)
 
 
 def _components(args: argparse.Namespace) -> int:
-    from .models import PREFIX, manifest
-    from .registry import KINDS, Registry
+    from agent.models import PREFIX, manifest
+    from agent.registry import KINDS, Registry
 
     reg = Registry()
     for kind in KINDS:
@@ -248,23 +249,31 @@ def _components(args: argparse.Namespace) -> int:
 
 
 TOOLS = (
-    ("evaluate", "agent.evaluate:main", "replay SKAB or AI4I through the pipeline and score it"),
-    ("replay", "agent.replay:main", "backtest a pipeline on recorded CSV rows: events, scores"),
-    ("quantize", "agent.quantize:main", "quantize an ONNX model to int8 and compare it"),
-    ("bench", "bench.w1:main", "the benchmarks: bench w1 | bench floor [options]"),
-    ("decode", "agent.decode_tool:main", "run payloads through a pipeline's decoder, show it"),
+    (
+        "evaluate",
+        "agent.tools.evaluate:main",
+        "replay SKAB or AI4I through the pipeline and score it",
+    ),
+    (
+        "replay",
+        "agent.tools.replay:main",
+        "backtest a pipeline on recorded CSV rows: events, scores",
+    ),
+    ("quantize", "agent.tools.quantize:main", "quantize an ONNX model to int8 and compare it"),
+    (
+        "decode",
+        "agent.tools.decode_tool:main",
+        "run payloads through a pipeline's decoder, show it",
+    ),
     ("fleet", "agent.fleet.cli:main", "fleet rollout: keygen | sign | publish | status"),
 )
-BENCHES = {"w1": "bench.w1", "floor": "bench.floor"}  # bench alone: w1
 
 
 def _tool(target: str, argv: list[str]) -> int:
-    """Run a tool that parses its own arguments (``bench floor ...`` runs bench.floor)."""
+    """Run a tool that parses its own arguments."""
     import importlib
 
     module, _, attr = target.partition(":")
-    if module == "bench.w1" and argv[:1] and argv[0] in BENCHES:
-        module, argv = BENCHES[argv[0]], argv[1:]
     return getattr(importlib.import_module(module), attr)(argv)
 
 
@@ -382,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     schema.set_defaults(func=_schema)
 
-    from .demo import add_arguments
+    from agent.tools.demo import add_arguments
 
     demo = sub.add_parser(
         "demo",

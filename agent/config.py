@@ -27,8 +27,8 @@ from pydantic import (
     field_validator,
 )
 
-from .errors import ConfigError, PluginError
-from .registry import Registry
+from agent.errors import ConfigError, PluginError
+from agent.registry import Registry
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}

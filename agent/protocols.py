@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from .records import Message, Record, SampleBatch
+from agent.records import Message, Record, SampleBatch
 
 
 @runtime_checkable

@@ -19,7 +19,7 @@ class Message:
 
     ``ack`` is set by a source that acknowledges QoS 1 messages only once they are
     processed: an opaque token the worker hands back to the source (see
-    :meth:`agent.source.MqttSource.acknowledge`).
+    :meth:`agent.transport.source.MqttSource.acknowledge`).
     """
 
     topic: str

@@ -12,8 +12,8 @@ from importlib.metadata import EntryPoint, entry_points
 
 from pydantic import BaseModel
 
-from .builtins import BUILTINS, PLUGIN_COMPONENTS
-from .errors import PluginError
+from agent.builtins import BUILTINS, PLUGIN_COMPONENTS
+from agent.errors import PluginError
 
 KINDS = ("decoder", "handler", "sink")
 GROUPS = {kind: f"edge_agent.{kind}s" for kind in KINDS}

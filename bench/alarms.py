@@ -22,7 +22,7 @@ import json
 import numpy as np
 
 from agent.config import parse_config
-from agent.replay import Recording, Result, episode_metrics, replay
+from agent.tools.replay import Recording, Result, episode_metrics, replay
 
 PERIOD_S = 7200.0
 STEP_S = 5.0

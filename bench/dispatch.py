@@ -1,6 +1,6 @@
 """Processor-level W1 throughput of this checkout against another git revision, in one run.
 
-The typed output kinds add a decision dispatch to :meth:`agent.processor.Processor.process`;
+The typed output kinds add a decision dispatch to :meth:`agent.stages.processor.Processor.process`;
 this measures what it costs the ``score`` kind's hot path. Both trees (this checkout, and
 ``--baseline`` extracted with ``git archive`` into a temporary folder) run the W1 pipeline
 (``configs/w1.yaml``: JSON, 32x8 windows, hop 8, the W1 fp32 autoencoder, events per window)
@@ -33,7 +33,7 @@ TRIAL = r"""
 import sys, time, json
 import numpy as np, orjson
 from agent.config import load_config
-from agent.processor import build_processor
+from agent.stages.processor import build_processor
 from agent.records import Message
 
 model, n, devices = sys.argv[1], int(sys.argv[2]), 100
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         help="passes per trial on fresh processors; the best counts",
     )
     args = p.parse_args(argv)
-    from agent.training import w1
+    from agent.tools.training import w1
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -48,7 +48,7 @@ def table(results: dict[str, list[Trial]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="edge-agent bench floor", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=float, default=30.0, help="seconds per trial")
     p.add_argument("--devices", type=int, default=100)

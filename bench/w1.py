@@ -445,7 +445,7 @@ def table(rows: list[Row]) -> str:
 
 def build_models(out: Path) -> dict[str, Path]:
     """Build the W1 fp32 and int8 models in ``out``."""
-    from agent.training.w1 import build
+    from agent.tools.training.w1 import build
 
     logging.disable(logging.WARNING)  # onnxruntime.quantization advises pre-processing
     try:
@@ -457,8 +457,8 @@ def build_models(out: Path) -> dict[str, Path]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="edge-agent bench [w1]",
-        epilog="edge-agent bench floor --help: the single-core floor benchmark",
+        prog="python -m bench.w1",
+        epilog="python -m bench.floor --help: the single-core floor benchmark",
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--devices", type=int, default=100)

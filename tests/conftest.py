@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.testing.mosquitto import Mosquitto
-from agent.training import w1
+from agent.tools.training import w1
 
 ROOT = Path(__file__).resolve().parents[1]
 

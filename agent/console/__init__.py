@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from importlib import resources
 
-from .history import TICK, History
-from .state import Console
+from agent.console.history import TICK, History
+from agent.console.state import Console
 
 __all__ = ["ASSETS", "TICK", "Console", "History", "assets"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..windows import DeviceIndex
+from agent.stages.windows import DeviceIndex
 
 TICK = 2.0  # s between history samples (and the console's polling period)
 BYTES_PER_POINT = 8  # float32 score + float32 threshold

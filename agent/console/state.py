@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
-from .. import __version__
-from ..records import EVENT, Record
-from .history import TICK, History
+from agent import __version__
+from agent.console.history import TICK, History
+from agent.records import EVENT, Record
 
 if TYPE_CHECKING:
-    from ..config import MetricsConfig
-    from ..pipeline import Pipeline
-    from ..processor import Processor
-    from ..runtime import Agent
+    from agent.config import MetricsConfig
+    from agent.runtime.agent import Agent
+    from agent.runtime.pipeline import Pipeline
+    from agent.stages.processor import Processor
 
 EVENTS_KEPT = 500  # recent events across pipelines (about 0.5 KB each)
 DEVICE_EVENTS = 30  # recent events shown on a device page

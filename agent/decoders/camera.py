@@ -29,8 +29,8 @@ import numpy as np
 import orjson
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..records import Detections, Message, SampleBatch
+from agent.config import ComponentConfig
+from agent.records import Detections, Message, SampleBatch
 
 # object blocks of the DeepStream full schema that are not the class block
 FULL_NON_CLASS_BLOCKS = frozenset({"bbox", "location", "coordinate", "pose", "embedding"})

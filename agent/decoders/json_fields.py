@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 from pydantic import Field, model_validator
 
-from ..config import ComponentConfig
-from ..records import Message, SampleBatch
+from agent.config import ComponentConfig
+from agent.records import Message, SampleBatch
 
 _TOPIC_SEGMENT = re.compile(r"^topic\[(-?\d+)\]$")
 _NUMBERS = frozenset((int, float))

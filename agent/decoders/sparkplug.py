@@ -33,9 +33,9 @@ import numpy as np
 from google.protobuf.message import DecodeError
 from pydantic import Field
 
-from ..config import ComponentConfig, Duration
-from ..proto.sparkplug_b_pb2 import Payload
-from ..records import Message, SampleBatch
+from agent.config import ComponentConfig, Duration
+from agent.proto.sparkplug_b_pb2 import Payload
+from agent.records import Message, SampleBatch
 
 NAMESPACE = "spBv1.0"
 REBIRTH = "Node Control/Rebirth"

@@ -24,9 +24,9 @@ import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ..errors import AgentError
-from . import bundle, topics
-from .compose import extract
+from agent.errors import AgentError
+from agent.fleet import bundle, topics
+from agent.fleet.compose import extract
 
 DONE = ("applied", "failed", "rolled_back")
 REFUSALS = frozenset(

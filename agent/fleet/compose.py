@@ -13,9 +13,9 @@ from typing import Any
 
 import yaml
 
-from ..config import Config, load_config, parse_config
-from ..errors import ConfigError
-from ..registry import Registry
+from agent.config import Config, load_config, parse_config
+from agent.errors import ConfigError
+from agent.registry import Registry
 
 REF = "fleet:"
 

@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from .. import __version__, log
-from ..config import Config, load_config
-from ..errors import AgentError, ConfigError
-from ..mqtt import Connection
-from . import bundle, topics
-from .bundle import Desired, ModelEntry, Refused
-from .compose import compose
-from .state import FleetState
+from agent import __version__, log
+from agent.config import Config, load_config
+from agent.errors import AgentError, ConfigError
+from agent.fleet import bundle, topics
+from agent.fleet.bundle import Desired, ModelEntry, Refused
+from agent.fleet.compose import compose
+from agent.fleet.state import FleetState
+from agent.transport.mqtt import Connection
 
 if TYPE_CHECKING:
-    from ..runtime import Agent
+    from agent.runtime.agent import Agent
 
 _WAKE = ("", b"")  # a queue item that only wakes the worker
 _REPORT = ("report", b"")
@@ -262,7 +262,7 @@ class FleetManager:
             paths = self._stage(d)
             cfg = compose(self.path, d.config, paths, f"fleet version {d.version}", agent.registry)
             self.phase = "applying"
-            from ..reload import apply
+            from agent.runtime.reload import apply
 
             with agent.reload_lock:
                 previous = agent.config
@@ -304,7 +304,7 @@ class FleetManager:
             self.log.info("fleet_applied", version=d.version, seconds=st.last["seconds"])
         else:
             self.log.error("fleet_" + outcome, version=d.version, reason=reason)
-        from ..runtime import settle_heap
+        from agent.runtime.agent import settle_heap
 
         settle_heap()  # as after a SIGHUP reload: what the old pipelines held is freed
         self.report()
@@ -371,7 +371,7 @@ class FleetManager:
 
     def _health_gate(self) -> str | None:
         """None once the agent was ready for ``hold`` in a row; else why it was not."""
-        from ..metrics import readiness
+        from agent.runtime.metrics import readiness
 
         agent, health = self.agent, self.cfg.health
         deadline = time.monotonic() + health.window

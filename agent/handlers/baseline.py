@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import ComponentConfig
+from agent.config import ComponentConfig
 
 
 class BaselineConfig(ComponentConfig):

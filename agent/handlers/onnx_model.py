@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..errors import ModelError
+from agent.config import ComponentConfig
+from agent.errors import ModelError
 
 
 class OnnxHandlerConfig(ComponentConfig):
@@ -40,7 +40,7 @@ class OnnxHandlerConfig(ComponentConfig):
 def resolve_model(ref: str) -> Path:
     """A model path from ``builtin:NAME`` or a file path."""
     if ref.startswith("builtin:"):
-        from ..models import resolve
+        from agent.models import resolve
 
         return resolve(ref.removeprefix("builtin:"))
     return Path(ref)

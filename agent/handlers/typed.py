@@ -14,9 +14,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..errors import ModelError
-from .onnx_model import OnnxHandler, _dims, resolve_model
+from agent.config import ComponentConfig
+from agent.errors import ModelError
+from agent.handlers.onnx_model import OnnxHandler, _dims, resolve_model
 
 
 class _OnnxFileConfig(ComponentConfig):

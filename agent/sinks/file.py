@@ -10,8 +10,8 @@ from typing import IO, Literal
 
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..records import Record, dumps
+from agent.config import ComponentConfig
+from agent.records import Record, dumps
 
 
 class FileSinkConfig(ComponentConfig):

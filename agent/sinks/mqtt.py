@@ -10,10 +10,10 @@ from typing import Literal
 import paho.mqtt.client as mqtt
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..errors import NotConnectedError
-from ..mqtt import Connection, topic_level
-from ..records import EVENT, SUMMARY, Record, dumps
+from agent.config import ComponentConfig
+from agent.errors import NotConnectedError
+from agent.records import EVENT, SUMMARY, Record, dumps
+from agent.transport.mqtt import Connection, topic_level
 
 # Summaries and stats in flight at once. paho sends 20 QoS 1 messages at a time and queues
 # the rest in order: a burst of 10,000 summaries would put an event published meanwhile

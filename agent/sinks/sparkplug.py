@@ -31,12 +31,12 @@ from typing import Literal
 import paho.mqtt.client as mqtt
 from pydantic import Field
 
-from ..config import ComponentConfig
-from ..decoders.sparkplug import BOOLEAN, DOUBLE, INT64, NAMESPACE, REBIRTH, UINT64
-from ..errors import NotConnectedError
-from ..mqtt import Connection, client_id, topic_level
-from ..proto.sparkplug_b_pb2 import Payload
-from ..records import EVENT, SUMMARY, Record
+from agent.config import ComponentConfig
+from agent.decoders.sparkplug import BOOLEAN, DOUBLE, INT64, NAMESPACE, REBIRTH, UINT64
+from agent.errors import NotConnectedError
+from agent.proto.sparkplug_b_pb2 import Payload
+from agent.records import EVENT, SUMMARY, Record
+from agent.transport.mqtt import Connection, client_id, topic_level
 
 CORE = [
     ("event/score", DOUBLE),

@@ -1,6 +1,6 @@
 """Test support for the agent and for plugin authors: a real mosquitto, conformance checks."""
 
-from .conformance import (
+from agent.testing.conformance import (
     check_config_model,
     check_decoder,
     check_handler,

@@ -42,10 +42,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from ..config import ComponentConfig
-from ..errors import ModelError, NotConnectedError
-from ..protocols import ClassOutput, RegressionOutput, output_kind
-from ..records import Message, Record, SampleBatch
+from agent.config import ComponentConfig
+from agent.errors import ModelError, NotConnectedError
+from agent.protocols import ClassOutput, RegressionOutput, output_kind
+from agent.records import Message, Record, SampleBatch
 
 
 def check_config_model(cls: type, config: dict) -> BaseModel:
@@ -298,7 +298,7 @@ def _json(items: list[dict]) -> str:
 
 
 def _concat(batches: list[SampleBatch]) -> SampleBatch:
-    from ..records import Detections
+    from agent.records import Detections
 
     out = SampleBatch(
         [d for b in batches for d in b.devices],

@@ -16,7 +16,7 @@ from agent.proto.sparkplug_b_pb2 import Payload
 from agent.protocols import output_kind
 from agent.records import EVENT, STATS, SUMMARY, Message, Record
 from agent.registry import Registry
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 from agent.testing.conformance import (
     check_decoder,
     check_handler,
@@ -25,7 +25,7 @@ from agent.testing.conformance import (
     check_sink_unavailable,
     check_stream_handler,
 )
-from agent.training import cmapss, datasets
+from agent.tools.training import cmapss, datasets
 from tests.support.mqtt import Collector
 from tests.support.payloads import T0, analytics, births, ddata, full, minimal
 

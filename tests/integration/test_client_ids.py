@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from agent import workers
 from agent.config import parse_config
-from agent.runtime import Agent
+from agent.runtime import workers
+from agent.runtime.agent import Agent
 from tests.support.mqtt import Collector, publish, w1_payloads
 from tests.support.waiting import until
 

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from agent.config import parse_config
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 from tests.support import browser
 from tests.support.mqtt import ROOT, publish, w1_payloads
 from tests.support.waiting import until

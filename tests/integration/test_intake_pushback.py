@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from agent.config import BrokerConfig, SourceConfig
-from agent.intake import Intake
-from agent.source import MqttSource
+from agent.transport.intake import Intake
+from agent.transport.source import MqttSource
 from tests.support.mqtt import client
 from tests.support.waiting import until
 

@@ -18,7 +18,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import parse_config
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 from tests.support.mqtt import (
     ROOT,
     AgentProcess,

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from agent.config import parse_config
-from agent.reload import apply
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
+from agent.runtime.reload import apply
 from tests.integration.test_fleet import LINE_ENV, Load, _local, _pipeline
 from tests.integration.test_operate import _score_model
 from tests.support.mqtt import AgentProcess, Collector

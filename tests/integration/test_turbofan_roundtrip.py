@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from agent.evaluate_rul import messages
-from agent.training import cmapss, datasets
+from agent.tools.evaluate_rul import messages
+from agent.tools.training import cmapss, datasets
 from tests.support.mqtt import ROOT, AgentProcess, Collector, publish
 
 pytestmark = pytest.mark.mosquitto

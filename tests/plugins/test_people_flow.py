@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.config import load_config
-from agent.processor import build_processor
+from agent.stages.processor import build_processor
 from tests.conftest import ROOT
 from tests.support.payloads import T0, minimal
 

@@ -18,8 +18,8 @@ from edge_agent_vibration.resample import decimate, ratio
 from agent.cli import main
 from agent.config import load_config
 from agent.errors import ModelError
-from agent.processor import build_processor
 from agent.records import Message
+from agent.stages.processor import build_processor
 from tests.conftest import ROOT
 
 CONFIG = ROOT / "configs" / "vibration.yaml"

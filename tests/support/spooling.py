@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agent.outbox.spool import Spool
 from agent.records import Record
-from agent.spool import Spool
 
 
 def put_many(spool: Spool, sink: str, records: Sequence[Record]) -> None:

@@ -15,8 +15,8 @@ import pytest
 
 from agent import models
 from agent.handlers.onnx_model import OnnxHandler, OnnxHandlerConfig
-from agent.quantize import quantize
-from agent.training import cmapss, datasets, w1
+from agent.tools.quantize import quantize
+from agent.tools.training import cmapss, datasets, w1
 
 N = 64
 RTOL, ATOL = 1e-5, 1e-6

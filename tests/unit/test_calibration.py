@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.calibration import auto_threshold, fit_normaliser
+from agent.stages.calibration import auto_threshold, fit_normaliser
 
 
 def test_normaliser_standardises():

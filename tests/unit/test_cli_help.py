@@ -32,8 +32,6 @@ def test_every_command_and_option_has_help():
 @pytest.mark.parametrize(
     ("argv", "usage"),
     [
-        (["bench", "--help"], "usage: edge-agent bench [w1]"),
-        (["bench", "floor", "--help"], "usage: edge-agent bench floor"),
         (["evaluate", "--help"], "usage: edge-agent evaluate"),
         (["components", "--help"], "usage: edge-agent components"),
     ],

@@ -18,13 +18,13 @@ import orjson
 import pytest
 import yaml
 
-from agent.aggregate import Summaries
 from agent.config import load_config, parse_config
 from agent.console import ASSETS, TICK, History, assets
-from agent.metrics import MetricsServer, console_refusal
 from agent.records import Message
-from agent.runtime import Agent
-from agent.windows import DeviceIndex
+from agent.runtime.agent import Agent
+from agent.runtime.metrics import MetricsServer, console_refusal
+from agent.stages.aggregate import Summaries
+from agent.stages.windows import DeviceIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 WARMUP, CHANNELS = 64, 3

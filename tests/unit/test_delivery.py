@@ -6,11 +6,11 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from agent.delivery import Forwarder
 from agent.errors import NotConnectedError
 from agent.log import structlog
+from agent.outbox.delivery import Forwarder
+from agent.outbox.spool import Spool
 from agent.records import EVENT, SUMMARY, Record
-from agent.spool import Spool
 from tests.support.spooling import put_many
 from tests.support.waiting import until
 

@@ -188,7 +188,7 @@ def test_default_container_config_serves_the_shipped_model(monkeypatch):
     loads builtin:skab_pump_ae_int8 from the package with online calibration."""
     from agent.config import load_config
     from agent.models import resolve
-    from agent.processor import build_processor
+    from agent.stages.processor import build_processor
 
     for var in ("AGENT_ID", "MQTT_HOST", "MQTT_PORT", "MODEL"):
         monkeypatch.delenv(var, raising=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.config import Config, PipelineConfig
-from agent.docs import config_markdown
+from agent.tools.docs import config_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import parse_config
-from agent.processor import Processor
 from agent.records import EVENT, STATS, SUMMARY, Message
 from agent.registry import Registry
+from agent.stages.processor import Processor
 
 T0 = 1.0e9
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent import evaluate
 from agent.cli import main
 from agent.models import manifest
+from agent.tools import evaluate
 from tests.support.readme import table_result
 
 DATASETS = Path(__file__).resolve().parents[2] / "datasets"
@@ -197,7 +197,7 @@ def test_plot_shows_errors_metrics_and_file_boundaries():
     """Detections as hits, false alarms and misses; boundaries between files; the legend
     beside the axes and headroom over the highest peak; the metrics in the title."""
     pytest.importorskip("matplotlib")
-    from agent.evaluate import figure
+    from agent.tools.evaluate import figure
 
     labels = [np.r_[np.zeros(50), np.ones(50)], np.r_[np.ones(30), np.zeros(70)]]
     scores = [np.r_[np.ones(50), np.full(50, 900.0)], np.r_[np.full(30, 0.5), np.ones(70) * 2]]
@@ -263,7 +263,7 @@ def test_cmapss_validation_through_the_pipeline_matches_the_manifest(capsys):
 
 def _nasa_test_folder(folder):
     """NASA's test layout from held-out training engines cut at known points."""
-    from agent.training import cmapss, datasets
+    from agent.tools.training import cmapss, datasets
 
     data = datasets.cmapss_train()
     held = cmapss.split(data.engines())["held_out"][:6]

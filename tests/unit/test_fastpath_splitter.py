@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.fastpath import FastClient, PublishSplitter, SplittingSocket
+from agent.transport.fastpath import FastClient, PublishSplitter, SplittingSocket
 from tests.support.rawbroker import Peer, paho_encoded, paho_parsed
 from tests.support.waiting import until
 

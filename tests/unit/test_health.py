@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.config import parse_config
-from agent.health import readyz_url
+from agent.runtime.health import readyz_url
 
 
 def _cfg(metrics):

@@ -8,7 +8,7 @@ import os
 import pytest
 
 from agent.errors import SettingError
-from agent.instance import AlreadyRunning, InstanceGuard, holder, lock_path
+from agent.runtime.instance import AlreadyRunning, InstanceGuard, holder, lock_path
 
 
 def test_second_guard_names_the_holder_and_the_first_releases_cleanly(tmp_path):

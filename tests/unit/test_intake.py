@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from agent.intake import Intake
 from agent.records import Message
+from agent.transport.intake import Intake
 from tests.support.waiting import until
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agent.training import datasets, metrics
+from agent.tools.training import datasets, metrics
 from tests.support.skab_results import read_skab_predictions
 
 SKAB = datasets.data_root() / "skab"

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from agent.config import BrokerConfig
-from agent.mqtt import Connection
 from agent.records import EVENT, Record
 from agent.sinks.mqtt import MqttSink, MqttSinkConfig
+from agent.transport.mqtt import Connection
 
 
 def test_mqtt_sink_topic_keeps_a_device_id_to_one_level_without_wildcards():

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from agent.config import parse_config
 from agent.decoders.json_fields import JsonDecoder
 from agent.handlers.onnx_model import OnnxHandler
-from agent.processor import Processor
 from agent.records import Message
+from agent.stages.processor import Processor
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from agent.config import parse_config
-from agent.processor import Processor, build_processor
 from agent.records import Message
+from agent.stages.processor import Processor, build_processor
 
 T0 = float(int(time.time()))  # within the default max_clock_skew
 

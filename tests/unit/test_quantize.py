@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from agent import models
-from agent.quantize import main
+from agent.tools.quantize import main
 
 FP32 = models.resolve("skab_pump_ae_fp32")
 
@@ -66,7 +66,7 @@ def test_static_quantization_keeps_scores_float(tmp_path):
     anomalous window's score is not clipped to the calibrated range)."""
     import onnx
 
-    from agent.quantize import quantize_static_int8
+    from agent.tools.quantize import quantize_static_int8
 
     x = np.random.default_rng(0).normal(size=(256, 32, 8)).astype(np.float32)
     out = quantize_static_int8(FP32, tmp_path / "q.onnx", "input", x)

@@ -15,7 +15,7 @@ import orjson
 
 from agent.config import parse_config
 from agent.records import EVENT, STATS, SUMMARY, Message
-from agent.runtime import Agent
+from agent.runtime.agent import Agent
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENT_KINDS = ("opened", "escalated", "ongoing", "closed", "flood")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from agent.reload import request_path, take_request, write_request
+from agent.runtime.reload import request_path, take_request, write_request
 
 
 def test_request_for_this_pid_is_taken_once(tmp_path):

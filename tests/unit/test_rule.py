@@ -10,11 +10,11 @@ import pytest
 
 from agent.config import parse_config
 from agent.errors import ConfigError
-from agent.processor import Processor
 from agent.records import EVENT, Message
 from agent.registry import Registry
-from agent.rule import Hold
-from agent.windows import DeviceIndex
+from agent.stages.processor import Processor
+from agent.stages.rule import Hold
+from agent.stages.windows import DeviceIndex
 
 
 def reference(over: list[bool], hold: int) -> list[bool]:

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 import yaml
 
-from agent.schema import config_schema
+from agent.tools.schema import config_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = sorted([*ROOT.glob("configs/*.yaml"), ROOT / "docker" / "agent.yaml"])

@@ -3,7 +3,7 @@
 import gc
 import weakref
 
-from agent.runtime import settle_heap
+from agent.runtime.agent import settle_heap
 
 
 class _Node:

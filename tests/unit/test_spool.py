@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
+from agent.outbox.spool import Spool
 from agent.records import EVENT, STATS, SUMMARY, Record
-from agent.spool import Spool
 from tests.support.spooling import put_many
 
 
@@ -239,7 +239,7 @@ def test_wait_returns_only_after_a_callback_only_job_ran(tmp_path):
 def test_period_totals_follow_batches_and_flushes_in_commit_order(tmp_path):
     """A flush clears only what came before it, even inside one group commit; the rows
     outlive the process, and the open count rises on every open (the id incarnation)."""
-    from agent.period import PeriodWrite, cleared
+    from agent.stages.period import PeriodWrite, cleared
 
     s = Spool(tmp_path / "s.db")
     first = s.incarnation
@@ -290,7 +290,7 @@ def test_opening_on_a_full_disk_waits_until_it_can_write(tmp_path):
 def test_closing_while_writes_fail_gives_them_up_unacknowledged(tmp_path, monkeypatch):
     """SIGTERM with the disk still full: close() returns after CLOSE_RETRY, the records are
     counted as abandoned and their callbacks (QoS 1 acknowledgements) never run."""
-    from agent import spool as spool_module
+    from agent.outbox import spool as spool_module
     from tests.support.disk import fill, small_disk
     from tests.support.waiting import until
 

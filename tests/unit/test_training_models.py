@@ -11,7 +11,7 @@ import pytest
 
 from agent import models
 from agent.handlers.typed import metadata
-from agent.training import ai4i, cmapss, datasets, shipping, skab
+from agent.tools.training import ai4i, cmapss, datasets, shipping, skab
 
 DATA = datasets.data_root()
 
@@ -96,7 +96,7 @@ def test_ai4i_training_scores_as_the_runtime():
     """The training script's held-out metrics (the whole split in one onnxruntime call) are
     the runtime's (one row per window through the pipeline), which test_evaluate recounts
     from the CSV labels and checks against the README; the manifest records the same."""
-    from agent.evaluate import evaluate_ai4i
+    from agent.tools.evaluate import evaluate_ai4i
 
     got = ai4i.evaluate(models.resolve("ai4i_pdm"), datasets.ai4i())
     runtime = evaluate_ai4i("builtin:ai4i_pdm", None)["metrics"]
@@ -111,7 +111,7 @@ def test_skab_training_scores_as_the_runtime():
     runtime's figures (``edge-agent evaluate skab``, which test_evaluate recounts and checks
     against the README), since the model is batch-invariant; README: int8 is within 0.01 F1
     of fp32 (unrounded, from the pooled counts); the manifest records the same figures."""
-    from agent.evaluate import evaluate_skab
+    from agent.tools.evaluate import evaluate_skab
 
     runtime = evaluate_skab("builtin:skab_pump_ae_int8", None)
     assert (

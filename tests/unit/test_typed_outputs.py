@@ -10,12 +10,12 @@ import pytest
 
 from agent.config import load_config, parse_config
 from agent.errors import ModelError
-from agent.evaluate_rul import messages as engine_messages
-from agent.evaluate_rul import pipeline as rul_pipeline
-from agent.processor import build_processor
 from agent.protocols import output_kind
 from agent.records import EVENT, SUMMARY, Message
-from agent.training import cmapss, datasets
+from agent.stages.processor import build_processor
+from agent.tools.evaluate_rul import messages as engine_messages
+from agent.tools.evaluate_rul import pipeline as rul_pipeline
+from agent.tools.training import cmapss, datasets
 
 CONFIG = datasets.data_root().parent / "configs" / "turbofan-rul.yaml"
 

@@ -8,11 +8,11 @@ import numpy as np
 import orjson
 import pytest
 
-from agent.calibration import auto_threshold, fit_normaliser
 from agent.config import parse_config
 from agent.errors import ConfigError
-from agent.processor import Processor, build_processor
 from agent.records import Message
+from agent.stages.calibration import auto_threshold, fit_normaliser
+from agent.stages.processor import Processor, build_processor
 
 T0 = float(int(time.time()))
 

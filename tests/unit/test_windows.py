@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agent.windows import CountWindows, DeviceIndex
+from agent.stages.windows import CountWindows, DeviceIndex
 
 
 def reference(stream, size, hop):

@@ -11,8 +11,9 @@ on the whole training part.
 Model: :func:`edge_agent_vibration.features.features` (level, spectrum, envelope spectrum in
 orders of the shaft speed), then a class-balanced multinomial logistic regression written as
 an ONNX graph (standardise, MatMul, Add, Softmax) with its contract in the model's metadata.
-The int8 version (static quantization of the MatMul, :func:`agent.quantize.quantize_static_int8`)
-ships when it keeps the held-out accuracy within 0.005 and every held-out normal block quiet;
+The int8 version (static quantization of the MatMul,
+:func:`agent.tools.quantize.quantize_static_int8`) ships when it keeps the held-out accuracy within
+0.005 and every held-out normal block quiet;
 otherwise the fp32 one does. Run (needs the ``train`` extra)::
 
     python -m edge_agent_vibration.build_model [--data datasets/cwru]
@@ -133,8 +134,8 @@ def held_out_metrics(path: Path, f: np.ndarray, y: np.ndarray) -> dict:
 
 def build(out: Path, root: Path) -> dict:
     """Train, export fp32 and int8, keep the one that holds, update the plugin's manifest."""
-    from agent.quantize import quantize_static_int8
-    from agent.training.shipping import update_manifest
+    from agent.tools.quantize import quantize_static_int8
+    from agent.tools.training.shipping import update_manifest
 
     recs = cwru.find(root)
     rpms = sorted({r.rpm for r in recs})

@@ -21,9 +21,9 @@ import orjson
 
 from agent.config import parse_config
 from agent.errors import AgentError
-from agent.processor import Processor, build_processor
 from agent.records import Message
-from agent.replay import print_result
+from agent.stages.processor import Processor, build_processor
+from agent.tools.replay import print_result
 
 from . import MODEL, cwru
 from .handler import model_metadata

@@ -1,0 +1,1 @@
+"""Out: the durable spool and the forwarding of its records to sinks."""

@@ -1,0 +1,1 @@
+"""The running agent: pipelines' worker threads, reload, worker processes, health and metrics."""

@@ -1,0 +1,2 @@
+"""The processing stages a batch goes through: windows, warm-up, calibration, rules, episodes,
+aggregation; ``processor`` strings them together."""

@@ -1,0 +1,53 @@
+"""Sequence numbers per device: gaps (samples missing upstream of the agent) and repeats
+(a sample sent again, or a counter that went backwards, e.g. after a device restart)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from agent.stages.windows import DeviceIndex
+
+
+class Sequences:
+    """The last ``seq`` of each device slot; counts ``seq_gap`` and ``seq_repeat``.
+
+    A sample without a sequence number (``-1``) is not compared. A gap is counted once per
+    jump (not per missing number); a repeat once per sample at or below the last one.
+    """
+
+    def __init__(self, index: DeviceIndex) -> None:
+        self.last = np.full(index.capacity, -1, np.int64)
+        self.gap = 0
+        self.repeat = 0
+        index.on_grow.append(self._grow)
+        index.on_evict.append(self._evict)
+
+    def _grow(self, capacity: int) -> None:
+        old = self.last
+        self.last = np.full(capacity, -1, np.int64)
+        self.last[: len(old)] = old
+
+    def _evict(self, slots: np.ndarray) -> None:
+        self.last[slots] = -1
+
+    def observe(self, slots: np.ndarray, seq: np.ndarray) -> None:
+        """Compare each sample's ``seq`` with its device's previous one (arrival order)."""
+        has = seq >= 0
+        if not has.any():
+            return
+        s, q = slots[has], seq[has]
+        order = np.argsort(s, kind="stable")
+        s, q = s[order], q[order]
+        first = np.ones(len(s), bool)
+        np.not_equal(s[1:], s[:-1], out=first[1:])
+        prev = np.empty_like(q)
+        prev[1:] = q[:-1]
+        prev[first] = self.last[s[first]]
+        known = prev >= 0
+        self.gap += int(((q > prev + 1) & known).sum())
+        self.repeat += int(((q <= prev) & known).sum())
+        ends = np.flatnonzero(np.append(first[1:], True))
+        self.last[s[ends]] = q[ends]
+
+    def stats(self) -> dict[str, int]:
+        return {"seq_gap": self.gap, "seq_repeat": self.repeat}

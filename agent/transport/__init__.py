@@ -1,0 +1,1 @@
+"""MQTT in: connections, the fast PUBLISH splitter, sources and the bounded intake."""
