@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import undo
 from .protocols import ClassOutput, RegressionOutput, output_kind
 from .windows import DeviceIndex
 
@@ -174,6 +175,9 @@ class _SlotArrays:
             new = self._new(cap, fill)
             new[: len(old)] = old
             setattr(self, name, new)
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        return undo.rows(self, self._FILL, slots)
 
 
 class ClassCounts(_SlotArrays):

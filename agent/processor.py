@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +30,7 @@ from .registry import Registry
 from .restarts import Restarts
 from .rule import Hold
 from .sequence import Sequences
+from .undo import Undo
 from .warmup import Warmup
 from .windows import CountWindows, DeviceIndex, Groups
 
@@ -128,6 +131,7 @@ class Processor:
         self.log = log.get(pipeline=config.name, component="processor")
         self._limit = log.RateLimit(1.0)
         self.rejected: list[tuple[Message, str, str]] = []
+        self.last_devices: list[str] = []  # of the last batch decoded (named in a failure)
         self.control: list[tuple[str, bytes]] = []  # decoder requests, published by the runtime
         self.stateful = bool(getattr(handler, "stateful", False))
         self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
@@ -181,7 +185,68 @@ class Processor:
         self.rejected += rejects
 
     def process(self, messages: Sequence[Message]) -> tuple[list[Record], Scored | None]:
-        """Run one batch through every stage; return the events and what was scored."""
+        """Run one batch through every stage; return the events and what was scored.
+
+        A stage that raises leaves the windows, warm-up, summaries and totals as they were
+        before the call (:mod:`agent.undo`; a stateful handler's own state excepted) and the
+        exception propagates: :func:`agent.isolate.process_isolated` then splits the batch.
+        """
+        undo = Undo()
+        undo.add(self._save_totals())
+        try:
+            return self._process(messages, undo)
+        except Exception:
+            undo.run()
+            raise
+
+    def _save_totals(self) -> Callable[[], None]:
+        """Totals shared with a swapped-in processor are restored in place."""
+        counters = {**vars(self.counters), "errors": dict(self.counters.errors)}
+        stats = {k: copy.copy(v) for k, v in vars(self.batch_stats).items()}
+        period_errors = dict(self.period_errors)
+        rejected, control = len(self.rejected), len(self.control)
+
+        def restore() -> None:
+            vars(self.counters).update(counters)
+            vars(self.batch_stats).update(stats)
+            self.period_errors.clear()
+            self.period_errors.update(period_errors)
+            del self.rejected[rejected:], self.control[control:]
+
+        return restore
+
+    def _save_stages(self, slots: np.ndarray, groups: Groups) -> list[Callable[[], None]]:
+        """Restore steps of every stage's state of the batch's devices (``slots`` per
+        sample)."""
+        parts = [self.summaries, self.sequences, self.warmup, self.restarts, self.hold]
+        steps = [x.save(groups.slots) for x in parts if x is not None]
+        if self.episodes is not None:
+            steps.append(self.episodes.save(groups.slots))
+        if not self.stateful:
+            steps.append(self.windows.save(slots, groups))
+        return steps
+
+    def reject_raised(self, msg: Message, error: Exception) -> None:
+        """``msg`` raised on its own after decoding: counted and dead-lettered as
+        ``internal``, logged (rate-limited) with its topic, devices and the traceback."""
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        at = f"{os.path.basename(where.filename)}:{where.lineno} in {where.name}"
+        reason = f"{type(error).__name__}: {error} (at {at})"[:300]
+        self._count_errors({"internal": 1}, [])
+        self.rejected.append((msg, "internal", reason))
+        if self._limit.allow("internal"):
+            self.log.error(
+                "message_failed",
+                kind="internal",
+                topic=msg.topic,
+                devices=sorted(set(self.last_devices))[:5],
+                error=reason,
+                exc_info=error,
+            )
+
+    def _process(
+        self, messages: Sequence[Message], undo: Undo
+    ) -> tuple[list[Record], Scored | None]:
         limit = self.config.source.max_payload
         if any(len(m.payload) > limit for m in messages):
             big = [m for m in messages if len(m.payload) > limit]
@@ -191,6 +256,7 @@ class Processor:
                 [(m, "too_large", f"{len(m.payload)} bytes > {limit}") for m in big],
             )
         batch = decode_isolated(self.decoder, messages)
+        self.last_devices = batch.devices
         if batch.errors:
             self._count_errors(batch.errors, batch.rejects)
         self.control += batch.control
@@ -199,6 +265,7 @@ class Processor:
             self._check_clock(batch, messages)
         if not len(batch):
             return events, None
+        undo.add(self.index.save(batch.devices))
         slots = self.index.slots(batch.devices)
         if (slots < 0).any():
             full = np.flatnonzero(slots < 0)
@@ -223,6 +290,8 @@ class Processor:
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
         groups = Groups.of(slots)
+        for step in self._save_stages(slots, groups):
+            undo.add(step)
         self.sequences.observe(slots, batch.seq)
         self.summaries.add_samples(groups)
         if self.stateful:  # a StreamHandler keeps its own per-device state: no windows
@@ -600,6 +669,10 @@ class Processor:
         used = np.fromiter(self.index.slot_of.values(), np.int64)
         used = used[used < len(count)]
         return int((count[used] < self.warmup.n).sum())
+
+    def warmup_deferred(self) -> int:
+        """Samples of new devices that waited for a warm-up buffer, since start."""
+        return self.warmup.deferred if self.warmup is not None else 0
 
     def episode_stats(self) -> dict:
         """Episodes open now and opened, closed and suppressed since start ({} without)."""
