@@ -44,7 +44,12 @@ def decode_isolated(decoder: Decoder, messages: Sequence[Message]) -> SampleBatc
             if _limit.allow("decode"):
                 _log.warning("decoder_raised", topic=msg.topic, error=reason, exc_info=True)
             parts.append(_empty(decoder, msg, reason))
-    return merge(parts, decoder.channels)
+    out = merge(parts, decoder.channels)
+    if all(p.origin is not None for p in parts if len(p)):  # each part is message i
+        out.origin = np.concatenate(
+            [np.empty(0, np.int64), *(p.origin + i for i, p in enumerate(parts) if len(p))]
+        )
+    return out
 
 
 def process_isolated(processor: Processor, messages: Sequence[Message]) -> list[Record]:

@@ -131,7 +131,7 @@ class Processor:
         self.log = log.get(pipeline=config.name, component="processor")
         self._limit = log.RateLimit(1.0)
         self.rejected: list[tuple[Message, str, str]] = []
-        self.last_devices: list[str] = []  # of the last batch decoded (named in a failure)
+        self.last_devices: list[str] = []  # of a batch that raised (named in the log)
         self.control: list[tuple[str, bytes]] = []  # decoder requests, published by the runtime
         self.stateful = bool(getattr(handler, "stateful", False))
         self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
@@ -194,10 +194,12 @@ class Processor:
         undo = Undo()
         undo.add(self._save_totals())
         try:
-            return self._process(messages, undo)
+            out = self._process(messages, undo)
         except Exception:
             undo.run()
             raise
+        self.last_devices = []
+        return out
 
     def _save_totals(self) -> Callable[[], None]:
         """Totals shared with a swapped-in processor are restored in place."""
@@ -261,6 +263,8 @@ class Processor:
             self._count_errors(batch.errors, batch.rejects)
         self.control += batch.control
         events = [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
+        if len(batch):
+            self._check_ids(batch, messages)
         if len(batch) and self.config.source.max_clock_skew is not None:
             self._check_clock(batch, messages)
         if not len(batch):
@@ -278,12 +282,7 @@ class Processor:
             )
             keep = np.flatnonzero(slots >= 0)
             slots = slots[keep]
-            batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
-            batch.devices = [batch.devices[i] for i in keep.tolist()]
-            if batch.origin is not None:
-                batch.origin = batch.origin[keep]
-            if batch.detections is not None:
-                batch.detections = batch.detections.take_frames(keep, len(full) + len(keep))
+            _keep(batch, keep)
             if not len(slots):  # every sample over the cap: counted above, nothing to add
                 return events, None
         self.counters.decoded += len(slots)
@@ -506,6 +505,40 @@ class Processor:
             return []
         return self._episode_records(self.episodes.close_all(reason))
 
+    def _check_ids(self, batch: SampleBatch, messages: Sequence[Message]) -> None:
+        """Drop samples whose device id is longer than ``source.max_device_id`` bytes; each
+        message naming one is counted once as ``device_id`` and dead-lettered (per sample,
+        and not dead-lettered, for a decoder that does not say which message a sample
+        came from). One check here covers every decoder, built-in or plugin."""
+        limit = self.config.source.max_device_id
+        if max(map(len, batch.devices)) * 4 <= limit:  # UTF-8: at most 4 bytes a character
+            return
+        long = {d: n for d in set(batch.devices) if (n := len(d.encode())) > limit}
+        if not long:
+            return
+        bad = np.fromiter((d in long for d in batch.devices), bool, len(batch))
+        where = np.flatnonzero(bad)
+        if batch.origin is None:
+            culprits = [(None, int(i)) for i in where]
+        else:
+            first = dict(zip(batch.origin[where].tolist(), where.tolist()))
+            culprits = [(messages[m], i) for m, i in first.items()]
+        self._count_errors({"device_id": len(culprits)}, [])
+        for msg, i in culprits:
+            device = batch.devices[i]
+            reason = f"device id of {long[device]} bytes > source.max_device_id ({limit})"
+            if msg is not None:
+                self.rejected.append((msg, "device_id", reason))
+            if self._limit.allow("device_id"):
+                self.log.warning(
+                    "payload_rejected",
+                    kind="device_id",
+                    topic=msg.topic[:200] if msg is not None else None,
+                    device=device[:64] + "...",
+                    reason=reason,
+                )
+        _keep(batch, np.flatnonzero(~bad))
+
     def _check_clock(self, batch: SampleBatch, messages: Sequence[Message]) -> None:
         """Drop samples stamped more than ``max_clock_skew`` from now (counted, logged with
         the topic and a hint, their messages dead-lettered where the decoder says which)."""
@@ -538,13 +571,7 @@ class Processor:
             else:
                 break  # no message to dead-letter: one log line says it all
         self.rejected += rejects
-        keep = np.flatnonzero(~bad)
-        batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
-        batch.devices = [batch.devices[i] for i in keep.tolist()]
-        if batch.origin is not None:
-            batch.origin = batch.origin[keep]
-        if batch.detections is not None:
-            batch.detections = batch.detections.take_frames(keep, len(bad))
+        _keep(batch, np.flatnonzero(~bad))
 
     def _record(self, kind: str, payload: dict) -> Record:
         return Record(kind, self.name, str(payload.get("device", "")), payload, self._next_id())
@@ -685,6 +712,17 @@ class Processor:
             "episodes_closed": e.closed,
             "episodes_suppressed": e.suppressed,
         }
+
+
+def _keep(batch: SampleBatch, keep: np.ndarray) -> None:
+    """Keep only the samples ``keep`` (indices) of ``batch``."""
+    n = len(batch)
+    batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
+    batch.devices = [batch.devices[i] for i in keep.tolist()]
+    if batch.origin is not None:
+        batch.origin = batch.origin[keep]
+    if batch.detections is not None:
+        batch.detections = batch.detections.take_frames(keep, n)
 
 
 def _states(batch) -> list[dict]:
