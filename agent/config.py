@@ -186,6 +186,12 @@ class SourceConfig(Model):
         "always blocks",
     )
     max_payload: int = Field(65536, gt=0, description="larger payloads are rejected")
+    max_device_id: int = Field(
+        256,
+        gt=0,
+        description="bytes (UTF-8) of a decoded device id; a message naming a longer one is "
+        "rejected as `device_id`",
+    )
     max_clock_skew: OptionalDuration = Field(
         86400,
         description="a sample whose timestamp is further than this from the agent's clock is "
@@ -256,6 +262,12 @@ class MetricsConfig(Model):
 
 class CalibrationConfig(Model):
     warmup: int = Field(400, ge=2, description="samples per device that calibrate it")
+    max_warmup_mb: float = Field(
+        128,
+        gt=0,
+        description="memory for the warm-up buffers of devices still warming up (`warmup x "
+        "channels x 4` bytes each); new devices beyond it wait, counted as `warmup_deferred`",
+    )
     normalise: bool = Field(True, description="per-device, per-channel (x - mean) / std")
     rel_floor: float = Field(
         0.01, ge=0, description="std floor as a fraction of |mean| (no drift amplification)"

@@ -82,6 +82,8 @@ class _Frames:
         self.labels: list[str] = []
         self.errors: dict[str, int] = {}
         self.rejects: list[tuple[Message, str, str]] = []
+        self.origin: list[int] = []  # per frame, the index of its message
+        self.at = 0  # the index of the message being decoded
 
     def reject(self, msg: Message | None, kind: str, reason: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
@@ -93,6 +95,7 @@ class _Frames:
         self.devices.append(device)
         self.ts.append(ts)
         self.seq.append(seq)
+        self.origin.append(self.at)
 
     @staticmethod
     def check(box: tuple[float, float, float, float]) -> None:
@@ -130,6 +133,7 @@ class _Frames:
             self.errors,
             self.rejects,
             detections=det,
+            origin=np.asarray(self.origin, np.int64),
         )
 
 
@@ -194,7 +198,7 @@ class _CameraDecoder:
 
     def decode_many(self, messages: Sequence[Message]) -> SampleBatch:
         out = _Frames(self.config.classes)
-        for msg in messages:
+        for out.at, msg in enumerate(messages):
             if not msg.payload.strip() or msg.payload.strip() == b'""':
                 continue  # a frame without objects, as deepstream-test5 sends it
             try:
@@ -339,7 +343,8 @@ class DeepStreamAnalyticsDecoder:
         values: list[float] = []
         errors: dict[str, int] = {}
         rejects: list[tuple[Message, str, str]] = []
-        for msg in messages:
+        origin: list[int] = []
+        for at, msg in enumerate(messages):
             if not msg.payload.strip() or msg.payload.strip() == b'""':
                 continue
             try:
@@ -362,6 +367,7 @@ class DeepStreamAnalyticsDecoder:
                 ts.append(when)
                 seq.append(frame)
                 values.append(value)
+                origin.append(at)
         return SampleBatch(
             devices,
             np.asarray(ts, np.float64),
@@ -369,6 +375,7 @@ class DeepStreamAnalyticsDecoder:
             np.asarray(values, np.float32).reshape(-1, 1),
             errors,
             rejects,
+            origin=np.asarray(origin, np.int64),
         )
 
     def _counts(self, msg: Message, obj: dict) -> list[tuple[str, float]]:

@@ -132,8 +132,11 @@ class SparkplugDecoder:
             "control": [],
             "states": [],
         }
-        for msg in messages:
+        origin: list[int] = []
+        for at, msg in enumerate(messages):
+            before = len(self._out["rows"])
             self._one(msg)
+            origin += [at] * (len(self._out["rows"]) - before)
         o = self._out
         return SampleBatch(
             o["devices"],
@@ -144,6 +147,7 @@ class SparkplugDecoder:
             o["rejects"],
             control=o["control"],
             states=o["states"],
+            origin=np.asarray(origin, np.int64),
         )
 
     # -- helpers -------------------------------------------------------------------------

@@ -314,6 +314,7 @@ class Agent:
                 "errors": dict(c.errors),
                 "devices": len(p.processor.index),
                 "warming_up": p.processor.warming_up(),
+                "warmup_deferred": p.processor.warmup_deferred(),
             }
         return out
 

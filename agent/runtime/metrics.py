@@ -91,6 +91,12 @@ PIPELINE_METRICS = (
     ("episodes_open", "edge_agent_episodes_open", "gauge", "episodes open now"),
     ("devices", "edge_agent_devices", "gauge", "devices tracked"),
     ("warming_up", "edge_agent_devices_warming_up", "gauge", "devices still in their warm-up"),
+    (
+        "warmup_deferred",
+        "edge_agent_warmup_deferred_samples",
+        "counter",
+        "samples of new devices that waited for a warm-up buffer (calibration.max_warmup_mb)",
+    ),
 )
 
 

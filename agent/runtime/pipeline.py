@@ -9,6 +9,7 @@ from collections.abc import Callable
 from agent import log
 from agent.records import Message, Record
 from agent.stages import period
+from agent.stages.isolate import process_isolated
 from agent.stages.period import PeriodWrite
 from agent.stages.processor import Processor
 from agent.transport.intake import Intake
@@ -107,8 +108,10 @@ class Pipeline:
         return period.snapshot(p.name, p.summaries, p.period_start)
 
     def _stats(self) -> dict:
+        warmup = self.processor.warmup
         return {
             **self.processor.sequences.stats(),
+            **(warmup.stats() if warmup is not None else {}),
             "received": self.intake.received,
             "dropped": self.intake.dropped,
             "queued": len(self.intake),
@@ -130,15 +133,8 @@ class Pipeline:
                     continue
                 msgs = intake.drain(limit)
                 if msgs:
-                    try:
-                        with self.lock:
-                            events, _ = p.process(msgs)
-                    except Exception:  # a defect, not bad input: count, log, keep going
-                        p.counters.add_errors({"internal": len(msgs)})
-                        if p._limit.allow("internal"):
-                            self.log.exception("batch_failed", messages=len(msgs))
-                        self.emit([], self._acknowledge(msgs), self._durable(p))
-                        continue
+                    with self.lock:  # a message that raises is rejected alone (isolate.py)
+                        events = process_isolated(p, msgs)
                     p.counters.events += len(events)
                     self.emit(events, self._acknowledge(msgs), self._durable(p))
                     if p.rejected:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agent.stages import undo
 from agent.stages.windows import DeviceIndex, Groups
 
 if TYPE_CHECKING:
@@ -51,6 +52,19 @@ class Summaries:
 
     def _evict(self, slots: np.ndarray) -> None:
         self.last[slots], self.recent[slots] = np.nan, -np.inf
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        """A restore step for a batch touching ``slots`` (see :mod:`agent.stages.undo`)."""
+        names = (*self._SUMS, "score_max", "last", "recent")
+        steps = [undo.rows(self, names, slots), undo.values(self, ("touched",))]
+        if self.typed is not None:
+            steps.append(self.typed.save(slots))
+
+        def restore() -> None:
+            for step in steps:
+                step()
+
+        return restore
 
     def add_samples(self, groups: Groups) -> None:
         self.count[groups.slots] += groups.counts

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.config import RuleConfig
+from agent.stages import undo
 from agent.stages.windows import DeviceIndex
 
 OPENED, ONGOING, ESCALATED, CLOSED, FLOOD = "opened", "ongoing", "escalated", "closed", "flood"
@@ -92,6 +93,13 @@ class Episodes:
                 self.pending.append(self._close(s, -1, float(self.end[s]), "idle"))
         for name, (_, fill) in self._FIELDS.items():
             getattr(self, name)[slots] = fill
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        """A restore step for a batch touching ``slots`` (open episodes' ids, flood guard
+        and totals included)."""
+        names = ("ids", "openings", "flooding", "opened", "closed", "suppressed", "pending")
+        state, totals = undo.rows(self, self._FIELDS, slots), undo.values(self, names)
+        return lambda: (state(), totals())
 
     def open_count(self) -> int:
         return int(self.open.sum())

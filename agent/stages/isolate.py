@@ -1,20 +1,29 @@
-"""Per-message isolation at the decode stage: a payload that breaks a decoder costs itself.
+"""Per-message isolation: a payload that breaks a stage costs itself, not its batch.
 
 Decoders promise to count a bad payload and never raise; a decoder (a plugin's, or a
 defect in a built-in one) that raises anyway would otherwise take its whole batch with it.
 :func:`decode_isolated` decodes the batch again one message at a time and rejects only the
 messages that still raise, as kind ``decode`` with the exception as the reason.
+
+After decoding, :func:`process_isolated` does the same for the whole processor: a batch whose
+processing raises (a handler's defect on one device's window, a bug in a stage) leaves the
+processor's state as it was, and is processed again in halves until each message that
+raises on its own is found; only those are rejected (kind ``internal``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agent import log
 from agent.protocols import Decoder
-from agent.records import Detections, Message, SampleBatch
+from agent.records import Detections, Message, Record, SampleBatch
+
+if TYPE_CHECKING:
+    from agent.stages.processor import Processor
 
 _log = log.get(component="decoder")
 _limit = log.RateLimit(1.0)
@@ -35,7 +44,29 @@ def decode_isolated(decoder: Decoder, messages: Sequence[Message]) -> SampleBatc
             if _limit.allow("decode"):
                 _log.warning("decoder_raised", topic=msg.topic, error=reason, exc_info=True)
             parts.append(_empty(decoder, msg, reason))
-    return merge(parts, decoder.channels)
+    out = merge(parts, decoder.channels)
+    if all(p.origin is not None for p in parts if len(p)):  # each part is message i
+        out.origin = np.concatenate(
+            [np.empty(0, np.int64), *(p.origin + i for i, p in enumerate(parts) if len(p))]
+        )
+    return out
+
+
+def process_isolated(processor: Processor, messages: Sequence[Message]) -> list[Record]:
+    """The events of ``messages``; never raises for an ``Exception`` of a stage.
+
+    Halving finds k failing messages of n in at most about ``2k log2(n)`` extra calls; a
+    defect that raises for every message costs ``2n - 1`` calls for the batch (each message
+    then counted and dead-lettered once, as ``internal``) and never loops.
+    """
+    try:
+        return processor.process(messages)[0]
+    except Exception as e:
+        if len(messages) == 1:
+            processor.reject_raised(messages[0], e)
+            return []
+    mid = len(messages) // 2
+    return process_isolated(processor, messages[:mid]) + process_isolated(processor, messages[mid:])
 
 
 def _empty(decoder: Decoder, msg: Message, reason: str) -> SampleBatch:

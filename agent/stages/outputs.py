@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agent.protocols import ClassOutput, RegressionOutput, output_kind
+from agent.stages import undo
 from agent.stages.windows import DeviceIndex
 
 FLOOR = 1e-3  # a regression value is floored at this share of the limit (severity <= 1000)
@@ -174,6 +175,9 @@ class _SlotArrays:
             new = self._new(cap, fill)
             new[: len(old)] = old
             setattr(self, name, new)
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        return undo.rows(self, self._FILL, slots)
 
 
 class ClassCounts(_SlotArrays):

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +30,7 @@ from agent.stages.outputs import Decision, decision_for
 from agent.stages.restarts import Restarts
 from agent.stages.rule import Hold
 from agent.stages.sequence import Sequences
+from agent.stages.undo import Undo
 from agent.stages.warmup import Warmup
 from agent.stages.windows import CountWindows, DeviceIndex, Groups
 
@@ -128,6 +131,7 @@ class Processor:
         self.log = log.get(pipeline=config.name, component="processor")
         self._limit = log.RateLimit(1.0)
         self.rejected: list[tuple[Message, str, str]] = []
+        self.last_devices: list[str] = []  # of a batch that raised (named in the log)
         self.control: list[tuple[str, bytes]] = []  # decoder requests, published by the runtime
         self.stateful = bool(getattr(handler, "stateful", False))
         self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
@@ -181,7 +185,70 @@ class Processor:
         self.rejected += rejects
 
     def process(self, messages: Sequence[Message]) -> tuple[list[Record], Scored | None]:
-        """Run one batch through every stage; return the events and what was scored."""
+        """Run one batch through every stage; return the events and what was scored.
+
+        A stage that raises leaves the windows, warm-up, summaries and totals as they were
+        before the call (:mod:`agent.stages.undo`; a stateful handler's own state excepted) and the
+        exception propagates: :func:`agent.stages.isolate.process_isolated` then splits the batch.
+        """
+        undo = Undo()
+        undo.add(self._save_totals())
+        try:
+            out = self._process(messages, undo)
+        except Exception:
+            undo.run()
+            raise
+        self.last_devices = []
+        return out
+
+    def _save_totals(self) -> Callable[[], None]:
+        """Totals shared with a swapped-in processor are restored in place."""
+        counters = {**vars(self.counters), "errors": dict(self.counters.errors)}
+        stats = {k: copy.copy(v) for k, v in vars(self.batch_stats).items()}
+        period_errors = dict(self.period_errors)
+        rejected, control = len(self.rejected), len(self.control)
+
+        def restore() -> None:
+            vars(self.counters).update(counters)
+            vars(self.batch_stats).update(stats)
+            self.period_errors.clear()
+            self.period_errors.update(period_errors)
+            del self.rejected[rejected:], self.control[control:]
+
+        return restore
+
+    def _save_stages(self, slots: np.ndarray, groups: Groups) -> list[Callable[[], None]]:
+        """Restore steps of every stage's state of the batch's devices (``slots`` per
+        sample)."""
+        parts = [self.summaries, self.sequences, self.warmup, self.restarts, self.hold]
+        steps = [x.save(groups.slots) for x in parts if x is not None]
+        if self.episodes is not None:
+            steps.append(self.episodes.save(groups.slots))
+        if not self.stateful:
+            steps.append(self.windows.save(slots, groups))
+        return steps
+
+    def reject_raised(self, msg: Message, error: Exception) -> None:
+        """``msg`` raised on its own after decoding: counted and dead-lettered as
+        ``internal``, logged (rate-limited) with its topic, devices and the traceback."""
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        at = f"{os.path.basename(where.filename)}:{where.lineno} in {where.name}"
+        reason = f"{type(error).__name__}: {error} (at {at})"[:300]
+        self._count_errors({"internal": 1}, [])
+        self.rejected.append((msg, "internal", reason))
+        if self._limit.allow("internal"):
+            self.log.error(
+                "message_failed",
+                kind="internal",
+                topic=msg.topic,
+                devices=sorted(set(self.last_devices))[:5],
+                error=reason,
+                exc_info=error,
+            )
+
+    def _process(
+        self, messages: Sequence[Message], undo: Undo
+    ) -> tuple[list[Record], Scored | None]:
         limit = self.config.source.max_payload
         if any(len(m.payload) > limit for m in messages):
             big = [m for m in messages if len(m.payload) > limit]
@@ -191,14 +258,18 @@ class Processor:
                 [(m, "too_large", f"{len(m.payload)} bytes > {limit}") for m in big],
             )
         batch = decode_isolated(self.decoder, messages)
+        self.last_devices = batch.devices
         if batch.errors:
             self._count_errors(batch.errors, batch.rejects)
         self.control += batch.control
         events = [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
+        if len(batch):
+            self._check_ids(batch, messages)
         if len(batch) and self.config.source.max_clock_skew is not None:
             self._check_clock(batch, messages)
         if not len(batch):
             return events, None
+        undo.add(self.index.save(batch.devices))
         slots = self.index.slots(batch.devices)
         if (slots < 0).any():
             full = np.flatnonzero(slots < 0)
@@ -211,18 +282,15 @@ class Processor:
             )
             keep = np.flatnonzero(slots >= 0)
             slots = slots[keep]
-            batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
-            batch.devices = [batch.devices[i] for i in keep.tolist()]
-            if batch.origin is not None:
-                batch.origin = batch.origin[keep]
-            if batch.detections is not None:
-                batch.detections = batch.detections.take_frames(keep, len(full) + len(keep))
+            _keep(batch, keep)
             if not len(slots):  # every sample over the cap: counted above, nothing to add
                 return events, None
         self.counters.decoded += len(slots)
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
         groups = Groups.of(slots)
+        for step in self._save_stages(slots, groups):
+            undo.add(step)
         self.sequences.observe(slots, batch.seq)
         self.summaries.add_samples(groups)
         if self.stateful:  # a StreamHandler keeps its own per-device state: no windows
@@ -437,6 +505,40 @@ class Processor:
             return []
         return self._episode_records(self.episodes.close_all(reason))
 
+    def _check_ids(self, batch: SampleBatch, messages: Sequence[Message]) -> None:
+        """Drop samples whose device id is longer than ``source.max_device_id`` bytes; each
+        message naming one is counted once as ``device_id`` and dead-lettered (per sample,
+        and not dead-lettered, for a decoder that does not say which message a sample
+        came from). One check here covers every decoder, built-in or plugin."""
+        limit = self.config.source.max_device_id
+        if max(map(len, batch.devices)) * 4 <= limit:  # UTF-8: at most 4 bytes a character
+            return
+        long = {d: n for d in set(batch.devices) if (n := len(d.encode())) > limit}
+        if not long:
+            return
+        bad = np.fromiter((d in long for d in batch.devices), bool, len(batch))
+        where = np.flatnonzero(bad)
+        if batch.origin is None:
+            culprits = [(None, int(i)) for i in where]
+        else:
+            first = dict(zip(batch.origin[where].tolist(), where.tolist()))
+            culprits = [(messages[m], i) for m, i in first.items()]
+        self._count_errors({"device_id": len(culprits)}, [])
+        for msg, i in culprits:
+            device = batch.devices[i]
+            reason = f"device id of {long[device]} bytes > source.max_device_id ({limit})"
+            if msg is not None:
+                self.rejected.append((msg, "device_id", reason))
+            if self._limit.allow("device_id"):
+                self.log.warning(
+                    "payload_rejected",
+                    kind="device_id",
+                    topic=msg.topic[:200] if msg is not None else None,
+                    device=device[:64] + "...",
+                    reason=reason,
+                )
+        _keep(batch, np.flatnonzero(~bad))
+
     def _check_clock(self, batch: SampleBatch, messages: Sequence[Message]) -> None:
         """Drop samples stamped more than ``max_clock_skew`` from now (counted, logged with
         the topic and a hint, their messages dead-lettered where the decoder says which)."""
@@ -469,13 +571,7 @@ class Processor:
             else:
                 break  # no message to dead-letter: one log line says it all
         self.rejected += rejects
-        keep = np.flatnonzero(~bad)
-        batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
-        batch.devices = [batch.devices[i] for i in keep.tolist()]
-        if batch.origin is not None:
-            batch.origin = batch.origin[keep]
-        if batch.detections is not None:
-            batch.detections = batch.detections.take_frames(keep, len(bad))
+        _keep(batch, np.flatnonzero(~bad))
 
     def _record(self, kind: str, payload: dict) -> Record:
         return Record(kind, self.name, str(payload.get("device", "")), payload, self._next_id())
@@ -601,6 +697,10 @@ class Processor:
         used = used[used < len(count)]
         return int((count[used] < self.warmup.n).sum())
 
+    def warmup_deferred(self) -> int:
+        """Samples of new devices that waited for a warm-up buffer, since start."""
+        return self.warmup.deferred if self.warmup is not None else 0
+
     def episode_stats(self) -> dict:
         """Episodes open now and opened, closed and suppressed since start ({} without)."""
         e = self.episodes
@@ -612,6 +712,17 @@ class Processor:
             "episodes_closed": e.closed,
             "episodes_suppressed": e.suppressed,
         }
+
+
+def _keep(batch: SampleBatch, keep: np.ndarray) -> None:
+    """Keep only the samples ``keep`` (indices) of ``batch``."""
+    n = len(batch)
+    batch.values, batch.ts, batch.seq = batch.values[keep], batch.ts[keep], batch.seq[keep]
+    batch.devices = [batch.devices[i] for i in keep.tolist()]
+    if batch.origin is not None:
+        batch.origin = batch.origin[keep]
+    if batch.detections is not None:
+        batch.detections = batch.detections.take_frames(keep, n)
 
 
 def _states(batch) -> list[dict]:

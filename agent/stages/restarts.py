@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.stages import undo
 from agent.stages.windows import DeviceIndex, Groups
 
 
@@ -29,6 +30,9 @@ class Restarts:
 
     def _evict(self, slots: np.ndarray) -> None:
         self.last[slots], self.start[slots] = -1, 0
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        return undo.rows(self, ("last", "start"), slots)
 
     def push(
         self, slots: np.ndarray, seq: np.ndarray, groups: Groups, pos: np.ndarray

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.stages import undo
 from agent.stages.windows import DeviceIndex
 
 _CLOSED = np.iinfo(np.int64).max // 2  # windows since the last over window: never over
@@ -36,6 +37,9 @@ class Hold:
 
     def _evict(self, slots: np.ndarray) -> None:
         self.since[slots] = _CLOSED
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        return undo.rows(self, ("since",), slots)
 
     def apply(self, slots: np.ndarray, over: np.ndarray) -> np.ndarray:
         """Anomalous flags of scored windows (``slots[k]``, ``over[k]``, each device's windows

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent.stages import undo
 from agent.stages.windows import DeviceIndex
 
 
@@ -29,6 +30,10 @@ class Sequences:
 
     def _evict(self, slots: np.ndarray) -> None:
         self.last[slots] = -1
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        last, totals = undo.rows(self, ("last",), slots), undo.values(self, ("gap", "repeat"))
+        return lambda: (last(), totals())
 
     def observe(self, slots: np.ndarray, seq: np.ndarray) -> None:
         """Compare each sample's ``seq`` with its device's previous one (arrival order)."""

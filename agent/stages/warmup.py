@@ -12,8 +12,14 @@ raw and normalised when they are scored.
 A handler with ``fit_devices(slots, warmup)`` (a per-device baseline) is fitted on the
 warm-up too and scores with ``infer_devices(slots, windows)``.
 
-Memory: ``devices x samples x channels x 4`` bytes for the warm-up buffer, allocated only when
-calibration is configured.
+Memory: only devices still warming up hold a warm-up buffer (``samples x channels x 4`` bytes
+each), taken from a pool of ``calibration.max_warmup_mb`` when a device's first sample arrives
+and given back when its warm-up completes. The pool is reserved at start (``np.zeros``: its
+pages become resident only once written, and it never grows, so nothing is copied). A new
+device that finds the pool full waits: its samples are counted as ``warmup_deferred`` (in
+stats and metrics, logged as ``warmup_budget_full`` at most every 10 s) and its windows are
+not scored until a buffer is free and its own warm-up has completed. Every tracked device
+also keeps ``16 x channels + 48`` bytes of calibration state (see docs/performance.md).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 
 from agent import log
 from agent.config import CalibrationConfig
+from agent.stages import undo
 from agent.stages.calibration import auto_threshold, budget_threshold, fit_normaliser
 from agent.stages.windows import DeviceIndex, Groups
 
@@ -50,13 +57,20 @@ class Warmup:
         self.fixed = fixed_threshold
         self.log = log.get(component="warmup")
         self._warned = False
+        self._limit = log.RateLimit(10.0)
+        self.row_bytes = self.n * channels * 4
+        budget = int(config.max_warmup_mb * (1 << 20)) // self.row_bytes
+        rows = max(1, min(budget, index.max_devices))
+        self.buf = np.zeros((rows, self.n, channels), np.float32)  # pages resident on write
+        self.free = list(range(rows - 1, -1, -1))  # pool rows not held by a device
+        self.deferred = 0  # samples of new devices that waited for a free buffer
         self._alloc(index.capacity)
         index.on_grow.append(self._grow)
         index.on_evict.append(self._evict)
 
     def _alloc(self, cap: int) -> None:
         self.count = np.zeros(cap, np.int64)
-        self.buf = np.zeros((cap, self.n, self.channels), np.float32)
+        self.row = np.full(cap, -1, np.int64)  # each device's pool row while it warms up
         self.mean = np.zeros((cap, self.channels), np.float64)
         self.scale = np.ones((cap, self.channels), np.float64)
         self.threshold = np.full(cap, self.fixed, np.float64)
@@ -66,7 +80,7 @@ class Warmup:
     def _arrays(self) -> tuple[np.ndarray, ...]:
         return (
             self.count,
-            self.buf,
+            self.row,
             self.mean,
             self.scale,
             self.threshold,
@@ -81,8 +95,44 @@ class Warmup:
             new[: len(prev)] = prev
 
     def _evict(self, slots: np.ndarray) -> None:
+        self._release(slots)
         self.count[slots] = 0
         self.mean[slots], self.scale[slots], self.threshold[slots] = 0, 1, self.fixed
+
+    _PER_SLOT = ("count", "row", "mean", "scale", "threshold", "first_ts", "last_ts")
+
+    def save(self, slots: np.ndarray) -> undo.Restore:
+        """A restore step for a batch touching ``slots`` (see :mod:`agent.stages.undo`). The
+        buffer is only written past a device's count, so restoring counts undoes it."""
+        state = undo.rows(self, self._PER_SLOT, slots)
+        if not (self.count[slots] < self.n).any():  # all calibrated: the pool is untouched
+            return state
+        pool = undo.values(self, ("free", "deferred"))
+        return lambda: (state(), pool())
+
+    def _take(self, slots: np.ndarray) -> None:
+        """Pool rows for devices starting their warm-up, while any are free."""
+        k = min(len(slots), len(self.free))
+        if k:
+            self.row[slots[:k]] = [self.free.pop() for _ in range(k)]
+
+    def _release(self, slots: np.ndarray) -> None:
+        held = slots[self.row[slots] >= 0]
+        self.free += self.row[held].tolist()
+        self.row[held] = -1
+
+    def _defer(self, samples: int, devices: int) -> None:
+        self.deferred += samples
+        if self._limit.allow("budget"):
+            self.log.warning(
+                "warmup_budget_full",
+                devices_waiting=devices,
+                devices_warming=len(self.buf) - len(self.free),
+                max_warmup_mb=self.config.max_warmup_mb,
+                bytes_per_device=self.row_bytes,
+                reason="new devices wait for a warm-up buffer (their windows are not scored "
+                "meanwhile); raise calibration.max_warmup_mb to calibrate more at once",
+            )
 
     def push(
         self,
@@ -93,23 +143,39 @@ class Warmup:
         ts: np.ndarray | None = None,
     ) -> np.ndarray:
         """Record warm-up samples (and their times); fit devices that complete it. Returns,
-        per sample, whether its device was calibrated before it (its windows may be scored)."""
-        pos = self.count[slots] + groups.rank
-        self.count[groups.slots] += groups.counts
-        warm = pos < self.n
+        per sample, whether its device was calibrated before it (its windows may be scored).
+        A device without a warm-up buffer (the pool is full) is not calibrated, and its
+        samples do not count towards its warm-up."""
+        count, row = self.count, self.row
+        own = groups.slots
+        start = own[(count[own] < self.n) & (row[own] < 0)]
+        if len(start):
+            self._take(start)
+        live = (count[own] >= self.n) | (row[own] >= 0)
+        if not live.all():
+            waiting = own[~live]
+            self._defer(int(groups.counts[~live].sum()), len(waiting))
+        pos = count[slots] + groups.rank
+        ok = (count[slots] >= self.n) | (row[slots] >= 0)
+        count[own[live]] += groups.counts[live]
+        warm = ok & (pos < self.n)
         if warm.any():
-            self.buf[slots[warm], pos[warm]] = values[warm]
+            self.buf[row[slots[warm]], pos[warm]] = values[warm]
             if ts is not None:
                 first = warm & (pos == 0)
                 self.first_ts[slots[first]] = ts[first]
                 self.last_ts[slots[warm]] = ts[warm]
-            done = np.unique(slots[pos == self.n - 1])
+            done = np.unique(slots[warm & (pos == self.n - 1)])
             if len(done):
                 self._fit(done, handler)
-        return ~warm
+                self._release(done)
+        return ok & ~warm
+
+    def stats(self) -> dict[str, int]:
+        return {"warmup_deferred": self.deferred}
 
     def _fit(self, slots: np.ndarray, handler) -> None:
-        rows = self.buf[slots]  # [k, n, C]
+        rows = self.buf[self.row[slots]]  # [k, n, C]
         budget = self.config.false_alarms_per_day
         if self.auto and budget is not None:
             # Scores of data the fit has not seen: a fit scores its own warm-up lower than

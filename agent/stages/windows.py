@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from agent.stages import undo
 
 # Window buffers are reserved up to this many bytes of address space at start: np.zeros maps
 # zero pages that become resident only when a device's slot is written, so growing to
@@ -68,14 +70,27 @@ class DeviceIndex:
         if not len(used):
             return 0
         idle = used[self.last_seen[used] < before]
-        if len(idle):  # hooks first: they may still name the devices they let go
+        self._release(idle)
+        return len(idle)
+
+    def _release(self, slots: np.ndarray) -> None:
+        if len(slots):  # hooks first: they may still name the devices they let go
             for hook in self.on_evict:
-                hook(idle)
-        for s in idle.tolist():
+                hook(slots)
+        for s in slots.tolist():
             del self.slot_of[self.names[s]]
             self.names[s] = None
             self._free.append(s)
-        return len(idle)
+
+    def save(self, devices: Sequence[str]) -> Callable[[], None]:
+        """Before :meth:`slots`: a restore step that lets go of the devices it will add."""
+        known = self.slot_of
+        new = [d for d in dict.fromkeys(devices) if d not in known]
+
+        def restore() -> None:
+            self._release(np.array([known[d] for d in new if d in known], np.int64))
+
+        return restore
 
 
 class CountWindows:
@@ -111,6 +126,19 @@ class CountWindows:
 
     def _evict(self, slots: np.ndarray) -> None:
         self.count[slots] = 0
+
+    def save(self, slots: np.ndarray, groups: Groups) -> Callable[[], None]:
+        """A restore step for :meth:`push` of ``slots``: their counts, and the ring cells
+        the push will overwrite (one per sample, not the whole ring)."""
+        cells = (self.count[slots] + groups.rank) % self.ring
+        old = self.buf[slots, cells].copy()
+        count = undo.rows(self, ("count",), groups.slots)
+
+        def restore() -> None:
+            self.buf[slots, cells] = old
+            count()
+
+        return restore
 
     def push(
         self, slots: np.ndarray, values: np.ndarray, groups: Groups | None = None

@@ -5,9 +5,12 @@ Each test prints its figures (run with -s); docs/reliability.md quotes them.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -197,6 +200,85 @@ def test_one_bad_seq_in_a_burst_costs_only_itself(broker, w1_models, tmp_path):
     assert sum(m["count"] for m in col.of(f"sum-{line}")) == 400
     assert stats[-1]["errors"] == {"schema": 1}, stats[-1]["errors"]
     assert [t for t, _, _ in col.raw if t.startswith("dead/")] == [f"dead/{line}/schema"]
+
+
+FLAKY_PLUGIN = """
+import numpy as np
+from typing import Literal
+from agent.handlers.onnx_model import OnnxHandler, OnnxHandlerConfig
+
+class Config(OnnxHandlerConfig):
+    type: Literal["marked_window_raises"]
+
+class Handler(OnnxHandler):
+    \"\"\"The W1 autoencoder with a defect: a window whose newest sample is 999 raises.\"\"\"
+
+    config_model = Config
+
+    def infer(self, batch):
+        if (batch[:, -1, 0] == 999.0).any():
+            raise RuntimeError("handler defect on a marked window")
+        return super().infer(batch)
+"""
+
+
+def _install_plugin(site: Path) -> dict[str, str]:
+    """A plugin distribution as pip leaves it (dist-info with an entry point); the
+    environment that puts it on the agent's path."""
+    info = site / "acme_flaky-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-flaky\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[edge_agent.handlers]\nmarked_window_raises = acme_flaky:Handler\n"
+    )
+    (site / "acme_flaky.py").write_text(FLAKY_PLUGIN)
+    path = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([str(site), *([path] if path else [])])}
+
+
+def test_a_handler_that_raises_on_one_window_costs_only_that_message(broker, w1_models, tmp_path):
+    """A plugin handler raises for one device's window in a burst of 400 QoS 1 messages:
+    every good sample is counted in the summaries upstream, the message whose window
+    raised is counted once as ``internal`` and dead-lettered. Before: its whole batch was
+    counted ``internal``, acknowledged and lost, and nothing was dead-lettered."""
+    line = uuid.uuid4().hex[:8]
+    env = _install_plugin(tmp_path / "site")
+    col = Collector(broker.port, [f"sum-{line}/#", f"stats-{line}/#", f"dead/{line}/#"])
+    cfg, _ = _config(tmp_path, broker, broker.port, w1_models[1], line, every="0.5s")
+    doc = yaml.safe_load(cfg.read_text())
+    pipe = doc["pipelines"][0]
+    pipe["source"]["dead_letter"] = f"dead/{line}/{{kind}}"
+    pipe["window"]["hop"] = 1  # every sample from the 32nd on completes a window
+    pipe["handler"]["type"] = "marked_window_raises"
+    pipe["sinks"][0].update(summaries=f"sum-{line}/{{device}}", stats=f"stats-{line}/{{pipeline}}")
+    cfg.write_text(yaml.safe_dump(doc))
+    items = w1_payloads(devices=10, samples=40)
+    marked = b'{"ts": %f, "seq": 40, "v": [999,0,0,0,0,0,0,0]}' % (time.time())
+    bad = (items[0][0], 40, marked, False)
+    burst = [*items[:350], bad, *items[350:]]
+    agent = AgentProcess(cfg, env)
+    try:
+        agent.wait_ready()
+        publish(broker.port, f"plant/{line}/{{device}}/telemetry", burst, qos=1)
+        assert col.wait_for(lambda: col.of(f"dead/{line}/"), 30), agent.logs[-10:]
+        assert col.wait_for(lambda: sum(m["count"] for m in col.of(f"sum-{line}")) >= 400, 30)
+        assert agent.stop() == 0, agent.logs[-20:]
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+    stats = col.of(f"stats-{line}/")
+    col.close()
+    counted = sum(m["count"] for m in col.of(f"sum-{line}"))
+    failed = agent.events("message_failed")
+    figures("handler_raises_on_one_window", sent=len(burst), counted=counted, dead=1)
+    assert counted == 400
+    assert stats[-1]["errors"] == {"internal": 1}, stats[-1]["errors"]
+    assert [(t, p) for t, p, _ in col.raw if t.startswith("dead/")] == [
+        (f"dead/{line}/internal", marked)
+    ]
+    assert failed and failed[0]["topic"] == f"plant/{line}/{items[0][0]}/telemetry"
+    assert failed[0]["devices"] == [items[0][0]]
+    assert "handler defect on a marked window" in failed[0]["error"]
 
 
 def test_disk_full_pauses_intake_and_resumes_with_nothing_lost(broker, w1_models, tmp_path):

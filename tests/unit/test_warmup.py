@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import tracemalloc
 
 import numpy as np
 import orjson
@@ -17,7 +18,9 @@ from agent.stages.processor import Processor, build_processor
 T0 = float(int(time.time()))
 
 
-def processor(model: str, warmup: int = 100, hop: int = 1) -> Processor:
+def processor(
+    model: str, warmup: int = 100, hop: int = 1, max_mb: float = 128, max_devices: int = 100_000
+) -> Processor:
     cfg = parse_config(
         {
             "brokers": {"local": {}},
@@ -26,8 +29,8 @@ def processor(model: str, warmup: int = 100, hop: int = 1) -> Processor:
                     "name": "cal",
                     "source": {"broker": "local", "topics": ["p/+/t"]},
                     "decoder": {"type": "json", "device": "topic[1]", "channels": 8},
-                    "window": {"size": 32, "hop": hop},
-                    "calibration": {"warmup": warmup},
+                    "window": {"size": 32, "hop": hop, "max_devices": max_devices},
+                    "calibration": {"warmup": warmup, "max_warmup_mb": max_mb},
                     "handler": {"type": "onnx", "model": model, "threshold": "auto"},
                     "sinks": [{"type": "stdout"}],
                 }
@@ -186,3 +189,62 @@ def test_devices_warming_up_are_counted(w1_models):
     assert proc.warming_up() == 1  # b is calibrated, a lacks one sample
     proc.process(batch("a", 1, 39))
     assert proc.warming_up() == 0
+
+
+def rounds(devices: list[str], start: int, n: int) -> list[list[Message]]:
+    """One batch per round, one sample of every device in each."""
+    rng = np.random.default_rng(start)
+    return [
+        [
+            Message(
+                f"p/{d}/t",
+                orjson.dumps({"ts": T0 + k, "seq": k, "v": (1 + rng.normal(0, 0.05, 8)).tolist()}),
+            )
+            for d in devices
+        ]
+        for k in range(start, start + n)
+    ]
+
+
+def test_warmup_memory_is_bounded_by_its_budget_not_by_devices(w1_models):
+    """2,000 new devices with a 400-sample warm-up and a 1 MiB budget: the warm-up takes
+    about its budget, where it took ``devices x 400 x 8 x 4`` bytes (25.6 MB here, and
+    twice that while growing by copy)."""
+    proc = processor(str(w1_models[0]), warmup=400, max_mb=1)
+    batches = rounds([f"d{k}" for k in range(2000)], 0, 3)
+    proc.process(rounds(["first"], 0, 1)[0])  # lazy imports and first-call caches
+    tracemalloc.start()
+    try:
+        for b in batches:
+            proc.process(b)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert proc.warmup.buf.nbytes <= 1 << 20
+    assert peak < 6e6, peak  # windows, index and decoding of 2,000 devices included
+    assert proc.warmup_deferred() == 3 * (2001 - len(proc.warmup.buf))
+
+
+def test_devices_beyond_the_budget_wait_then_calibrate(w1_models):
+    """A budget of two warm-up buffers and four devices: c and d wait (counted as
+    ``warmup_deferred``, not scored) while a and b warm up, then take the freed buffers;
+    each ends with the threshold its own first 40 buffered samples give."""
+    warm, devices = 40, ["a", "b", "c", "d"]
+    row = warm * 8 * 4
+    proc = processor(str(w1_models[0]), warmup=warm, max_mb=2 * row / (1 << 20))
+    assert len(proc.warmup.buf) == 2
+    batches = rounds(devices, 0, 3 * warm)
+    for b in batches[:warm]:
+        proc.process(b)
+    assert proc.warmup_deferred() == 2 * warm
+    assert proc.device_threshold("a") is not None and proc.device_threshold("c") is None
+    assert proc.warming_up() == 2
+    for b in batches[warm:]:
+        _, scored = proc.process(b)
+    assert proc.warmup_deferred() == 2 * warm and proc.warming_up() == 0
+    assert set(scored.devices) == set(devices)
+    alone = processor(str(w1_models[0]), warmup=warm)
+    for b in batches[warm:]:
+        alone.process([m for m in b if m.topic in ("p/c/t", "p/d/t")])
+    for d in ("c", "d"):
+        assert proc.device_threshold(d) == alone.device_threshold(d)
