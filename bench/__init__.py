@@ -61,3 +61,13 @@ def all_acked(acked: Callable[[], int], published: Callable[[], int], timeout: f
     while acked() < published() and time.monotonic() < deadline:
         time.sleep(0.01)
     return acked() >= published()
+
+
+def until(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
+    """Whether ``predicate`` became true within ``timeout`` s (checked once more at the end)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
