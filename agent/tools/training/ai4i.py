@@ -18,14 +18,12 @@ use the ``onnx`` handler.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from agent.tools.training import datasets, metrics
-from agent.tools.training.shipping import update_manifest
+from agent.tools.training import datasets, metrics, onnx_graph
+from agent.tools.training.shipping import trainer_main, update_manifest
 
 NAME = "ai4i_pdm"
 SEED = 0
@@ -121,7 +119,6 @@ def _class_nodes(f_prob: str, m_prob: str):
 def export(failure_clf, mode_clf, path: Path) -> Path:
     """One graph: ``input`` [N, 6] -> ``probabilities`` [N, 6] (classes ``MODE_CLASSES``),
     ``score`` [N] (failure probability), ``mode`` [N] int64 (the mode forest's label)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     from skl2onnx import to_onnx
 
@@ -163,18 +160,8 @@ def export(failure_clf, mode_clf, path: Path) -> Path:
         ],
         inits,
     )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)],
-    )
-    model.ir_version = 8
     meta = {"output": "classes", "classes": list(MODE_CLASSES), "healthy": MODE_CLASSES[0]}
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=json.dumps(v))
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return onnx_graph.save(onnx_graph.finish(graph, meta, ml_opset=True), path)
 
 
 def evaluate(model: Path, data: datasets.Ai4i) -> dict[str, float]:
@@ -258,14 +245,7 @@ def build(out: Path, root: Path | None = None) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("agent/models"))
-    p.add_argument(
-        "--data", type=Path, default=None, help="datasets folder (default: datasets/ of the clone)"
-    )
-    args = p.parse_args(argv)
-    print(NAME, build(args.out, args.data))
-    return 0
+    return trainer_main(__doc__, build, argv)
 
 
 if __name__ == "__main__":

@@ -22,16 +22,14 @@ at the cut is scored: RMSE and the PHM08 score.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from agent.tools.training import datasets, metrics
-from agent.tools.training.shipping import sha256, update_manifest
+from agent.tools.training import datasets, metrics, onnx_graph
+from agent.tools.training.shipping import sha256, trainer_main, update_manifest
 
 NAME = "cmapss_rul"
 SENSORS = (
@@ -156,7 +154,6 @@ def metadata(mean: np.ndarray, std: np.ndarray, bins: list[list[float]]) -> dict
 
 def export(mlp, mean: np.ndarray, std: np.ndarray, meta: dict, path: Path) -> Path:
     """``input`` [N, 30, 14] raw -> standardise -> flatten -> MLP -> ReLU -> ``rul`` [N]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [
@@ -187,15 +184,7 @@ def export(mlp, mean: np.ndarray, std: np.ndarray, meta: dict, path: Path) -> Pa
         [helper.make_tensor_value_info("rul", TensorProto.FLOAT, ["N"])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model.producer_name = "agent.tools.training.cmapss"
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=json.dumps(v))
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return onnx_graph.save(onnx_graph.finish(graph, meta, "agent.tools.training.cmapss"), path)
 
 
 def session(path: Path):
@@ -391,14 +380,7 @@ def _copy_metadata(src: Path, dst: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("agent/models"))
-    p.add_argument(
-        "--data", type=Path, default=None, help="datasets folder (default: datasets/ of the clone)"
-    )
-    args = p.parse_args(argv)
-    print(json.dumps(build(args.out, args.data), indent=2))
-    return 0
+    return trainer_main(__doc__, build, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,38 @@
-"""Shared ONNX graph building for the autoencoders the training scripts export."""
+"""Shared ONNX building for the training scripts: the model wrapper every exported graph gets,
+and the autoencoders' score head."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+
+def finish(graph: Any, meta: dict | None = None, producer: str = "", ml_opset: bool = False) -> Any:
+    """An opset-17, IR-8 model of ``graph`` with ``meta`` as JSON metadata, checked."""
+    import onnx
+    from onnx import helper
+
+    opsets = [helper.make_opsetid("", 17)]
+    if ml_opset:
+        opsets.append(helper.make_opsetid("ai.onnx.ml", 3))
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = 8
+    if producer:
+        model.producer_name = producer
+    for k, v in (meta or {}).items():
+        model.metadata_props.add(key=k, value=json.dumps(v))
+    onnx.checker.check_model(model)
+    return model
+
+
+def save(model: Any, path: Path) -> Path:
+    """Write ``model`` at ``path`` (parents made)."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
 
 
 def save_autoencoder(
@@ -25,7 +55,6 @@ def save_autoencoder(
     per-channel errors as ``channel_error`` [N, C], which the runtime names as an event's cause.
     """
     import numpy as np
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [
@@ -61,9 +90,4 @@ def save_autoencoder(
         outputs,
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return save(finish(graph), path)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,3 +27,19 @@ def update_manifest(out: Path, entries: dict[str, dict[str, Any]]) -> Path:
     manifest["models"] = dict(sorted(manifest["models"].items()))
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     return path
+
+
+def trainer_main(
+    doc: str | None,
+    build: Callable[[Path, Path | None], Any],
+    argv: list[str] | None = None,
+    out: Path = Path("agent/models"),
+    data_help: str = "datasets folder (default: datasets/ of the clone)",
+) -> int:
+    """The command line every training script shares: ``--out``, ``--data``, results as JSON."""
+    p = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    p.add_argument("--out", type=Path, default=out)
+    p.add_argument("--data", type=Path, default=None, help=data_help)
+    args = p.parse_args(argv)
+    print(json.dumps(build(args.out, args.data), indent=2, default=str))
+    return 0

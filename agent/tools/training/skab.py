@@ -13,7 +13,6 @@ the threshold rule ``hold: 5`` (an anomaly stays open until 6 windows in a row a
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from agent.stages.rule import Hold
 from agent.stages.windows import DeviceIndex
 from agent.tools.training import datasets, metrics
 from agent.tools.training.onnx_graph import save_autoencoder
-from agent.tools.training.shipping import update_manifest
+from agent.tools.training.shipping import trainer_main, update_manifest
 
 WINDOW = 32
 CHANNELS = len(datasets.SKAB_CHANNELS)
@@ -269,15 +268,7 @@ def build(out: Path, root: Path | None = None) -> dict[str, dict[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("agent/models"))
-    p.add_argument(
-        "--data", type=Path, default=None, help="datasets folder (default: datasets/ of the clone)"
-    )
-    args = p.parse_args(argv)
-    for name, result in build(args.out, args.data).items():
-        print(name, result)
-    return 0
+    return trainer_main(__doc__, build, argv)
 
 
 if __name__ == "__main__":

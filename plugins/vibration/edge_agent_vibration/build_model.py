@@ -21,13 +21,15 @@ otherwise the fp32 one does. Run (needs the ``train`` extra)::
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from agent.tools.training import onnx_graph
+from agent.tools.training.shipping import trainer_main, update_manifest
 
 from . import MODELS, cwru
 from .features import BEARING_6205, feature_names, features
@@ -81,7 +83,6 @@ def choose_c(f: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[float, d
 
 
 def to_onnx(mean, std, coef, intercept, meta: dict) -> bytes:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     f, c = coef.shape[1], coef.shape[0]
@@ -105,13 +106,7 @@ def to_onnx(mean, std, coef, intercept, meta: dict) -> bytes:
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", c])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model.producer_name = "edge_agent_vibration.build_model"
-    for k, v in meta.items():
-        model.metadata_props.add(key=k, value=json.dumps(v))
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return onnx_graph.finish(graph, meta, "edge_agent_vibration.build_model").SerializeToString()
 
 
 def held_out_metrics(path: Path, f: np.ndarray, y: np.ndarray) -> dict:
@@ -135,7 +130,6 @@ def held_out_metrics(path: Path, f: np.ndarray, y: np.ndarray) -> dict:
 def build(out: Path, root: Path) -> dict:
     """Train, export fp32 and int8, keep the one that holds, update the plugin's manifest."""
     from agent.tools.quantize import quantize_static_int8
-    from agent.tools.training.shipping import update_manifest
 
     recs = cwru.find(root)
     rpms = sorted({r.rpm for r in recs})
@@ -207,12 +201,13 @@ def build(out: Path, root: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=None, help="CWRU folder (default datasets/cwru)")
-    ap.add_argument("--out", type=Path, default=MODELS)
-    args = ap.parse_args(argv)
-    print(json.dumps(build(args.out, args.data or cwru.shipped_root()), indent=2))
-    return 0
+    return trainer_main(
+        __doc__,
+        lambda out, data: build(out, data or cwru.shipped_root()),
+        argv,
+        MODELS,
+        "CWRU folder (default datasets/cwru)",
+    )
 
 
 if __name__ == "__main__":
