@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import ipaddress
 import os
 import re
 import types
@@ -34,7 +35,6 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 SECRET_KEYS = frozenset({"username", "password", "token"})  # from the environment only
-LOOPBACK = ("127.", "::1", "localhost")
 
 
 def topic_filter_problem(f: str) -> str | None:
@@ -258,6 +258,39 @@ class MetricsConfig(Model):
         description="bearer token every request but /healthz and /readyz must carry (or "
         "basic authentication); must be ${VAR}",
     )
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the listen address only accepts connections from this machine."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether requests must carry a bearer token or basic credentials."""
+        return bool(self.token or (self.username and self.password))
+
+    def exposure_problem(self) -> str | None:
+        """The one rule for serving metrics and the console: off loopback only when allowed
+        explicitly and authenticated. None when the endpoint may listen where configured."""
+        if self.loopback:
+            return None
+        if not self.allow_remote:
+            return (
+                f"metrics.host: {self.host!r} is not a loopback address; the endpoint has no "
+                "authentication unless you set `allow_remote: true` and `token: ${VAR}` (or "
+                "`username` and `password`)"
+            )
+        if not self.authenticated:
+            return (
+                "metrics.token: a non-loopback metrics endpoint needs a bearer token (or "
+                "username and password)"
+            )
+        return None
 
 
 class CalibrationConfig(Model):
@@ -608,19 +641,9 @@ def _cross_checks(cfg: Config) -> list[str]:
                     f"pipelines[{i}].sinks[{j}].broker: unknown broker {broker!r}; "
                     f"expected one of {sorted(cfg.brokers)}"
                 )
-    m = cfg.metrics
-    if m is not None and not m.host.startswith(LOOPBACK):
-        if not m.allow_remote:
-            errors.append(
-                f"metrics.host: {m.host!r} is not a loopback address; the endpoint has no "
-                "authentication unless you set `allow_remote: true` and `token: ${VAR}` (or "
-                "`username` and `password`)"
-            )
-        elif not (m.token or (m.username and m.password)):
-            errors.append(
-                "metrics.token: a non-loopback metrics endpoint needs a bearer token (or "
-                "username and password)"
-            )
+    problem = cfg.metrics.exposure_problem() if cfg.metrics is not None else None
+    if problem:
+        errors.append(problem)
     if cfg.agent.status_broker and cfg.agent.status_broker not in cfg.brokers:
         errors.append(f"agent.status_broker: unknown broker {cfg.agent.status_broker!r}")
     if cfg.fleet is not None:

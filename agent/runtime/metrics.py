@@ -15,7 +15,6 @@ import bisect
 import errno
 import gzip
 import hmac
-import ipaddress
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -257,26 +256,11 @@ def listen_problem(host: str, port: int, error: OSError) -> str:
     return f"metrics: cannot listen on {host}:{port}: {error.strerror or error}"
 
 
-def is_loopback(host: str) -> bool:
-    """Whether a listen address only accepts connections from this machine."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def console_refusal(config: MetricsConfig) -> str | None:
     """Why the console is not served with this config (None: it is)."""
     if not config.console:
         return "metrics.console is false"
-    if not is_loopback(config.host) and config.username is None and not config.token:
-        return (
-            f"metrics.host {config.host!r} is not loopback: set metrics.token (or "
-            "metrics.username and metrics.password) to serve the console there"
-        )
-    return None
+    return config.exposure_problem()
 
 
 class MetricsServer:
