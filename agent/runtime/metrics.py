@@ -2,7 +2,8 @@
 ``/readyz``, ``/`` (the console) and ``/api/state``.
 
 Nothing here runs per message. Scrapes read the counters the pipelines already keep
-(:class:`AgentCollector`); the worker observes :class:`BatchStats` once per inference batch.
+(:class:`AgentCollector`); the worker observes
+:class:`agent.stages.batch_stats.BatchStats` once per inference batch.
 Off unless the config has a ``metrics:`` section; listens on loopback by default. With
 ``metrics.username`` and ``metrics.password`` every path but the health checks needs HTTP
 basic authentication; the console is served on a non-loopback address only then.
@@ -11,7 +12,6 @@ basic authentication; the console is served on a non-loopback address only then.
 from __future__ import annotations
 
 import base64
-import bisect
 import errno
 import gzip
 import hmac
@@ -25,6 +25,7 @@ import orjson
 
 from agent import log
 from agent.errors import SettingError
+from agent.stages.batch_stats import BATCH_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from agent.config import MetricsConfig
@@ -38,27 +39,6 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
 )
 GZIP_ABOVE = 1024  # bytes: smaller bodies go as they are
-
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-
-
-class BatchStats:
-    """Cumulative histograms of inference latency and batch size; one ``observe`` per batch."""
-
-    def __init__(self) -> None:
-        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.size = [0] * (len(BATCH_BUCKETS) + 1)
-        self.size_sum = 0
-        self.count = 0
-
-    def observe(self, windows: int, seconds: float) -> None:
-        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-        self.size[bisect.bisect_left(BATCH_BUCKETS, windows)] += 1
-        self.size_sum += windows
-        self.count += 1
 
 
 def _buckets(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
