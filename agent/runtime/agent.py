@@ -40,13 +40,11 @@ from agent.transport.mqtt import Connection, client_id
 def settle_heap() -> None:
     """Collect start-up garbage once, then keep what is left out of later collections.
 
-    An agent process holds ~50,000 tracked objects once started (modules, pydantic schemas,
-    the onnxruntime binding); a full collection scans them all, 45-65 ms on a 2-core
-    gateway, and stops every thread meanwhile: the first one came a few seconds into the
-    load and held 50 messages back by 44 ms. After ``gc.freeze()`` a collection scans only
-    what was allocated since. Called by the processes that run an agent (not by library
-    users, whose heap is theirs), after start-up and after a reload: the first unfreeze lets
-    that collection free what the reload let go (an old pipeline's windows are in cycles).
+    A full collection over the start-up heap stops every thread for tens of milliseconds
+    (docs/performance.md); after ``gc.freeze()`` one scans only what was allocated since.
+    Called by the processes that run an agent (not by library users, whose heap is theirs),
+    after start-up and after a reload: the first unfreeze lets that collection free what
+    the reload let go (an old pipeline's windows are in cycles).
     """
     gc.unfreeze()
     gc.collect()
