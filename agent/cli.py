@@ -99,14 +99,14 @@ def _serve(
             agent.reload(take_request(pid_file))
             settle_heap()
             notify("READY=1")
-        if any(p.error is not None for p in agent.pipelines):
+        if agent.failed():
             stop.set()
     notify("STOPPING=1")
     if fleet is not None:
         fleet.stop()  # a version mid-gate stays `trying`: marked failed at the next start
     pool.stop()
     agent.stop()
-    return 0 if all(p.error is None for p in agent.pipelines) else 1
+    return 1 if agent.failed() else 0
 
 
 def _run_pool(pool: workers.WorkerPool, stop: threading.Event) -> int:

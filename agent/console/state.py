@@ -25,13 +25,15 @@ from agent.records import EVENT, Record
 
 if TYPE_CHECKING:
     from agent.config import MetricsConfig
-    from agent.runtime.agent import Agent
-    from agent.runtime.pipeline import Pipeline
+    from agent.runtime.unit import RunningPipeline
+    from agent.runtime.view import RunningAgent
     from agent.stages.processor import Processor
 
 EVENTS_KEPT = 500  # recent events across pipelines (about 0.5 KB each)
 DEVICE_EVENTS = 30  # recent events shown on a device page
 CACHE_SECONDS = 1.0
+# A pipeline's figures on the overview, from its one stats snapshot.
+OVERVIEW = ("received", "dropped", "queued", "decoded", "windows", "anomalies", "errors", "devices")
 
 
 @dataclass
@@ -48,7 +50,7 @@ class Totals:
 class Console:
     """The console's view of one agent: samples history, keeps recent events, builds state."""
 
-    def __init__(self, agent: Agent, config: MetricsConfig) -> None:
+    def __init__(self, agent: RunningAgent, config: MetricsConfig) -> None:
         self.agent = agent
         pipelines = max(1, len(agent.config.pipelines))
         self._budget = config.history_mb * (1 << 20) / pipelines
@@ -72,8 +74,7 @@ class Console:
         """Sample every pipeline's scores into its history and update the rates (every
         :data:`TICK` s, from the scheduler)."""
         now, mono = time.time(), time.monotonic()
-        for p in list(self.agent.pipelines):
-            name = p.processor.name
+        for name, p in self.agent.units.items():
             history = self.histories.get(name)
             if history is None:
                 history = self.histories[name] = History(self._span, self._budget)
@@ -108,7 +109,7 @@ class Console:
         page with ``pipeline`` and ``device``; the last ``events`` events (default 50)."""
         agent = self.agent
         with_tables = query.get("devices", "1") != "0"
-        spool = agent.spool
+        spool, units = agent.spool, agent.units
         doc: dict[str, Any] = {
             "agent": {"id": agent.config.agent.id, "boot": agent.boot, "version": __version__},
             "time": time.time(),
@@ -119,9 +120,10 @@ class Console:
             "spool": {**spool.stats(), "oldest_age": spool.oldest_age()} if spool else None,
             "sinks": [
                 {"name": f.name, "delivered": f.delivered, "failures": f.failures}
-                for f in list(agent.forwarders)
+                for unit in units.values()
+                for f in unit.forwarders
             ],
-            "pipelines": [self._pipeline(p, with_tables) for p in list(agent.pipelines)],
+            "pipelines": [self._pipeline(u, with_tables) for u in units.values()],
         }
         try:
             limit = min(max(int(query.get("events", 50)), 0), EVENTS_KEPT)
@@ -133,27 +135,20 @@ class Console:
             doc["device"] = self._device(query.get("pipeline", ""), query["device"], events)
         return doc
 
-    def _pipeline(self, p: Pipeline, with_table: bool) -> dict[str, Any]:
+    def _pipeline(self, p: RunningPipeline, with_table: bool) -> dict[str, Any]:
         with p.lock:
             proc = p.processor
-            c = proc.counters
+            s = p.stats()
             out: dict[str, Any] = {
-                "name": proc.name,
-                "received": p.intake.received,
-                "dropped": p.intake.dropped,
-                "queued": len(p.intake),
-                "decoded": c.decoded,
-                "windows": c.windows,
-                "anomalies": c.anomalies,
-                "errors": dict(c.errors),
-                "devices": len(proc.index),
-                "episodes_open": proc.episodes.open_count() if proc.episodes else None,
+                "name": p.name,
+                **{k: s[k] for k in OVERVIEW},
+                "episodes_open": s.get("episodes_open"),
                 "warmup": proc.warmup.n if proc.warmup else None,
                 "failed": None if p.error is None else repr(p.error),
             }
             table = _table(proc) if with_table else None
-        t = self.totals.get(proc.name, Totals())
-        records = self.records_out.get(proc.name, 0)
+        t = self.totals.get(p.name, Totals())
+        records = self.records_out.get(p.name, 0)
         out.update(
             rate_in=round(t.rate_in, 1),
             rate_out=round(t.rate_out, 2),
@@ -165,7 +160,7 @@ class Console:
         return out
 
     def _device(self, pipeline: str, device: str, events: list) -> dict[str, Any] | None:
-        p = next((p for p in self.agent.pipelines if p.processor.name == pipeline), None)
+        p = self.agent.units.get(pipeline)
         if p is None:
             return None
         history = self.histories.get(pipeline)

@@ -262,11 +262,9 @@ class FleetManager:
             paths = self._stage(d)
             cfg = compose(self.path, d.config, paths, f"fleet version {d.version}", agent.registry)
             self.phase = "applying"
-            from agent.runtime.reload import apply
-
             with agent.reload_lock:
                 previous = agent.config
-                changes = apply(agent, cfg)  # raises before changing anything if a model fails
+                changes = agent.apply(cfg)  # raises before changing anything if a model fails
             self.phase = "verifying"
             self.report()
             why = self._health_gate()
@@ -276,7 +274,7 @@ class FleetManager:
             else:
                 outcome, reason = "rolled_back", why
                 with agent.reload_lock:
-                    apply(agent, previous)
+                    agent.apply(previous)
                 st.count("rolled_back")
         except Refused as r:
             reason = f"{r.reason}: {r.detail}"
@@ -378,7 +376,7 @@ class FleetManager:
         since: float | None = None
         last: dict = {}
         while True:
-            failed = [p.processor.name for p in agent.pipelines if p.error is not None]
+            failed = agent.failed()
             if failed:
                 return f"unready: pipeline(s) {failed} failed"
             ok, body = readiness(agent)
@@ -409,10 +407,10 @@ class FleetManager:
             state = "applied" if a else "local"
         agent = self.agent
         models = {}
-        for p in agent.pipelines if agent else []:
-            sha = getattr(p.processor.handler, "sha256", "")
+        for name, unit in agent.units.items() if agent else []:
+            sha = getattr(unit.processor.handler, "sha256", "")
             if sha:
-                models[p.processor.name] = sha
+                models[name] = sha
         return {
             "agent": self.id,
             "groups": self.cfg.groups,

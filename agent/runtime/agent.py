@@ -1,7 +1,8 @@
-"""The Agent: connections, pipelines, spool and forwarders, scheduler, start and stop.
+"""The Agent: connections, spool, scheduler and its running pipelines, kept by name.
 
-Built from the sink end (spool, sinks, forwarders, workers, then sources) and stopped from
-the source end (stop intake, drain queues, flush summaries, flush the spool, disconnect).
+Built from the sink end (spool, then each pipeline's sinks, forwarders, worker and source)
+and stopped from the source end (stop intake, drain queues, flush summaries, flush the
+spool, disconnect). A reload is the Agent diffing its pipelines against the new config.
 """
 
 from __future__ import annotations
@@ -11,36 +12,39 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import log
-from agent.config import Config, PipelineConfig
+from agent.config import Config, PipelineConfig, load_config
+from agent.console import TICK, Console
+from agent.errors import AgentError, ConfigError
 from agent.outbox.delivery import Forwarder
 from agent.outbox.spool import Spool
-from agent.records import EVENT, Message, Record
 from agent.registry import Registry
-from agent.runtime.pipeline import Pipeline
+from agent.runtime.metrics import MetricsServer, console_refusal
+from agent.runtime.reload import (
+    ReloadReport,
+    check_brokers,
+    kept_sections,
+    model_changed,
+    restart_sections,
+)
+from agent.runtime.unit import RunningPipeline
 from agent.stages import period
-from agent.stages.period import PeriodWrite
 from agent.stages.processor import Processor, build_processor
-from agent.transport.intake import Intake
 from agent.transport.mqtt import Connection, client_id
-from agent.transport.source import MqttSource
 
 
 def settle_heap() -> None:
     """Collect start-up garbage once, then keep what is left out of later collections.
 
-    An agent process holds ~50,000 tracked objects once started (modules, pydantic schemas,
-    the onnxruntime binding); a full collection scans them all, 45-65 ms on a 2-core
-    gateway, and stops every thread meanwhile: the first one came a few seconds into the
-    load and held 50 messages back by 44 ms. After ``gc.freeze()`` a collection scans only
-    what was allocated since. Called by the processes that run an agent (not by library
-    users, whose heap is theirs), after start-up and after a reload: the first unfreeze lets
-    that collection free what the reload let go (an old pipeline's windows are in cycles).
+    A full collection over the start-up heap stops every thread for tens of milliseconds
+    (docs/performance.md); after ``gc.freeze()`` one scans only what was allocated since.
+    Called by the processes that run an agent (not by library users, whose heap is theirs),
+    after start-up and after a reload: the first unfreeze lets that collection free what
+    the reload let go (an old pipeline's windows are in cycles).
     """
     gc.unfreeze()
     gc.collect()
@@ -58,12 +62,11 @@ class Agent:
         self._ids: dict[str, itertools.count] = {}  # per pipeline name, across rebuilds
         self._connections: dict[str, Connection] = {}
         self.spool: Spool | None = None
-        self.forwarders: list[Forwarder] = []
-        self.pipelines: list[Pipeline] = []
-        self.sources: list[MqttSource] = []
+        # Replaced, never changed in place (see _set_units); in config order.
+        self.units: dict[str, RunningPipeline] = {}
         self.scheduler = BackgroundScheduler(daemon=True)
         self.started = False
-        self.metrics = None
+        self.metrics: MetricsServer | None = None
         self.console = self._new_console()
         self.config_path: str | None = None
         self.fleet = None  # agent.fleet.manager.FleetManager when the config has `fleet:`
@@ -71,15 +74,11 @@ class Agent:
         self._model_problems: dict[str, str | None] = {}
         self._record_ids: dict[str, itertools.count] = {}
 
-    def _new_console(self):
+    def _new_console(self) -> Console | None:
         """The web console's state when the metrics server will serve it, else None."""
-        from agent.runtime.metrics import console_refusal
-
         m = self.config.metrics
         if m is None or console_refusal(m) is not None:
             return None
-        from agent.console import Console
-
         return Console(self, m)
 
     # -- sinks' view of the runtime ------------------------------------------------------
@@ -99,7 +98,8 @@ class Agent:
 
     def release_connections(self) -> None:
         """Stop upstream connections no sink uses any more (a reload removed their sinks)."""
-        used = {id(getattr(f.sink, "conn", None)) for f in self.forwarders}
+        forwarders = [f for unit in self.units.values() for f in unit.forwarders]
+        used = {id(getattr(f.sink, "conn", None)) for f in forwarders}
         status = self._status_broker() if self.config.agent.status_topic else None
         for name, conn in list(self._connections.items()):
             if id(conn) not in used and name != status:
@@ -121,8 +121,6 @@ class Agent:
         """Create and load everything (models included) without connecting."""
         cfg = self.config
         if cfg.metrics is not None:  # bound first: a port in use stops start-up at once
-            from agent.runtime.metrics import MetricsServer
-
             self.metrics = MetricsServer(self, cfg.metrics, self.console)
         self.spool = Spool(
             cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl, cfg.spool.sync
@@ -130,11 +128,7 @@ class Agent:
         # The spool counts its opens durably: ids of this run cannot repeat an earlier one's
         # while the file lives; the random part covers a spool deleted or moved aside.
         self.boot = f"{self.spool.incarnation}.{os.urandom(2).hex()}"
-        for p in cfg.pipelines:
-            pipeline, source, forwarders = self.build_pipeline(p)
-            self.forwarders += forwarders
-            self.pipelines.append(pipeline)
-            self.sources.append(source)
+        self._set_units({p.name: self.build_unit(p) for p in cfg.pipelines})
         self._recover_periods()
         if cfg.agent.status_topic and self._status_broker():
             conn = self.connection(self._status_broker())
@@ -146,14 +140,14 @@ class Agent:
         left: dict[str, list] = {}
         for pipeline, device, body, updated in self.spool.period_rows():
             left.setdefault(pipeline, []).append((device, body, updated))
-        for pl in self.pipelines:
-            rows = left.pop(pl.processor.name, None)
+        for name, unit in self.units.items():
+            rows = left.pop(name, None)
             if rows:
-                records = period.recover(pl.processor.name, rows, pl.processor._next_id)
-                pl.emit(records, None, period.cleared(pl.processor.name))
+                records = period.recover(name, rows, unit.processor._next_id)
+                unit.emit(records, None, period.cleared(name))
                 self.log.warning(
                     "period_recovered",
-                    pipeline=pl.processor.name,
+                    pipeline=name,
                     devices=len(records),
                     samples=sum(r.payload["count"] for r in records),
                 )
@@ -182,7 +176,7 @@ class Agent:
         )
         return processor
 
-    def build_pipeline(self, p: PipelineConfig) -> tuple[Pipeline, MqttSource, list[Forwarder]]:
+    def build_unit(self, p: PipelineConfig) -> RunningPipeline:
         """One pipeline with its source and sink forwarders, not started."""
         cfg = self.config
         forwarders = []
@@ -193,94 +187,26 @@ class Agent:
                 Forwarder(name, sink, self.spool, cfg.spool.batch, cfg.spool.replay_rate)
             )
         processor = self.make_processor(p)
-        intake = Intake(p.source.queue, p.source.overflow)
-        source = MqttSource(
-            p.source.broker,
-            cfg.brokers[p.source.broker],
-            p.source,
-            intake,
-            client_id(cfg.brokers[p.source.broker].client_id, cfg.agent.id, f"{p.name}-in"),
-        )
-        pipeline = Pipeline(
+        broker = cfg.brokers[p.source.broker]
+        return RunningPipeline(
+            p,
             processor,
-            intake,
-            self._emitter(forwarders, p.name),
-            self._dead_letter(source, p.source.dead_letter, p.name),
-            self._control(source),
-            ack=source.acknowledge if source.deferred else None,
-            stats=self.spool_stats,
-            paused=lambda: self.spool.failing,
+            forwarders,
+            self.spool,
+            broker,
+            client_id(broker.client_id, cfg.agent.id, f"{p.name}-in"),
+            on_records=self.console.take if self.console is not None else None,
         )
-        return pipeline, source, forwarders
 
     def check_models(self) -> None:
         """Log (once per change) a model file that no longer matches its loaded model."""
-        for p in self.pipelines:
-            check = getattr(p.processor.handler, "check_file", None)
+        for unit in self.units.values():
+            name = unit.name
+            check = getattr(unit.processor.handler, "check_file", None)
             problem = check() if check else None
-            if problem and problem != self._model_problems.get(p.processor.name):
-                self.log.error("model_file_changed", pipeline=p.processor.name, error=problem)
-            self._model_problems[p.processor.name] = problem
-
-    def spool_stats(self) -> dict:
-        """Spool depth and drops, for stats records and the status heartbeat."""
-        return {"spool": self.spool.stats()} if self.spool else {}
-
-    def _emitter(self, forwarders: list[Forwarder], pipeline: str):
-        spool, console = self.spool, self.console
-
-        def emit(
-            records: list[Record], then: Callable[[], None] | None, totals: PeriodWrite | None
-        ) -> None:
-            """Queue records (and the period's running totals) for the spool's writer;
-            ``then`` runs once they are committed. Fresh events go out at once where an
-            event lane is caught up."""
-            if console is not None and records:
-                console.take(pipeline, records)
-            if records and forwarders:
-                *others, last = forwarders
-                for f in others:
-                    spool.submit(f.name, records)
-                # runs after all (commits are in order); the totals join the same commit
-                spool.submit(last.name, records, then, totals)
-                if any(r.kind == EVENT for r in records):
-                    for f in forwarders:
-                        f.kick()
-            elif then is not None or totals is not None:
-                spool.after(then, totals)
-
-        return emit
-
-    def _dead_letter(self, source: MqttSource, template: str | None, pipeline: str):
-        if not template:
-            return None
-        client = source.conn.client
-
-        def forward(rejected: list[tuple[Message, str, str]]) -> None:
-            for msg, kind, reason in rejected:
-                if not msg.payload and kind == "device_limit":
-                    continue
-                topic = template.format(pipeline=pipeline, kind=kind)
-                props = None
-                if source.conn.v5:
-                    from paho.mqtt.packettypes import PacketTypes
-                    from paho.mqtt.properties import Properties
-
-                    props = Properties(PacketTypes.PUBLISH)
-                    props.UserProperty = [("reason", reason[:200]), ("topic", msg.topic)]
-                client.publish(topic, msg.payload, qos=0, properties=props)
-
-        return forward
-
-    def _control(self, source: MqttSource):
-        """Publish what a decoder asks for (e.g. a Sparkplug rebirth) on the source broker."""
-
-        def publish(messages: list[tuple[str, bytes]]) -> None:
-            for topic, payload in messages:
-                source.conn.client.publish(topic, payload, qos=0)
-            self.log.info("control_published", topics=sorted({t for t, _ in messages}))
-
-        return publish
+            if problem and problem != self._model_problems.get(name):
+                self.log.error("model_file_changed", pipeline=name, error=problem)
+            self._model_problems[name] = problem
 
     def status_record(self, state: str) -> dict:
         """The retained status record (docs/records.md)."""
@@ -290,7 +216,7 @@ class Agent:
             "ts": time.time(),
             "boot": self.boot,
             "pipelines": self.status(),
-            **self.spool_stats(),
+            **({"spool": self.spool.stats()} if self.spool else {}),
         }
 
     def _publish_status(self, client, state: str) -> None:
@@ -298,25 +224,12 @@ class Agent:
         client.publish(self.config.agent.status_topic, orjson.dumps(body), qos=1, retain=True)
 
     def status(self) -> dict:
-        """Counters of every pipeline (heartbeat and metrics)."""
-        out = {}
-        for p in self.pipelines:
-            c = p.processor.counters
-            out[p.processor.name] = {
-                "received": p.intake.received,
-                "dropped": p.intake.dropped,
-                "queued": len(p.intake),
-                "decoded": c.decoded,
-                "windows": c.windows,
-                "anomalies": c.anomalies,
-                "events": c.events,
-                **p.processor.episode_stats(),
-                "errors": dict(c.errors),
-                "devices": len(p.processor.index),
-                "warming_up": p.processor.warming_up(),
-                "warmup_deferred": p.processor.warmup_deferred(),
-            }
-        return out
+        """Figures of every pipeline, by name (heartbeat and metrics)."""
+        return {name: unit.status() for name, unit in self.units.items()}
+
+    def failed(self) -> list[str]:
+        """Pipelines whose worker ended on an error."""
+        return [name for name, unit in self.units.items() if unit.error is not None]
 
     def connection_states(self) -> list[tuple[str, str, bool]]:
         """(broker, role, connected) of every MQTT connection: sources and upstream."""
@@ -324,42 +237,81 @@ class Agent:
 
     def connections(self) -> list[tuple[str, str, Connection]]:
         """(broker, role, connection) of every MQTT connection: sources and upstream."""
-        out = [
-            (s.conn.name, f"source:{n}", s.conn)
-            for n, s in zip([p.processor.name for p in self.pipelines], self.sources)
-        ]
+        out = [c for unit in self.units.values() for c in unit.connections()]
         out += [(name, "upstream", c) for name, c in self._connections.items()]
         return out
 
-    def schedule_summaries(self, p: Pipeline) -> None:
-        """(Re)schedule ``p``'s summary flush at its period."""
-        self.scheduler.add_job(
-            p.request_flush,
-            "interval",
-            seconds=p.processor.config.summary.every,
-            id=f"summary-{p.processor.name}",
-            max_instances=1,
-            coalesce=True,
-            replace_existing=True,
-        )
-
+    # -- reload: the Agent diffs its units -----------------------------------------------
     def reload(self, path: str | None = None) -> bool:
         """Re-read the config and apply it pipeline by pipeline; keep it running if invalid."""
-        from agent.runtime.reload import reload_from
-
+        path = path or self.config_path
+        logger = log.get(component="reload", agent=self.config.agent.id)
+        if path is None:
+            logger.error("reload_rejected", error="the agent was not started from a config file")
+            return False
         with self.reload_lock:
-            return reload_from(self, path or self.config_path)
+            try:  # the applied fleet pipelines over the local file, if any
+                fleet = self.fleet
+                new = fleet.load(path) if fleet is not None else load_config(path, self.registry)
+                report = self.apply(new)
+            except (ConfigError, AgentError) as e:
+                logger.error("reload_rejected", config=str(path), error=str(e))
+                return False
+            logger.info("reload_applied", config=str(path), **report.__dict__)
+            self.config_path = str(path)  # later reloads re-read the file now applied
+            return True
 
+    def apply(self, new: Config) -> ReloadReport:
+        """Apply ``new`` to the running agent (see :mod:`agent.runtime.reload`); raise before
+        changing anything if a model fails. The caller holds :attr:`reload_lock`."""
+        old = self.config
+        report = ReloadReport(needs_restart=restart_sections(old, new))
+        check_brokers(old, new)
+        running, wanted = self.units, {p.name: p for p in new.pipelines}
+
+        # Load every new or changed model first: a failure leaves the agent untouched.
+        swaps: dict[str, Processor] = {}
+        rebuilds: list[PipelineConfig] = []
+        for name, p in wanted.items():
+            unit = running.get(name)
+            if unit is None or not unit.same_wiring(p):
+                rebuilds.append(p)
+            elif unit.config != p or model_changed(unit.processor.handler):
+                swaps[name] = self.make_processor(p)
+            else:
+                report.unchanged.append(name)
+        built = {p.name: self.build_unit(p) for p in rebuilds}
+
+        self.config = kept_sections(old, new)
+        for name, processor in swaps.items():
+            report.swapped[name] = running[name].swap(processor, self.scheduler)
+        for name, unit in running.items():
+            if name in wanted and name not in built:
+                continue
+            unit.stop(self.scheduler)
+            self._set_units({n: u for n, u in self.units.items() if n != name})
+            (report.restarted if name in built else report.removed).append(name)
+        for name, unit in built.items():
+            self._set_units({**self.units, name: unit})
+            unit.start(self.scheduler)
+            if name not in report.restarted:
+                report.added.append(name)
+        self.release_connections()
+        return report
+
+    def _set_units(self, units: dict[str, RunningPipeline]) -> None:
+        """Replace the units: readers on other threads (scrapes, the console) iterate the
+        dict they got, which is never changed in place."""
+        self.units = units
+
+    # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
-        if not self.pipelines:
+        if self.spool is None:
             self.build()
         for conn in self._connections.values():
             conn.start()
-        for f in self.forwarders:
-            f.start()
-        for p in self.pipelines:
-            p.start()
-            self.schedule_summaries(p)
+        for unit in self.units.values():
+            unit.start(self.scheduler)
         if self.config.agent.status_topic and self._status_broker():
             conn = self.connection(self._status_broker())
             self.scheduler.add_job(
@@ -372,16 +324,12 @@ class Agent:
             self.check_models, "interval", seconds=self.config.agent.model_check, id="models"
         )
         if self.console is not None:
-            from agent.console import TICK
-
             self.scheduler.add_job(self.console.tick, "interval", seconds=TICK, id="console")
         self.scheduler.start()
-        for s in self.sources:
-            s.start()
         self.started = True
         if self.metrics is not None:
             self.metrics.start()
-        self.log.info("agent_started", pipelines=[p.processor.name for p in self.pipelines])
+        self.log.info("agent_started", pipelines=list(self.units))
 
     def stop(self) -> None:
         """Stop intake, drain, flush summaries, flush the spool, disconnect."""
@@ -390,17 +338,19 @@ class Agent:
         self.started = False
         if self.metrics is not None:
             self.metrics.stop()
-        for s in self.sources:
-            s.pause()  # connected still: the worker acknowledges what it drains
+        units = list(self.units.values())
+        for unit in units:
+            unit.pause()
         self.scheduler.shutdown(wait=False)
-        for p in self.pipelines:
-            p.stop()
+        for unit in units:
+            unit.worker.stop()
         if self.spool:
             self.spool.wait()  # committed, and QoS 1 input acknowledged, before disconnecting
-        for s in self.sources:
-            s.stop()
-        for f in self.forwarders:
-            f.stop()
+        for unit in units:
+            unit.source.stop()
+        for unit in units:
+            for f in unit.forwarders:
+                f.stop()
         if self.config.agent.status_topic and self._status_broker():
             conn = self.connection(self._status_broker())
             if conn.connected.is_set():

@@ -2,7 +2,8 @@
 ``/readyz``, ``/`` (the console) and ``/api/state``.
 
 Nothing here runs per message. Scrapes read the counters the pipelines already keep
-(:class:`AgentCollector`); the worker observes :class:`BatchStats` once per inference batch.
+(:class:`AgentCollector`); the worker observes
+:class:`agent.stages.batch_stats.BatchStats` once per inference batch.
 Off unless the config has a ``metrics:`` section; listens on loopback by default. With
 ``metrics.username`` and ``metrics.password`` every path but the health checks needs HTTP
 basic authentication; the console is served on a non-loopback address only then.
@@ -11,7 +12,6 @@ basic authentication; the console is served on a non-loopback address only then.
 from __future__ import annotations
 
 import base64
-import bisect
 import errno
 import gzip
 import hmac
@@ -24,11 +24,13 @@ import orjson
 
 from agent import log
 from agent.errors import SettingError
+from agent.stages.batch_stats import BATCH_BUCKETS, LATENCY_BUCKETS
 
 if TYPE_CHECKING:
     from agent.config import MetricsConfig
     from agent.console import Console
-    from agent.runtime.agent import Agent
+    from agent.runtime.unit import RunningPipeline
+    from agent.runtime.view import RunningAgent
 
 OPEN_PATHS = ("/healthz", "/readyz")  # container health checks carry no credentials
 SECURITY_HEADERS = (
@@ -37,27 +39,6 @@ SECURITY_HEADERS = (
     ("Referrer-Policy", "no-referrer"),
 )
 GZIP_ABOVE = 1024  # bytes: smaller bodies go as they are
-
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)
-
-
-class BatchStats:
-    """Cumulative histograms of inference latency and batch size; one ``observe`` per batch."""
-
-    def __init__(self) -> None:
-        self.latency = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.size = [0] * (len(BATCH_BUCKETS) + 1)
-        self.size_sum = 0
-        self.count = 0
-
-    def observe(self, windows: int, seconds: float) -> None:
-        self.latency[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        self.latency_sum += seconds
-        self.size[bisect.bisect_left(BATCH_BUCKETS, windows)] += 1
-        self.size_sum += windows
-        self.count += 1
 
 
 def _buckets(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
@@ -69,8 +50,8 @@ def _buckets(bounds: tuple, counts: list[int]) -> list[tuple[str, int]]:
     return out
 
 
-# Per-pipeline figures of Agent.status(): (key, metric, type, help). Names end in their unit
-# noun (Prometheus conventions); counters get ``_total`` from prometheus-client.
+# Per-pipeline figures of RunningPipeline.status(): (key, metric, type, help). Names end in
+# their unit noun (Prometheus conventions); counters get ``_total`` from prometheus-client.
 PIPELINE_METRICS = (
     ("received", "edge_agent_messages_received", "counter", "messages received from the source"),
     ("dropped", "edge_agent_messages_dropped", "counter", "messages dropped by a full intake"),
@@ -117,7 +98,7 @@ def build_info() -> dict[str, str]:
 class AgentCollector:
     """A prometheus-client collector that reads the agent's counters at scrape time."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: RunningAgent) -> None:
         self.agent = agent
         self.info = build_info()
 
@@ -148,19 +129,20 @@ class AgentCollector:
         size = HistogramMetricFamily(
             "edge_agent_batch_windows", "windows per inference batch", labels=lbl
         )
-        for name, s in self.agent.status().items():
+        units = self.agent.units
+        for name, unit in units.items():
+            s = unit.status()
             for key, f in fams.items():
                 if key in s:  # episode figures only in episode mode
                     f.add_metric([name], s[key])
             for kind, n in s["errors"].items():
                 errors.add_metric([name, kind], n)
-        for p in list(self.agent.pipelines):
-            b, name = p.processor.batch_stats, p.processor.name
+            b = unit.processor.batch_stats
             latency.add_metric([name], _buckets(LATENCY_BUCKETS, b.latency), b.latency_sum)
             size.add_metric([name], _buckets(BATCH_BUCKETS, b.size), b.size_sum)
         yield from (info, *fams.values(), errors, latency, size)
         yield from self._spool()
-        yield from self._delivery()
+        yield from self._delivery(units)
 
     def _spool(self) -> Iterator:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -181,7 +163,7 @@ class AgentCollector:
         dropped.add_metric(["ttl"], st.get("expired", 0))
         yield from (records, size, dropped)
 
-    def _delivery(self) -> Iterator:
+    def _delivery(self, units: dict[str, RunningPipeline]) -> Iterator:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         delivered = CounterMetricFamily(
@@ -189,10 +171,9 @@ class AgentCollector:
             "records delivered by a sink",
             labels=["pipeline", "sink", "type"],
         )
-        for f in list(self.agent.forwarders):
-            pipeline, _, index = f.name.rpartition(".")
-            kind = getattr(getattr(f.sink, "config", None), "type", "?")
-            delivered.add_metric([pipeline, index, kind], f.delivered)
+        for name, unit in units.items():
+            for index, (f, sink) in enumerate(zip(unit.forwarders, unit.config.sinks)):
+                delivered.add_metric([name, str(index), sink.type], f.delivered)
         connected = GaugeMetricFamily(
             "edge_agent_broker_connected",
             "1 when the MQTT connection is up",
@@ -219,20 +200,17 @@ class AgentCollector:
         yield from (delivered, connected, reconnects, failing, dead)
 
 
-def readiness(agent: Agent) -> tuple[bool, dict]:
+def readiness(agent: RunningAgent) -> tuple[bool, dict]:
     """Ready when every broker connection is up, every model is loaded and the spool
     can write."""
+    units = agent.units
     down = [f"{b}/{r}" for b, r, up in agent.connection_states() if not up]
-    failed = [p.processor.name for p in agent.pipelines if p.error is not None]
-    unsubscribed = {s.conn.name: s.error for s in agent.sources if s.error}
+    failed = agent.failed()
+    sources = [u.source for u in units.values()]
+    unsubscribed = {s.conn.name: s.error for s in sources if s.error}
     spool = agent.spool is not None and agent.spool.failing
     ok = (
-        agent.started
-        and not down
-        and not failed
-        and not spool
-        and not unsubscribed
-        and bool(agent.pipelines)
+        agent.started and not down and not failed and not spool and not unsubscribed and bool(units)
     )
     body = {"ready": ok, "started": agent.started, "down": down, "failed": failed}
     if unsubscribed:
@@ -267,7 +245,9 @@ class MetricsServer:
     """HTTP server (daemon thread) for ``/metrics``, ``/healthz``, ``/readyz`` and, with a
     :class:`agent.console.Console`, the console's pages and ``/api/state``."""
 
-    def __init__(self, agent: Agent, config: MetricsConfig, console: Console | None = None) -> None:
+    def __init__(
+        self, agent: RunningAgent, config: MetricsConfig, console: Console | None = None
+    ) -> None:
         from prometheus_client import CollectorRegistry
 
         self.agent = agent

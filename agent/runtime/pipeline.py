@@ -38,7 +38,7 @@ class Pipeline:
         self.dead_letter = dead_letter
         self.control = control
         self.ack = ack  # told once a batch's events and period totals are committed
-        self.stats = stats  # extra figures for the stats record (e.g. spool drops)
+        self.stats = stats  # the stats record's figures: intake, sequences, spool
         # True while the spool cannot write: take nothing, so QoS 1 input stays unacknowledged
         self.paused = paused or (lambda: False)
         self.log = log.get(pipeline=processor.name, component="worker")
@@ -108,15 +108,7 @@ class Pipeline:
         return period.snapshot(p.name, p.summaries, p.period_start)
 
     def _stats(self) -> dict:
-        warmup = self.processor.warmup
-        return {
-            **self.processor.sequences.stats(),
-            **(warmup.stats() if warmup is not None else {}),
-            "received": self.intake.received,
-            "dropped": self.intake.dropped,
-            "queued": len(self.intake),
-            **(self.stats() if self.stats else {}),
-        }
+        return self.stats() if self.stats else {}
 
     def _run(self) -> None:
         p, intake, limit = self.processor, self.intake, self.processor.config.max_batch

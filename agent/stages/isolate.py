@@ -14,7 +14,7 @@ raises on its own is found; only those are rejected (kind ``internal``).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -22,8 +22,15 @@ from agent import log
 from agent.protocols import Decoder
 from agent.records import Detections, Message, Record, SampleBatch
 
-if TYPE_CHECKING:
-    from agent.stages.processor import Processor
+
+class BatchProcessor(Protocol):
+    """What :func:`process_isolated` needs of a processor (declared here, so this module does
+    not import the processor that imports it)."""
+
+    def process(self, messages: Sequence[Message]) -> tuple[list[Record], Any]: ...
+
+    def reject_raised(self, msg: Message, error: Exception) -> None: ...
+
 
 _log = log.get(component="decoder")
 _limit = log.RateLimit(1.0)
@@ -52,7 +59,7 @@ def decode_isolated(decoder: Decoder, messages: Sequence[Message]) -> SampleBatc
     return out
 
 
-def process_isolated(processor: Processor, messages: Sequence[Message]) -> list[Record]:
+def process_isolated(processor: BatchProcessor, messages: Sequence[Message]) -> list[Record]:
     """The events of ``messages``; never raises for an ``Exception`` of a stage.
 
     Halving finds k failing messages of n in at most about ``2k log2(n)`` extra calls; a

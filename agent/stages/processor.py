@@ -21,8 +21,8 @@ from agent.config import PipelineConfig
 from agent.protocols import Attributing, Decoder, ModelHandler, NamedChannels, StreamHandler
 from agent.records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from agent.registry import Registry
-from agent.runtime.metrics import BatchStats
 from agent.stages.aggregate import Summaries
+from agent.stages.batch_stats import BatchStats
 from agent.stages.calibration import MIN_BUDGET_WINDOWS
 from agent.stages.episodes import CLOSED, FLOOD, OPENED, Episodes, Transition
 from agent.stages.isolate import decode_isolated

@@ -396,7 +396,8 @@ def _live(lines: list[str], pub: Publisher, up: Upstream, agent, started: float,
     devs = Table(title="pumps (windows and max score from upstream summaries)", expand=True)
     for c in ("pump", "label now", "threshold", "windows", "events", "max score"):
         devs.add_column(c)
-    processor = agent.pipelines[0].processor if agent.pipelines else None
+    unit = agent.units.get("pumps")
+    processor = unit.processor if unit else None
     with up.lock:
         for d in pub.devices:
             w, e, m = up.per_device.get(d.name, [0, 0, 0.0])
@@ -464,7 +465,7 @@ def run_demo(args: argparse.Namespace) -> int:
     agent.start()
     settle_heap()
     deadline = time.monotonic() + 15
-    while not all(s.conn.connected.is_set() for s in agent.sources):
+    while not all(u.source.conn.connected.is_set() for u in agent.units.values()):
         if time.monotonic() > deadline:
             raise SystemExit(f"error: the agent could not connect to {host}:{port}")
         time.sleep(0.05)

@@ -40,12 +40,16 @@ def _config(port: int, prefix: str, model, spool, client_id: str, workers: int =
     }
 
 
+def _sources(agent: Agent) -> list:
+    return [u.source for u in agent.units.values()]
+
+
 def _ids(cfg) -> list[str]:
     """The client ids of every MQTT connection an agent for ``cfg`` opens."""
     agent = Agent(cfg)
     agent.build()
     try:
-        return [s.conn.client_id for s in agent.sources] + [
+        return [s.conn.client_id for s in _sources(agent)] + [
             c.client_id for c in agent._connections.values()
         ]
     finally:
@@ -79,7 +83,7 @@ def test_a_configured_client_id_does_not_make_connections_take_turns(broker, w1_
         upstream = list(agent._connections.values())
         assert until(
             lambda: (
-                all(s.subscribed.is_set() for s in agent.sources)
+                all(s.subscribed.is_set() for s in _sources(agent))
                 and all(c.connected.is_set() for c in upstream)
             ),
             15,
@@ -88,7 +92,7 @@ def test_a_configured_client_id_does_not_make_connections_take_turns(broker, w1_
         publish(broker.port, prefix + "/p1/a/{device}/t", items, qos=1)
         publish(broker.port, prefix + "/p2/b/{device}/t", items, qos=1)
         assert col.wait_for(lambda: sum(m["count"] for m in col.of(prefix)) == 2 * len(items))
-        assert [s.conn.connects for s in agent.sources] == [1, 1]
+        assert [s.conn.connects for s in _sources(agent)] == [1, 1]
         assert [c.connects for c in upstream] == [1]
     finally:
         col.close()

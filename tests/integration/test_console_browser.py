@@ -132,7 +132,8 @@ def test_console_shows_devices_and_an_open_episode(broker, w1_models, tmp_path, 
     agent.build()
     agent.start()
     try:
-        assert until(lambda: all(s.conn.connected.is_set() for s in agent.sources), WAIT)
+        sources = [u.source for u in agent.units.values()]
+        assert until(lambda: all(s.conn.connected.is_set() for s in sources), WAIT)
         threading.Event().wait(0.3)  # the SUBACK follows the CONNACK
         base = f"http://127.0.0.1:{agent.metrics.port}"
         publish(broker.port, prefix + "/{device}/telemetry", _payloads(), qos=1)

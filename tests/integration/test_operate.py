@@ -92,7 +92,8 @@ def test_metrics_endpoint_scraped_and_parsed(broker, w1_models, tmp_path):
         base = f"http://127.0.0.1:{agent.metrics.port}"
         col = Collector(broker.port, [f"{prefix}-sum/#", f"{prefix}-ev/#"])
         items = w1_payloads(10, 80)
-        assert all(s.subscribed.wait(15) for s in agent.sources)  # SUBACK: nothing missed
+        sources = [u.source for u in agent.units.values()]
+        assert all(s.subscribed.wait(15) for s in sources)  # SUBACK: nothing missed
         publish(broker.port, prefix + "/{device}/telemetry", items, qos=1)
         summed = lambda: sum(m["count"] for m in col.of(f"{prefix}-sum"))  # noqa: E731
         assert col.wait_for(lambda: summed() == len(items))

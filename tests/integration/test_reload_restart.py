@@ -13,7 +13,6 @@ import yaml
 
 from agent.config import parse_config
 from agent.runtime.agent import Agent
-from agent.runtime.reload import apply
 from tests.integration.test_fleet import LINE_ENV, Load, _local, _pipeline
 from tests.integration.test_operate import _score_model
 from tests.support.mqtt import AgentProcess, Collector
@@ -85,15 +84,15 @@ def test_reload_restart_keeps_record_ids_unique_and_releases_an_unused_connectio
     agent.build()
     agent.start()
     try:
-        first = agent.pipelines[0].processor._next_id()
-        apply(agent, down)
+        first = agent.units["w1"].processor._next_id()
+        agent.apply(down)
         roles = {(b, r) for b, r, _ in agent.connection_states()}
         assert ("spare", "upstream") in roles
         assert not agent._connections["spare"].connected.is_set()
         assert agent._connections["spare"].client._thread is not None  # started: it retries
-        apply(agent, good)
+        agent.apply(good)
         assert "spare" not in {b for b, _, _ in agent.connection_states()}
-        later = agent.pipelines[0].processor._next_id()
+        later = agent.units["w1"].processor._next_id()
         prefix, n = first.rsplit("-", 1)
         assert later.rsplit("-", 1)[0] == prefix and int(later.rsplit("-", 1)[1]) > int(n)
     finally:

@@ -135,7 +135,7 @@ def built(tmp_path):
 
 
 def _feed(agent: Agent, msgs: list[Message]) -> None:
-    pipe = agent.pipelines[0]
+    pipe = agent.units["p"]
     for k in range(0, len(msgs), 500):
         with pipe.lock:
             events, _ = pipe.processor.process(msgs[k : k + 500])

@@ -65,7 +65,7 @@ def _emitted(cfg: dict, spool: Path) -> tuple[list, list]:
     the agent's own pipeline (its stats carry the intake and spool figures)."""
     agent = Agent(parse_config({**cfg, "spool": {"path": str(spool)}}, "test"))
     agent.build()
-    (pipeline,) = agent.pipelines
+    (pipeline,) = agent.units.values()
     processor = pipeline.processor
     rng = np.random.default_rng(3)
     t0 = time.time() - 3600
@@ -81,10 +81,10 @@ def _emitted(cfg: dict, spool: Path) -> tuple[list, list]:
         events, _ = processor.process(msgs)
         records += events
         if k == 40:  # every device is still in its warm-up (64 samples): nothing scored
-            warm = processor.flush(pipeline._stats())
+            warm = processor.flush(pipeline.record_stats())
             records += warm
     records += processor.close_episodes("stop")
-    records += processor.flush(pipeline._stats())
+    records += processor.flush(pipeline.record_stats())
     agent.spool.close()
     return records, warm
 
