@@ -11,16 +11,17 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import log
 from agent.config import Config, PipelineConfig
-from agent.outbox.delivery import Forwarder
+from agent.outbox import forwarding
+from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
-from agent.records import EVENT, Message, Record
+from agent.outbox.ticket import Ticket
+from agent.records import Message, Record
 from agent.registry import Registry
 from agent.runtime.pipeline import Pipeline
 from agent.stages import period
@@ -229,25 +230,11 @@ class Agent:
     def _emitter(self, forwarders: list[Forwarder], pipeline: str):
         spool, console = self.spool, self.console
 
-        def emit(
-            records: list[Record], then: Callable[[], None] | None, totals: PeriodWrite | None
-        ) -> None:
-            """Queue records (and the period's running totals) for the spool's writer;
-            ``then`` runs once they are committed. Fresh events go out at once where an
-            event lane is caught up."""
+        def emit(records: list[Record], ticket: Ticket | None, totals: PeriodWrite | None) -> None:
+            """The console sees the records; the forwarding side spools them."""
             if console is not None and records:
                 console.take(pipeline, records)
-            if records and forwarders:
-                *others, last = forwarders
-                for f in others:
-                    spool.submit(f.name, records)
-                # runs after all (commits are in order); the totals join the same commit
-                spool.submit(last.name, records, then, totals)
-                if any(r.kind == EVENT for r in records):
-                    for f in forwarders:
-                        f.kick()
-            elif then is not None or totals is not None:
-                spool.after(then, totals)
+            forwarding.submit(spool, forwarders, records, ticket, totals)
 
         return emit
 

@@ -73,17 +73,16 @@ class MqttSink:
             info = self._publish(client, r)
             if info is not None:
                 infos.append(info)
-        Delivery(self.conn, list(infos), deadline).wait()
+        InFlight(self.conn, list(infos), deadline).wait()
         if routine:
             self._routine_done = time.monotonic()
 
-    def publish_many(self, records: Sequence[Record]) -> Delivery:
+    def publish_many(self, records: Sequence[Record]) -> InFlight:
         """Publish without waiting (the event lane): the next events need not wait for the
-        acknowledgements of these (W1 at 16,000 msg/s, batch end to publish: p50 0.7 ms,
-        p99 6.0, vs 1.8-2.0 and 10-15 when each batch waited for its PUBACKs)."""
+        acknowledgements of these (figures in docs/performance.md)."""
         client = self._client()
         infos = [i for r in records if (i := self._publish(client, r)) is not None]
-        return Delivery(self.conn, infos, time.monotonic() + self.config.ack_timeout)
+        return InFlight(self.conn, infos, time.monotonic() + self.config.ack_timeout)
 
     def _client(self) -> mqtt.Client:
         if not self.conn.connected.is_set():
@@ -103,7 +102,7 @@ class MqttSink:
         """The shared connection is stopped by the runtime."""
 
 
-class Delivery:
+class InFlight:
     """Records published and not yet known to be acknowledged."""
 
     def __init__(self, conn: Connection, infos: list[mqtt.MQTTMessageInfo], deadline: float):
