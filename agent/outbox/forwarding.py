@@ -151,9 +151,9 @@ class Forwarder:
         lanes = (0, 1) if getattr(sink, "concurrent", False) else (None,)
         self.express = Express()  # fresh events for the event lane (0, or the only one)
         self._wake = {prio: threading.Event() for prio in lanes}
-        event_lane, routine_lane = self._wake[lanes[0]], self._wake[lanes[-1]]
+        self._event_lane, routine_lane = self._wake[lanes[0]], self._wake[lanes[-1]]
         self._arrived = {  # by (events among the rows, other kinds among them)
-            (True, False): _Wake((event_lane,)),
+            (True, False): _Wake((self._event_lane,)),
             (False, True): _Wake((routine_lane,)),
             (True, True): _Wake(tuple(self._wake.values())),
         }
@@ -175,18 +175,15 @@ class Forwarder:
     ) -> int:
         """Spool ``records`` for this sink (``tickets`` and ``period`` go with the write) and
         hand fresh events to the event lane at once; returns their last id."""
-        last = self.spool.submit(self.name, records, (*tickets, *self._arrival(records)), period)
-        first = last - len(records) + 1
-        events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
-        if events:
-            self.express.push(events)
-            self._wake[0 if 0 in self._wake else None].set()
+        picked = [i for i, r in enumerate(records) if r.kind == EVENT]
+        if records:  # the lanes for these kinds wake once the rows are committed
+            tickets = (*tickets, self._arrived[bool(picked), len(picked) < len(records)])
+        last = self.spool.submit(self.name, records, tickets, period)
+        if picked:
+            first = last - len(records) + 1
+            self.express.push([(first + i, records[i]) for i in picked])
+            self._event_lane.set()
         return last
-
-    def _arrival(self, records: Sequence[Record]) -> tuple[_Wake, ...]:
-        events = any(r.kind == EVENT for r in records)
-        routine = not events or any(r.kind != EVENT for r in records)
-        return (self._arrived[events, routine],) if records else ()
 
     def start(self) -> None:
         self.sink.start()
@@ -330,7 +327,7 @@ class Forwarder:
                 self._publish_express(lane, self.express)
         except Exception as e:  # the lane replays them from the spool and handles the error
             lane.caught_up = False
-            self._wake[0].set()
+            self._event_lane.set()
             if self._limit.allow("kick"):
                 self.log.warning("sink_publish_failed", error=f"{type(e).__name__}: {e}")
         finally:
