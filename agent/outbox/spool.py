@@ -1,8 +1,9 @@
-"""SQLite store-and-forward outbox for upstream records (WAL, one file).
+"""SQLite store-and-forward outbox for upstream records (WAL, one file): storage only.
 
 Every record is submitted here before any attempt to send it (fresh events are published
-while their commit runs, see below; everything else after it) and deleted only after the
-sink confirmed delivery (a PUBACK at QoS 1; at QoS 0, the publish written to the socket).
+while their commit runs, by :mod:`agent.outbox.forwarding`; everything else after it) and
+deleted only after the sink confirmed delivery (a PUBACK at QoS 1; at QoS 0, the publish
+written to the socket).
 Events (priority 0) leave before summaries and stats. A size cap drops the oldest rows (by
 insertion order) and a TTL drops rows older than it; both are counted (``dropped``,
 ``expired``) and reported in stats records and the status heartbeat.
@@ -10,12 +11,11 @@ Commits are ``synchronous=FULL`` by default: a committed row survives a power lo
 a crash (``sync: normal`` trades that for lower latency: a crash of the agent loses nothing,
 a power cut may lose the last commits).
 
-Nobody on the data path waits for that fsync. The worker ``submit``s records and goes on; a
-writer thread commits what was submitted in one transaction (group commit), then runs the
-callbacks given with it, in order: the acknowledgements of QoS 1 input, so an input is
-acknowledged only once its records are on disk. Fresh events go at once, ids assigned, to
-the event lane's :class:`Express` queue and are published while their commit runs; their
-delete after PUBACK is a writer job too (``ack_later``), so it always follows the insert.
+Nobody on the data path waits for that fsync. ``submit`` assigns ids and returns at once; a
+writer thread commits what was submitted in one transaction (group commit), then resolves
+the :class:`~agent.outbox.ticket.Ticket` objects given with each write, in order (a QoS 1
+input is acknowledged only once its records are on disk). A delete can be a writer job too
+(``delete_later``), so it always follows the insert of a row sent before its commit.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,7 @@ import orjson
 
 from agent import log
 from agent.errors import SpoolError
+from agent.outbox.ticket import Ticket
 from agent.records import EVENT, Record, dumps
 from agent.stages.period import PeriodWrite
 
@@ -84,52 +85,9 @@ class _Job:
     sink: str
     records: Sequence[Record]
     first: int  # id of records[0]
-    then: Callable[[], None] | None
+    tickets: Sequence[Ticket]
     delete: Sequence[int] = ()
     period: PeriodWrite | None = None
-
-
-class Express:
-    """Event rows handed to a lane before their commit, and the ids it has not finished.
-
-    ``take`` must skip the pending ids (they leave by this queue, or were delivered and wait
-    for their delete: ``hold``); a lane that is not caught up with the spool ``discard``s the
-    queue, so the backlog keeps its order.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._rows: list[tuple[int, Record]] = []
-        self.pending: set[int] = set()
-
-    def push(self, rows: list[tuple[int, Record]]) -> None:
-        with self._lock:
-            self._rows += rows
-            self.pending.update(rid for rid, _ in rows)
-
-    def pop(self, limit: int) -> list[tuple[int, Record]]:
-        with self._lock:
-            rows, self._rows = self._rows[:limit], self._rows[limit:]
-        return rows
-
-    def hold(self, rows: Sequence[tuple[int, Record]]) -> None:
-        """Keep delivered rows out of ``take`` until their delete is committed."""
-        with self._lock:
-            self.pending.update(rid for rid, _ in rows)
-
-    def done(self, rows: Sequence[tuple[int, Record]]) -> None:
-        """The rows were acknowledged in the spool, or stay there for ``take``."""
-        with self._lock:
-            self.pending.difference_update(rid for rid, _ in rows)
-
-    def discard(self) -> None:
-        with self._lock:
-            self._rows = []
-            self.pending.clear()
-
-    def skipped(self, rows: list[tuple[int, Record]]) -> list[tuple[int, Record]]:
-        with self._lock:
-            return [r for r in rows if r[0] not in self.pending] if self.pending else rows
 
 
 class Spool:
@@ -156,15 +114,13 @@ class Spool:
         self._lock = threading.Lock()
         self.moved_aside: Path | None = None
         self._db, top = self._open(sync)
-        self._next_id = top + 1  # ids are given here, so express rows have one before COMMIT
-        self._wake: dict[tuple[str, int | None], threading.Event] = {}
-        self._express: dict[str, Express] = {}
+        self._next_id = top + 1  # ids are given here, so a row can be sent before its COMMIT
         self._limit = log.RateLimit(5.0)
         # Commits run in a writer thread, grouped: the worker never waits for an fsync.
         self._jobs: list[_Job] = []
         self._cv = threading.Condition()
         self._done = self._next_id - 1  # every id up to this one is committed
-        self._busy = False  # the writer holds taken jobs whose callbacks have not all run
+        self._busy = False  # the writer holds taken jobs whose tickets are not all resolved
         self.write_error: str | None = None  # the last commit failed: intake is paused
         self.write_failures = 0
         self.dead = 0  # rows moved to the dead_letter table (undecodable)
@@ -239,56 +195,49 @@ class Spool:
             raise
         return n
 
-    def wake_event(self, sink: str, prio: int | None = None) -> threading.Event:
-        """An event set whenever rows for ``sink`` (of priority ``prio``) are added."""
-        return self._wake.setdefault((sink, prio), threading.Event())
-
-    def express(self, sink: str) -> Express:
-        """Register (once) and return the express queue of ``sink``'s event lane."""
-        return self._express.setdefault(sink, Express())
-
     def submit(
         self,
         sink: str,
         records: Sequence[Record],
-        then: Callable[[], None] | None = None,
+        tickets: Sequence[Ticket] = (),
         period: PeriodWrite | None = None,
     ) -> int:
-        """Queue ``records`` for the writer and return their last id at once.
+        """Queue ``records`` for the writer and return their last id at once (the first is
+        that minus ``len(records) - 1``).
 
-        Fresh events go to ``sink``'s express queue now; ``then`` runs in the writer thread
-        after this and every earlier submission is committed (callbacks run in order).
-        ``period`` is written in the same transaction (see :mod:`agent.stages.period`).
-        Raises the writer's error if a commit failed.
+        ``tickets`` are resolved in the writer after this and every earlier write is
+        committed, in order. ``period`` is written in the same transaction (see
+        :mod:`agent.stages.period`). Raises the writer's error if a commit failed.
         """
+        return self._queue(sink, records, tickets, period=period)
+
+    def after(self, tickets: Sequence[Ticket] = (), period: PeriodWrite | None = None) -> None:
+        """Resolve ``tickets`` once everything submitted so far (and ``period``) is committed."""
+        self._queue("", [], tickets, period=period)
+
+    def delete_later(self, ids: Sequence[int], tickets: Sequence[Ticket] = ()) -> None:
+        """Delete delivered rows in the writer, after their own commit; then resolve
+        ``tickets``."""
+        self._queue("", [], tickets, delete=ids)
+
+    def _queue(
+        self,
+        sink: str,
+        records: Sequence[Record],
+        tickets: Sequence[Ticket],
+        period: PeriodWrite | None = None,
+        delete: Sequence[int] = (),
+    ) -> int:
         self._check()
         with self._cv:
             first = self._next_id
             self._next_id += len(records)
-            self._jobs.append(_Job(sink, records, first, then, period=period))
+            self._jobs.append(_Job(sink, records, first, tickets, delete, period))
             self._cv.notify()
-        express = self._express.get(sink)
-        events = [(first + i, r) for i, r in enumerate(records) if r.kind == EVENT]
-        if express is not None and events:
-            express.push(events)
-            self.wake_event(sink, 0).set()
-            self.wake_event(sink).set()
         return first + len(records) - 1
 
-    def after(self, then: Callable[[], None] | None, period: PeriodWrite | None = None) -> None:
-        """Run ``then`` in the writer once everything submitted so far (and ``period``) is
-        committed."""
-        self.submit("", [], then, period)
-
-    def ack_later(self, ids: Sequence[int], then: Callable[[], None]) -> None:
-        """Delete delivered rows in the writer, after their own commit; then run ``then``."""
-        self._check()
-        with self._cv:
-            self._jobs.append(_Job("", [], self._next_id, then, list(ids)))
-            self._cv.notify()
-
     def wait(self, last: int | None = None) -> None:
-        """Until every submission (up to id ``last``) is committed and its callback ran
+        """Until every write (up to id ``last``) is committed and its tickets resolved
         (or given up by :meth:`close`)."""
         with self._cv:
             top = self._next_id - 1 if last is None else last
@@ -314,19 +263,19 @@ class Spool:
                 self._cv.wait_for(lambda: self._jobs or self._closing)
                 if not self._jobs:
                     return
-            # Let the event lane publish first and more work join this commit: fewer fsyncs,
-            # and the writer's Python does not compete with an event on its way out.
+            # Let an event on its way out be published first and more work join this commit:
+            # fewer fsyncs, and the writer's Python does not compete with the publish.
             time.sleep(GROUP_COMMIT_WAIT)
             with self._cv:
                 jobs, self._jobs = self._jobs, []
-                self._busy = True  # a callback-only job leaves _done as it is: wait() must
-                # not return before its callback (e.g. a QoS 1 acknowledgement) ran
+                self._busy = True  # a ticket-only job leaves _done as it is: wait() must
+                # not return before its ticket (e.g. a QoS 1 acknowledgement) is resolved
             try:
                 self._commit(jobs)
             except sqlite3.Error as e:  # disk full, I/O error: keep the jobs, retry, pause
                 wait = min(max(wait * 2, 0.1), RETRY_MAX)
                 with self._cv:
-                    self._jobs[:0] = jobs  # first again, in order; no callback has run
+                    self._jobs[:0] = jobs  # first again, in order; no ticket is resolved
                     self._busy = False
                     self.write_failures += 1
                     first = self.write_error is None
@@ -355,31 +304,27 @@ class Spool:
                 self.write_error = None
             wait = 0.0
             for job in jobs:
-                if job.then is not None:
-                    self._run(job.then)
+                for ticket in job.tickets:
+                    self._resolve(ticket)
             with self._cv:
                 self._done = jobs[-1].first + len(jobs[-1].records) - 1
                 self._busy = False
                 self._cv.notify_all()
-            added = {(j.sink, 0 if r.kind == EVENT else 1) for j in jobs for r in j.records}
-            for sink, prio in added:
-                self.wake_event(sink).set()
-                self.wake_event(sink, prio).set()
 
-    def _run(self, then: Callable[[], None]) -> None:
-        """A committed job's callback. One that raises (a defect, say an acknowledgement
+    def _resolve(self, ticket: Ticket) -> None:
+        """A committed write's ticket. One that raises (a defect, say an acknowledgement
         that failed) is logged; the writer goes on, or every later commit and ``wait``
         would stall behind it."""
         try:
-            then()
+            ticket.resolve()
         except Exception:
-            if self._limit.allow("callback"):
-                self.log.exception("spool_callback_failed")
+            if self._limit.allow("ticket"):
+                self.log.exception("spool_ticket_failed", ticket=type(ticket).__name__)
 
     def _give_up(self) -> None:
         """Closing with a disk that still fails: drop the submissions (caller holds _cv).
 
-        Their callbacks (QoS 1 acknowledgements) never run, so the broker keeps those
+        Their tickets (QoS 1 acknowledgements) are never resolved, so the broker keeps those
         messages for the next start; only what QoS 0 brought is lost, and it is counted.
         """
         lost = sum(len(j.records) for j in self._jobs)
@@ -395,7 +340,7 @@ class Spool:
 
     def _commit(self, jobs: list[_Job]) -> None:
         """One transaction for every job; bodies serialised one at a time (orjson gives each
-        result a 4 KiB buffer: a list of 10,000 summaries' bodies would hold 40 MB)."""
+        result a buffer of its own: a list of a large batch's bodies held tens of MB)."""
         now = time.time()
         size = 0
 
@@ -549,11 +494,11 @@ class Spool:
 
         Without an fsync of its own (``synchronous=NORMAL`` for this commit; the next
         insert's fsync carries it to disk): a delete lost to a power cut only sends a row
-        again, with its id, while an fsync per acknowledged batch cost 0.3-0.6 ms here.
+        again, with its id, and an fsync per acknowledged batch is dear (docs/performance.md).
         """
         if not ids:
             return
-        self.wait(max(ids))  # a row sent from an express queue may still be on its way
+        self.wait(max(ids))  # a row sent before its commit may still be on its way
         with self._lock:
             if self.sync == "full":
                 self._db.execute("PRAGMA synchronous=NORMAL")

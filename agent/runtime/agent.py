@@ -20,7 +20,7 @@ from agent import log
 from agent.config import Config, PipelineConfig, load_config
 from agent.console import TICK, Console
 from agent.errors import AgentError, ConfigError
-from agent.outbox.delivery import Forwarder
+from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
 from agent.registry import Registry
 from agent.runtime.metrics import MetricsServer, console_refusal

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 
 from agent import log
+from agent.outbox.ticket import AckTicket, Ticket
 from agent.records import Message, Record
 from agent.stages import period
 from agent.stages.isolate import process_isolated
@@ -14,7 +15,7 @@ from agent.stages.period import PeriodWrite
 from agent.stages.processor import Processor
 from agent.transport.intake import Intake
 
-Emit = Callable[[list[Record], Callable[[], None] | None, PeriodWrite | None], None]
+Emit = Callable[[list[Record], Ticket | None, PeriodWrite | None], None]
 
 
 class Pipeline:
@@ -37,7 +38,7 @@ class Pipeline:
         self.emit = emit
         self.dead_letter = dead_letter
         self.control = control
-        self.ack = ack  # told once a batch's events and period totals are committed
+        self.ack = ack  # a batch's ticket calls it once its events and totals are committed
         self.stats = stats  # the stats record's figures: intake, sequences, spool
         # True while the spool cannot write: take nothing, so QoS 1 input stays unacknowledged
         self.paused = paused or (lambda: False)
@@ -70,10 +71,9 @@ class Pipeline:
             raise TimeoutError(f"pipeline {self.processor.name}: worker did not take the swap")
         return kept[0]
 
-    def _acknowledge(self, msgs: list[Message]) -> Callable[[], None] | None:
-        """What ``emit`` runs once the batch's records are committed (in batch order)."""
-        ack = self.ack
-        return None if ack is None else (lambda: ack(msgs))
+    def _acknowledge(self, msgs: list[Message]) -> AckTicket | None:
+        """The batch's QoS 1 ticket, resolved once its records are committed (in batch order)."""
+        return None if self.ack is None else AckTicket(msgs, self.ack)
 
     def _take_swap(self) -> None:
         new, done, kept = self._next

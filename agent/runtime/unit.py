@@ -18,9 +18,11 @@ from paho.mqtt.properties import Properties
 
 from agent import log
 from agent.config import BrokerConfig, PipelineConfig
-from agent.outbox.delivery import Forwarder
+from agent.outbox import forwarding
+from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
-from agent.records import EVENT, Message, Record
+from agent.outbox.ticket import Ticket
+from agent.records import Message, Record
 from agent.runtime.pipeline import Pipeline
 from agent.stages.period import PeriodWrite
 from agent.stages.processor import Processor
@@ -142,25 +144,13 @@ class RunningPipeline:
 
     # -- what it publishes ---------------------------------------------------------------
     def emit(
-        self, records: list[Record], then: Callable[[], None] | None, totals: PeriodWrite | None
+        self, records: list[Record], ticket: Ticket | None, totals: PeriodWrite | None
     ) -> None:
-        """Queue records (and the period's running totals) for the spool's writer; ``then``
-        runs once they are committed. Fresh events go out at once where an event lane is
-        caught up."""
-        spool, forwarders = self.spool, self.forwarders
+        """The console sees the records; the forwarding side spools them, with the batch's
+        ticket and the period's running totals in the same commit."""
         if self.on_records is not None and records:
             self.on_records(self.name, records)
-        if records and forwarders:
-            *others, last = forwarders
-            for f in others:
-                spool.submit(f.name, records)
-            # runs after all (commits are in order); the totals join the same commit
-            spool.submit(last.name, records, then, totals)
-            if any(r.kind == EVENT for r in records):
-                for f in forwarders:
-                    f.kick()
-        elif then is not None or totals is not None:
-            spool.after(then, totals)
+        forwarding.submit(self.spool, self.forwarders, records, ticket, totals)
 
     def dead_letter(self, rejected: list[tuple[Message, str, str]]) -> None:
         """Publish rejected payloads on ``source.dead_letter`` (the reason as a v5 property)."""

@@ -15,13 +15,9 @@ from agent.errors import NotConnectedError
 from agent.records import EVENT, SUMMARY, Record, dumps
 from agent.transport.mqtt import Connection, topic_level
 
-# Summaries and stats in flight at once. paho sends 20 QoS 1 messages at a time and queues
-# the rest in order: a burst of 10,000 summaries would put an event published meanwhile
-# behind all of them (measured: W1 events 20-40 ms late after each 1-s summary round).
-# A round is sent one at a time (stop-and-wait), which spreads its work so an event meets
-# at most one summary on its way (W1 at 1,000 msg/s: p99 1.9-2.6 ms vs 2.1-7.3 with 8);
-# a lane that comes straight back for more is draining a backlog (thousands of devices,
-# a replay) and keeps ROUTINE_IN_FLIGHT in flight.
+# Summaries and stats in flight at once while a backlog drains; a live round goes one at a
+# time, so an event published meanwhile waits behind one summary, not paho's queue of all of
+# them (figures in docs/performance.md, "third pass").
 ROUTINE_IN_FLIGHT = 8
 BACKLOG_GAP = 0.1  # s: a routine round starting sooner after the last one is a backlog
 
@@ -73,17 +69,16 @@ class MqttSink:
             info = self._publish(client, r)
             if info is not None:
                 infos.append(info)
-        Delivery(self.conn, list(infos), deadline).wait()
+        InFlight(self.conn, list(infos), deadline).wait()
         if routine:
             self._routine_done = time.monotonic()
 
-    def publish_many(self, records: Sequence[Record]) -> Delivery:
+    def publish_many(self, records: Sequence[Record]) -> InFlight:
         """Publish without waiting (the event lane): the next events need not wait for the
-        acknowledgements of these (W1 at 16,000 msg/s, batch end to publish: p50 0.7 ms,
-        p99 6.0, vs 1.8-2.0 and 10-15 when each batch waited for its PUBACKs)."""
+        acknowledgements of these (figures in docs/performance.md)."""
         client = self._client()
         infos = [i for r in records if (i := self._publish(client, r)) is not None]
-        return Delivery(self.conn, infos, time.monotonic() + self.config.ack_timeout)
+        return InFlight(self.conn, infos, time.monotonic() + self.config.ack_timeout)
 
     def _client(self) -> mqtt.Client:
         if not self.conn.connected.is_set():
@@ -103,7 +98,7 @@ class MqttSink:
         """The shared connection is stopped by the runtime."""
 
 
-class Delivery:
+class InFlight:
     """Records published and not yet known to be acknowledged."""
 
     def __init__(self, conn: Connection, infos: list[mqtt.MQTTMessageInfo], deadline: float):

@@ -8,10 +8,11 @@ import threading
 
 from agent.errors import NotConnectedError
 from agent.log import structlog
-from agent.outbox.delivery import Forwarder
+from agent.outbox.forwarding import Express, Forwarder, submit
 from agent.outbox.spool import Spool
-from agent.records import EVENT, SUMMARY, Record
-from tests.support.spooling import put_many
+from agent.outbox.ticket import AckTicket
+from agent.records import EVENT, SUMMARY, Message, Record
+from agent.stages.period import PeriodWrite
 from tests.support.waiting import until
 
 
@@ -44,10 +45,16 @@ def wait_for(pred, timeout: float = 10.0) -> None:
     assert until(pred, timeout, 0.01), "timed out"
 
 
+def put_many(f: Forwarder, records: list[Record]) -> None:
+    """Hand ``records`` to the forwarder (as a worker does) and return once committed."""
+    f.spool.wait(f.put(records))
+
+
 def test_express_rows_are_handed_over_before_commit_and_skipped_by_take(tmp_path):
     s = Spool(tmp_path / "s.db")
-    express = s.express("a")
-    put_many(s, "a", [rec(SUMMARY, 0), rec(EVENT, 1), rec(EVENT, 2)])
+    f = Forwarder("a", RecordingSink(), s, batch=16, rate=1e6)  # lanes not started
+    express: Express = f.express
+    put_many(f, [rec(SUMMARY, 0), rec(EVENT, 1), rec(EVENT, 2)])
     fresh = express.pop(10)
     assert [r.id for _, r in fresh] == ["event-1", "event-2"]
     taken = s.take("a", 10)
@@ -61,6 +68,29 @@ def test_express_rows_are_handed_over_before_commit_and_skipped_by_take(tmp_path
     ]
 
 
+def test_a_batch_ticket_resolves_once_every_sink_has_its_rows_and_the_totals(tmp_path):
+    """The worker's QoS 1 ticket acknowledges the batch's input only once the rows of every
+    sink and the period totals are committed (readable from another connection)."""
+    s = Spool(tmp_path / "s.db")
+    forwarders = [Forwarder(n, RecordingSink(), s, 16, 1e6) for n in ("a", "b")]
+    seen = []
+
+    def acknowledge(msgs: list[Message]) -> None:
+        with sqlite3.connect(tmp_path / "s.db") as db:
+            rows = db.execute("SELECT sink, COUNT(*) FROM outbox GROUP BY sink").fetchall()
+            totals = db.execute("SELECT pipeline, device FROM period").fetchall()
+        seen.append((msgs, rows, totals))
+
+    msgs = [Message("in/d1", b"{}", ack=(1, (5,)))]
+    ticket = AckTicket(msgs, acknowledge)
+    totals = PeriodWrite("p", [("d1", b"[1]")])
+    submit(s, forwarders, [rec(EVENT, 0), rec(SUMMARY, 1)], ticket, totals)
+    s.wait()
+    assert ticket.resolved
+    assert seen == [(msgs, [("a", 2), ("b", 2)], [("p", "d1")])]
+    s.close()
+
+
 def test_every_record_delivered_once_while_events_take_the_express_queue(tmp_path):
     s = Spool(tmp_path / "s.db")
     sink = RecordingSink()
@@ -69,7 +99,7 @@ def test_every_record_delivered_once_while_events_take_the_express_queue(tmp_pat
     sent = []
     for i in range(300):
         batch = [rec(EVENT, i)] + ([rec(SUMMARY, i)] if i % 10 == 0 else [])
-        put_many(s, "a", batch)
+        put_many(f, batch)
         sent += [r.id for r in batch]
         if i % 50 == 0:  # let the lane catch up: the events after this take the express queue
             wait_for(lambda: s.depth("a") == 0)
@@ -87,11 +117,11 @@ def test_backlog_after_an_outage_keeps_its_order_and_loses_nothing(tmp_path):
     f = Forwarder("a", sink, s, batch=16, rate=1e6)
     f.start()
     for i in range(100):
-        put_many(s, "a", [rec(EVENT, i)])
+        put_many(f, [rec(EVENT, i)])
     wait_for(lambda: f.failures >= 1)  # the event lane has failed: not caught up
     sink.down.clear()
     for i in range(100, 150):  # fresh events while the backlog drains
-        put_many(s, "a", [rec(EVENT, i)])
+        put_many(f, [rec(EVENT, i)])
     wait_for(lambda: s.depth("a") == 0 and len(sink.got) >= 150)
     f.stop(drain_timeout=1)
     assert sink.got == [f"event-{i}" for i in range(150)]
@@ -117,7 +147,7 @@ def test_a_backlog_is_paced_at_the_replay_rate(tmp_path):
     sink.down.set()
     f = PacedForwarder("a", sink, s, 8, 40.0)
     f.start()
-    put_many(s, "a", [rec(SUMMARY, i) for i in range(40)])
+    put_many(f, [rec(SUMMARY, i) for i in range(40)])
     wait_for(lambda: f.failures >= 1)  # the lane has failed: what it finds is a backlog
     sink.down.clear()
     wait_for(lambda: len(sink.got) == 40)
@@ -134,9 +164,9 @@ def test_live_records_are_not_paced_like_a_backlog(tmp_path):
     sink = RecordingSink()
     f = PacedForwarder("a", sink, s, 8, 1.0)  # a paced backlog of 64 rows would take 64 s
     f.start()
-    put_many(s, "a", [rec(SUMMARY, 0)])
+    put_many(f, [rec(SUMMARY, 0)])
     wait_for(lambda: sink.got == ["summary-0"])  # the lane has caught up
-    put_many(s, "a", [rec(SUMMARY, i) for i in range(1, 65)])
+    put_many(f, [rec(SUMMARY, i) for i in range(1, 65)])
     wait_for(lambda: len(sink.got) == 65, timeout=20)
     f.stop(drain_timeout=1)
     assert sink.got == [f"summary-{i}" for i in range(65)]
@@ -183,7 +213,7 @@ def caught_up(tmp_path) -> tuple[Spool, PipeliningSink, Forwarder]:
     sink = PipeliningSink()
     f = Forwarder("a", sink, s, batch=16, rate=1e6)
     f.start()
-    put_many(s, "a", [rec(EVENT, -1)])
+    put_many(f, [rec(EVENT, -1)])
     wait_for(lambda: s.depth("a") == 0 and f.live.caught_up)
     return s, sink, f
 
@@ -192,7 +222,7 @@ def test_pipelined_events_go_out_before_the_earlier_ones_are_acknowledged(tmp_pa
     s, sink, f = caught_up(tmp_path)
     sink.acks.clear()  # the broker holds its acknowledgements
     for i in range(40):
-        put_many(s, "a", [rec(EVENT, i)])
+        put_many(f, [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: len(sink.got) == 41)  # all published, none acknowledged
     assert s.depth("a") == 40
@@ -206,12 +236,11 @@ def test_kick_publishes_from_the_calling_thread_only_when_the_lane_is_caught_up(
     s = Spool(tmp_path / "s.db")
     sink = PipeliningSink()
     f = Forwarder("a", sink, s, batch=16, rate=1e6)  # lanes not started: kick alone
-    s.express("a")  # registered, as a started event lane does
-    s.submit("a", [rec(EVENT, 0)])
+    f.put([rec(EVENT, 0)])
     f.kick()
     assert sink.got == []  # not caught up (as at start): the lane replays the spool first
     f.live.caught_up = True
-    s.submit("a", [rec(EVENT, 1)])
+    f.put([rec(EVENT, 1)])
     f.kick()
     assert sink.got == ["event-0", "event-1"]
     assert sink.threads == {threading.get_ident()}
@@ -222,12 +251,12 @@ def test_failed_pipelined_deliveries_are_replayed_from_the_spool(tmp_path):
     s, sink, f = caught_up(tmp_path)
     sink.acks.clear()
     for i in range(30):
-        put_many(s, "a", [rec(EVENT, i)])
+        put_many(f, [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: len(sink.got) == 31)
     sink.down.set()  # the connection is lost with 30 events in flight
     for i in range(30, 40):
-        put_many(s, "a", [rec(EVENT, i)])
+        put_many(f, [rec(EVENT, i)])
         f.kick()
     wait_for(lambda: f.failures >= 1)  # the lane saw the loss
     sink.down.clear()
@@ -260,7 +289,7 @@ def test_a_record_the_sink_refuses_on_its_own_is_moved_aside_and_the_lane_goes_o
     sink = RefusingSink({"summary-3"})
     f = Forwarder("a", sink, s, batch=4, rate=1e6)
     f.start()
-    put_many(s, "a", [rec(SUMMARY, i) for i in range(10)])
+    put_many(f, [rec(SUMMARY, i) for i in range(10)])
     wait_for(lambda: s.depth("a") == 0 and len(sink.got) == 9)
     f.stop(drain_timeout=1)
     assert sink.got == [f"summary-{i}" for i in range(10) if i != 3]
@@ -278,7 +307,7 @@ def test_a_sink_that_refuses_everything_keeps_the_rows_and_backs_off(tmp_path):
     sink = RefusingSink({"*"})
     f = Forwarder("a", sink, s, batch=4, rate=1e6)
     f.start()
-    put_many(s, "a", [rec(SUMMARY, i) for i in range(6)])
+    put_many(f, [rec(SUMMARY, i) for i in range(6)])
     wait_for(lambda: f.errors >= 4, timeout=30)  # past the one-by-one attempt
     assert s.depth("a") == 6 and f.moved_aside == 0
     sink.refuse = set()
@@ -298,8 +327,7 @@ def test_kick_logs_what_it_could_not_publish(tmp_path):
     sink.publish_many = refuse
     f = Forwarder("a", sink, s, batch=16, rate=1e6)  # lanes not started: kick alone
     f.live.caught_up = True
-    s.express("a")
-    s.submit("a", [rec(EVENT, 0)])
+    f.put([rec(EVENT, 0)])
     with structlog.testing.capture_logs() as logs:
         f.kick()
     assert [e["event"] for e in logs] == ["sink_publish_failed"]

@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from agent.outbox.spool import Spool
-from agent.records import EVENT, STATS, SUMMARY, Record
+from agent.outbox.ticket import AckTicket
+from agent.records import EVENT, STATS, SUMMARY, Message, Record
 from tests.support.spooling import put_many
 
 
 def rec(kind: str, i: int) -> Record:
     return Record(kind, "p", f"d{i % 5}", {"i": i, "pad": "x" * 100}, f"id-{kind}-{i}")
+
+
+@dataclass
+class Call:
+    """A ticket that runs ``fn`` when the spool's writer resolves it."""
+
+    fn: Callable[[], object]
+
+    def resolve(self) -> None:
+        self.fn()
 
 
 def test_row_leaves_only_after_ack(tmp_path):
@@ -83,9 +96,9 @@ def test_put_many_holds_one_serialised_body_at_a_time(tmp_path):
     assert peak < 10 << 20, f"peak {peak >> 20} MiB"
 
 
-def test_callbacks_run_in_order_after_their_records_are_committed(tmp_path):
-    """What a worker asks to run after a submission (acknowledging QoS 1 input) runs once the
-    records are readable from the file, in submission order."""
+def test_tickets_resolve_in_order_after_their_records_are_committed(tmp_path):
+    """A write's tickets (e.g. acknowledging QoS 1 input) are resolved once the records are
+    readable from the file, in submission order."""
     import sqlite3
 
     s = Spool(tmp_path / "s.db")
@@ -105,7 +118,7 @@ def test_callbacks_run_in_order_after_their_records_are_committed(tmp_path):
         batch = [rec(EVENT, total + i) for i in range(k % 4 + 1)]
         total += len(batch)
         last = s.submit("a", batch)
-        s.after(then(k, last))
+        s.after([Call(then(k, last))])
     s.wait()
     assert [k for k, _ in seen] == list(range(20))
     expected, n = [], 0
@@ -128,10 +141,10 @@ def test_a_full_disk_pauses_writes_and_they_resume_by_themselves(tmp_path):
         filler = fill(disk)
         acked: list[int] = []
         big = [Record(SUMMARY, "p", "d", {"i": i, "pad": "x" * 2000}, f"b-{i}") for i in range(800)]
-        s.submit("a", big, lambda: acked.append(1))
+        s.submit("a", big, [Call(lambda: acked.append(1))])
         assert until(lambda: s.failing, 10)
         assert acked == [] and s.stats()["write_failing"] and s.write_failures >= 1
-        s.submit("a", [rec(EVENT, 1)], lambda: acked.append(2))  # queued behind, no raise
+        s.submit("a", [rec(EVENT, 1)], [Call(lambda: acked.append(2))])  # queued, no raise
         filler.unlink()
         s.wait()
         assert acked == [1, 2] and not s.failing
@@ -196,7 +209,7 @@ def test_payloads_with_numpy_or_odd_values_are_stored_not_fatal(tmp_path):
     assert second.payload == {"score": 2.0}
 
 
-def test_a_callback_that_raises_does_not_stop_the_writer(tmp_path):
+def test_a_ticket_that_raises_does_not_stop_the_writer(tmp_path):
     """Before, the writer thread died and ``wait`` (the agent's shutdown) blocked for ever."""
     s = Spool(tmp_path / "s.db")
     ran: list[int] = []
@@ -204,8 +217,8 @@ def test_a_callback_that_raises_does_not_stop_the_writer(tmp_path):
     def broken() -> None:
         raise RuntimeError("acknowledgement failed")
 
-    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r1")], broken)
-    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r2")], lambda: ran.append(2))
+    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r1")], [Call(broken)])
+    s.submit("a", [Record(SUMMARY, "p", "d", {}, "r2")], [Call(lambda: ran.append(2))])
     waiter = threading.Thread(target=s.wait, daemon=True)
     waiter.start()
     waiter.join(10)
@@ -214,8 +227,8 @@ def test_a_callback_that_raises_does_not_stop_the_writer(tmp_path):
     s.close()
 
 
-def test_wait_returns_only_after_a_callback_only_job_ran(tmp_path):
-    """``wait()`` covers ``after`` callbacks (a batch without records acknowledges its QoS 1
+def test_wait_returns_only_after_a_ticket_only_write_resolved(tmp_path):
+    """``wait()`` covers ``after`` tickets (a batch without records acknowledges its QoS 1
     input this way): a reload stopping a pipeline disconnects its source only after them."""
     s = Spool(tmp_path / "s.db")
     entered, release, ran, returned = (threading.Event() for _ in range(4))
@@ -225,11 +238,11 @@ def test_wait_returns_only_after_a_callback_only_job_ran(tmp_path):
         release.wait(10)
         ran.set()
 
-    s.after(acknowledge)
-    assert entered.wait(10)  # the writer took the job and is in its callback
+    s.after([Call(acknowledge)])
+    assert entered.wait(10)  # the writer took the job and is resolving its ticket
     waiter = threading.Thread(target=lambda: (s.wait(), returned.set()))
     waiter.start()
-    assert not returned.wait(0.5), "wait() returned while the callback was still running"
+    assert not returned.wait(0.5), "wait() returned while the ticket was still resolving"
     release.set()
     assert returned.wait(10) and ran.is_set()
     waiter.join()
@@ -243,10 +256,10 @@ def test_period_totals_follow_batches_and_flushes_in_commit_order(tmp_path):
 
     s = Spool(tmp_path / "s.db")
     first = s.incarnation
-    s.after(None, PeriodWrite("p", [("d1", b"[1]"), ("d2", b"[2]")]))
-    s.submit("a", [rec(SUMMARY, 1)], None, cleared("p"))
-    s.after(None, PeriodWrite("p", [("d1", b"[3]")]))
-    s.after(None, PeriodWrite("q", [("d9", b"[9]")]))
+    s.after((), PeriodWrite("p", [("d1", b"[1]"), ("d2", b"[2]")]))
+    s.submit("a", [rec(SUMMARY, 1)], (), cleared("p"))
+    s.after((), PeriodWrite("p", [("d1", b"[3]")]))
+    s.after((), PeriodWrite("q", [("d9", b"[9]")]))
     s.wait()
     del s  # no close(): as after a crash
     again = Spool(tmp_path / "s.db")
@@ -289,7 +302,7 @@ def test_opening_on_a_full_disk_waits_until_it_can_write(tmp_path):
 
 def test_closing_while_writes_fail_gives_them_up_unacknowledged(tmp_path, monkeypatch):
     """SIGTERM with the disk still full: close() returns after CLOSE_RETRY, the records are
-    counted as abandoned and their callbacks (QoS 1 acknowledgements) never run."""
+    counted as abandoned and their QoS 1 tickets never resolved (the broker keeps the input)."""
     from agent.outbox import spool as spool_module
     from tests.support.disk import fill, small_disk
     from tests.support.waiting import until
@@ -298,10 +311,11 @@ def test_closing_while_writes_fail_gives_them_up_unacknowledged(tmp_path, monkey
     with small_disk(tmp_path / "disk") as disk:
         s = Spool(disk / "s.db")
         fill(disk)
-        acked: list[int] = []
+        acked: list[Message] = []
         pad = "x" * 2000
         big = [Record(SUMMARY, "p", "d", {"i": i, "pad": pad}, f"b-{i}") for i in range(800)]
-        s.submit("a", big, lambda: acked.append(1))
+        ticket = AckTicket([Message("t", b"{}", ack=(1, (7,)))], acked.extend)
+        s.submit("a", big, [ticket])
         assert until(lambda: s.failing, 10)
         s.close()
-        assert acked == [] and s.abandoned_records == 800
+        assert acked == [] and not ticket.resolved and s.abandoned_records == 800

@@ -1,4 +1,10 @@
-"""Forwarders: move records from the spool to a sink, deleting them only once delivered."""
+"""Forwarding: hand records to the spool, then to a sink, deleting them once delivered.
+
+The delivery side of the outbox: a sink's lanes, the express path of fresh events (sent
+while their commit runs), the worker's kick, and the tickets resolved after a commit (QoS 1
+acknowledgements, lane wake-ups, the release of express rows once their delete is on disk).
+The spool (:mod:`agent.outbox.spool`) only stores.
+"""
 
 from __future__ import annotations
 
@@ -7,24 +13,121 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from agent import log
 from agent.errors import NotConnectedError
-from agent.outbox.spool import Express, Spool
+from agent.outbox.spool import Spool
+from agent.outbox.ticket import Ticket
 from agent.protocols import Sink
-from agent.records import Record
+from agent.records import EVENT, Record
+from agent.stages.period import PeriodWrite
 
 SETTLE_POLL = 0.005  # s between checks for the acknowledgements of pipelined events
 ISOLATE_AFTER = 3  # sink errors in a row (not connection errors) before rows go one by one
 
+Row = tuple[int, Record]  # a spool id and its record
+
+
+def submit(
+    spool: Spool,
+    forwarders: Sequence[Forwarder],
+    records: list[Record],
+    ticket: Ticket | None = None,
+    period: PeriodWrite | None = None,
+) -> None:
+    """A worker's output: ``records`` spooled for each of its sinks, fresh events sent at
+    once where an event lane is caught up; ``ticket`` resolved and ``period`` (the running
+    totals) committed with the last sink's write, so after all of them (commits are in
+    order)."""
+    tickets = () if ticket is None else (ticket,)
+    if records and forwarders:
+        *others, last = forwarders
+        for f in others:
+            f.put(records)
+        last.put(records, tickets, period)
+        if any(r.kind == EVENT for r in records):
+            for f in forwarders:
+                f.kick()
+    elif tickets or period is not None:
+        spool.after(tickets, period)
+
+
+class Express:
+    """Event rows handed to the event lane before their commit, and the ids it has not
+    finished.
+
+    ``take`` must skip the pending ids (they leave by this queue, or were delivered and wait
+    for their delete: ``hold``); a lane that is not caught up with the spool ``discard``s the
+    queue, so the backlog keeps its order.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[Row] = []
+        self.pending: set[int] = set()
+
+    def push(self, rows: list[Row]) -> None:
+        with self._lock:
+            self._rows += rows
+            self.pending.update(rid for rid, _ in rows)
+
+    def pop(self, limit: int) -> list[Row]:
+        with self._lock:
+            rows, self._rows = self._rows[:limit], self._rows[limit:]
+        return rows
+
+    def hold(self, rows: Sequence[Row]) -> None:
+        """Keep delivered rows out of ``take`` until their delete is committed."""
+        with self._lock:
+            self.pending.update(rid for rid, _ in rows)
+
+    def done(self, rows: Sequence[Row]) -> None:
+        """The rows were deleted from the spool, or stay there for ``take``."""
+        with self._lock:
+            self.pending.difference_update(rid for rid, _ in rows)
+
+    def discard(self) -> None:
+        with self._lock:
+            self._rows = []
+            self.pending.clear()
+
+    def skipped(self, rows: list[Row]) -> list[Row]:
+        with self._lock:
+            return [r for r in rows if r[0] not in self.pending] if self.pending else rows
+
+
+@dataclass(slots=True, frozen=True)
+class _Wake:
+    """Ticket: wake lanes once the rows they carry are committed (a take will find them)."""
+
+    lanes: tuple[threading.Event, ...]
+
+    def resolve(self) -> None:
+        for lane in self.lanes:
+            lane.set()
+
+
+@dataclass(slots=True, frozen=True)
+class _Release:
+    """Ticket: delivered express rows are deleted on disk, so a take may no longer find them."""
+
+    express: Express
+    rows: Sequence[Row]
+
+    def resolve(self) -> None:
+        self.express.done(self.rows)
+
 
 class Forwarder:
-    """Moves one sink's records: take a batch, deliver it, acknowledge it in the spool.
+    """Moves one sink's records: spool them (:meth:`put`), take a batch, deliver it, delete
+    it from the spool.
 
     A sink that may be called from two threads (``concurrent = True``, like the MQTT sink)
     gets two lanes, so an event never waits behind a round of summaries being acknowledged;
     other sinks get one lane, events first. A sink with ``publish_many`` (publish now,
-    return a delivery to check later) has its caught-up events pipelined: the worker that
+    return an in-flight handle to check later) has its caught-up events pipelined: the worker that
     spooled them publishes them (:meth:`kick`), and the next ones go out before the last
     ones are acknowledged. On ``NotConnectedError`` a lane waits with jittered exponential
     backoff; on any other sink error too, and then a record the sink refuses on its own is
@@ -46,15 +149,41 @@ class Forwarder:
         pipelined = getattr(sink, "concurrent", False) and hasattr(sink, "publish_many")
         self.live = _Lane(pipelined=True) if pipelined else None  # the event lane's state
         lanes = (0, 1) if getattr(sink, "concurrent", False) else (None,)
+        self.express = Express()  # fresh events for the event lane (0, or the only one)
+        self._wake = {prio: threading.Event() for prio in lanes}
+        self._event_lane, routine_lane = self._wake[lanes[0]], self._wake[lanes[-1]]
+        self._arrived = {  # by (events among the rows, other kinds among them)
+            (True, False): _Wake((self._event_lane,)),
+            (False, True): _Wake((routine_lane,)),
+            (True, True): _Wake(tuple(self._wake.values())),
+        }
         self._threads = [
             threading.Thread(
                 target=self._run,
-                args=(prio, spool.wake_event(name, prio)),
+                args=(prio, self._wake[prio]),
                 name=f"forward-{name}" + ("" if prio is None else f"-{prio}"),
                 daemon=True,
             )
             for prio in lanes
         ]
+
+    def put(
+        self,
+        records: Sequence[Record],
+        tickets: Sequence[Ticket] = (),
+        period: PeriodWrite | None = None,
+    ) -> int:
+        """Spool ``records`` for this sink (``tickets`` and ``period`` go with the write) and
+        hand fresh events to the event lane at once; returns their last id."""
+        picked = [i for i, r in enumerate(records) if r.kind == EVENT]
+        if records:  # the lanes for these kinds wake once the rows are committed
+            tickets = (*tickets, self._arrived[bool(picked), len(picked) < len(records)])
+        last = self.spool.submit(self.name, records, tickets, period)
+        if picked:
+            first = last - len(records) + 1
+            self.express.push([(first + i, records[i]) for i in picked])
+            self._event_lane.set()
+        return last
 
     def start(self) -> None:
         self.sink.start()
@@ -69,15 +198,15 @@ class Forwarder:
         """
         self._deadline = time.monotonic() + drain_timeout
         self._stop.set()
-        for prio in (None, 0, 1):
-            self.spool.wake_event(self.name, prio).set()
+        for wake in self._wake.values():
+            wake.set()
         for t in self._threads:
             t.join(drain_timeout + 5)
         self.sink.close()
 
     def _run(self, prio: int | None, wake: threading.Event) -> None:
         backoff = 0.0
-        express = self.spool.express(self.name) if prio in (0, None) else None
+        express = self.express if prio in (0, None) else None
         lane = self.live if prio == 0 and self.live is not None else _Lane()
         replaying = True  # since start or a failure, until caught up: paced at ``rate``
         while True:
@@ -187,19 +316,18 @@ class Forwarder:
 
     def kick(self) -> None:
         """Publish fresh events from the calling thread (the worker, after it spooled them)
-        when the event lane is caught up and idle: one thread hop less for an event (W1
-        int8 at 16,000 msg/s, from the end of its batch to its publish: p50 0.33-0.41 ms,
-        p99 2.9-3.5, vs 0.7 and 6.0 through the lane). Otherwise the lane, woken by the
-        spool, sends them."""
+        when the event lane is caught up and idle: one thread hop less for an event
+        (figures in docs/performance.md). Otherwise the lane, woken by :meth:`put`, sends
+        them."""
         lane = self.live
         if lane is None or not lane.caught_up or not lane.lock.acquire(blocking=False):
             return
         try:
             if lane.caught_up:
-                self._publish_express(lane, self.spool.express(self.name))
+                self._publish_express(lane, self.express)
         except Exception as e:  # the lane replays them from the spool and handles the error
             lane.caught_up = False
-            self.spool.wake_event(self.name, 0).set()
+            self._event_lane.set()
             if self._limit.allow("kick"):
                 self.log.warning("sink_publish_failed", error=f"{type(e).__name__}: {e}")
         finally:
@@ -227,10 +355,10 @@ class Forwarder:
         """Acknowledge pipelined rows whose delivery is done, in order (all of them, waiting,
         when ``wait``: a take must not find rows still in flight). Raises NotConnectedError."""
         while lane.inflight:
-            rows, delivery = lane.inflight[0]
+            rows, in_flight = lane.inflight[0]
             if wait:
-                delivery.wait()
-            elif not delivery.done():
+                in_flight.wait()
+            elif not in_flight.done():
                 return
             lane.inflight.popleft()
             self._delivered(rows, express)
@@ -242,7 +370,7 @@ class Forwarder:
             self.failures = self.errors = 0
         if express is not None:  # the spool's writer deletes them after their commit;
             express.hold(rows)  # pending until then, so a take cannot send them again
-            self.spool.ack_later([rid for rid, _ in rows], lambda done=rows: express.done(done))
+            self.spool.delete_later([rid for rid, _ in rows], (_Release(express, rows),))
         else:
             self.spool.ack([rid for rid, _ in rows])
         self.delivered += len(rows)
@@ -256,7 +384,7 @@ class _Lane:
         self.pipelined = pipelined
         self.lock = threading.Lock() if pipelined else contextlib.nullcontext()
         self.caught_up = False  # the last take found all there was: fresh events go first
-        self.inflight: deque = deque()  # (rows, delivery) published, not yet acknowledged
+        self.inflight: deque = deque()  # (rows, in-flight handle) published, not acknowledged
 
     def release(self, express: Express | None, rows: list = ()) -> None:
         """Undelivered rows go back to the spool's order: a take may find them again."""
