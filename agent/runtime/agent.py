@@ -23,6 +23,7 @@ from agent.outbox.spool import Spool
 from agent.records import EVENT, Message, Record
 from agent.registry import Registry
 from agent.runtime.pipeline import Pipeline
+from agent.runtime.redelivery import Redeliveries
 from agent.stages import period
 from agent.stages.period import PeriodWrite
 from agent.stages.processor import Processor, build_processor
@@ -70,6 +71,7 @@ class Agent:
         self.reload_lock = threading.RLock()  # one reload at a time: SIGHUP or the fleet
         self._model_problems: dict[str, str | None] = {}
         self._record_ids: dict[str, itertools.count] = {}
+        self._inputs: dict[str, Redeliveries] = {}  # per pipeline name (runtime/redelivery.py)
 
     def _new_console(self):
         """The web console's state when the metrics server will serve it, else None."""
@@ -210,8 +212,17 @@ class Agent:
             ack=source.acknowledge if source.deferred else None,
             stats=self.spool_stats,
             paused=lambda: self.spool.failing,
+            redelivery=self._redeliveries(p.name) if source.deferred else None,
         )
         return pipeline, source, forwarders
+
+    def _redeliveries(self, pipeline: str) -> Redeliveries:
+        """The committed input identities of ``pipeline``: one object for the whole boot (a
+        rebuilt pipeline goes on with its predecessor's), read from the spool at first."""
+        known = self._inputs.get(pipeline)
+        if known is None:
+            known = self._inputs[pipeline] = Redeliveries(self.spool.input_rows(pipeline))
+        return known
 
     def check_models(self) -> None:
         """Log (once per change) a model file that no longer matches its loaded model."""
