@@ -35,14 +35,8 @@ class InputWrite:
     kept (older rows are deleted in the same transaction)."""
 
     batch: int
-    ids: bytes  # native-endian uint64 identities (array('Q'))
+    ids: bytes  # uint64 identities, native byte order (array('Q'))
     keep_from: int
-
-
-def identity(msg: Message) -> int:
-    """Packet id (16 bits), payload length (16 bits) and CRC-32 of topic and payload."""
-    crc = zlib.crc32(msg.payload, zlib.crc32(msg.topic.encode()))
-    return (msg.mid & 0xFFFF) << 48 | (len(msg.payload) & 0xFFFF) << 32 | crc
 
 
 class Redeliveries:
@@ -74,21 +68,22 @@ class Redeliveries:
         """
         keep: list[Message] = []
         ids = array("Q")
-        seen = self._seen
+        seen, batch, crc = self._seen, self._next, zlib.crc32
         for m in msgs:
             if m.mid < 0:  # QoS 0: never redelivered
                 keep.append(m)
                 continue
-            key = identity(m)
+            # packet id (16 bits), payload length (16 bits), CRC-32 of topic and payload
+            p = m.payload
+            key = (m.mid & 0xFFFF) << 48 | (len(p) & 0xFFFF) << 32 | crc(p, crc(m.topic.encode()))
             if m.dup and key in seen:
                 self.redelivered += 1
             else:
                 keep.append(m)
-            seen[key] = self._next
+            seen[key] = batch
             ids.append(key)
         if not ids:
             return keep, None
-        batch = self._next
         self._next += 1
         self._add(batch, ids, index=False)  # indexed above, as they came
         return keep, InputWrite(batch, ids.tobytes(), self._batches[0][0])
