@@ -19,13 +19,18 @@ class Message:
 
     ``ack`` is set by a source that acknowledges QoS 1 messages only once they are
     processed: an opaque token the worker hands back to the source (see
-    :meth:`agent.transport.source.MqttSource.acknowledge`).
+    :meth:`agent.transport.source.MqttSource.acknowledge`). ``mid`` is a QoS 1 message's
+    packet id (-1 otherwise) and ``dup`` its DUP flag (the broker sends it again): with
+    them a pipeline recognises a redelivery of input it already committed
+    (:mod:`agent.runtime.redelivery`).
     """
 
     topic: str
     payload: bytes
     received: float = 0.0
     ack: tuple[int, tuple[int, ...]] | None = None
+    mid: int = -1
+    dup: bool = False
 
 
 @dataclass(slots=True)

@@ -52,6 +52,12 @@ CREATE TABLE IF NOT EXISTS period (
     body BLOB NOT NULL,
     PRIMARY KEY (pipeline, device)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS inputs (
+    pipeline TEXT NOT NULL,
+    batch INTEGER NOT NULL,
+    ids BLOB NOT NULL,
+    PRIMARY KEY (pipeline, batch)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY,
@@ -394,6 +400,22 @@ class Spool:
             self._db.execute("DELETE FROM period WHERE pipeline = ?", (write.pipeline,))
         for device, body in write.rows:
             pending[(write.pipeline, device)] = body
+        if (inputs := write.inputs) is not None:  # agent.runtime.redelivery
+            self._db.execute(
+                "INSERT OR REPLACE INTO inputs VALUES (?, ?, ?)",
+                (write.pipeline, inputs.batch, inputs.ids),
+            )
+            self._db.execute(
+                "DELETE FROM inputs WHERE pipeline = ? AND batch < ?",
+                (write.pipeline, inputs.keep_from),
+            )
+
+    def input_rows(self, pipeline: str) -> list[tuple[int, bytes]]:
+        """(batch, ids) of the QoS 1 input identities ``pipeline`` committed, oldest first."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT batch, ids FROM inputs WHERE pipeline = ? ORDER BY batch", (pipeline,)
+            ).fetchall()
 
     def period_rows(self, pipeline: str | None = None) -> list[tuple[str, str, bytes, float]]:
         """(pipeline, device, body, updated) of the running totals left by the last run."""

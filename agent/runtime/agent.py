@@ -24,6 +24,7 @@ from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
 from agent.registry import Registry
 from agent.runtime.metrics import MetricsServer, console_refusal
+from agent.runtime.redelivery import Redeliveries
 from agent.runtime.reload import (
     ReloadReport,
     check_brokers,
@@ -73,6 +74,7 @@ class Agent:
         self.reload_lock = threading.RLock()  # one reload at a time: SIGHUP or the fleet
         self._model_problems: dict[str, str | None] = {}
         self._record_ids: dict[str, itertools.count] = {}
+        self._inputs: dict[str, Redeliveries] = {}  # per pipeline name (runtime/redelivery.py)
 
     def _new_console(self) -> Console | None:
         """The web console's state when the metrics server will serve it, else None."""
@@ -196,7 +198,16 @@ class Agent:
             broker,
             client_id(broker.client_id, cfg.agent.id, f"{p.name}-in"),
             on_records=self.console.take if self.console is not None else None,
+            redeliveries=self._redeliveries(p.name),
         )
+
+    def _redeliveries(self, pipeline: str) -> Redeliveries:
+        """The committed input identities of ``pipeline``: one object for the whole boot (a
+        rebuilt pipeline goes on with its predecessor's), read from the spool at first."""
+        known = self._inputs.get(pipeline)
+        if known is None:
+            known = self._inputs[pipeline] = Redeliveries(self.spool.input_rows(pipeline))
+        return known
 
     def check_models(self) -> None:
         """Log (once per change) a model file that no longer matches its loaded model."""

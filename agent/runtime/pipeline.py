@@ -9,6 +9,7 @@ from collections.abc import Callable
 from agent import log
 from agent.outbox.ticket import AckTicket, Ticket
 from agent.records import Message, Record
+from agent.runtime.redelivery import InputWrite, Redeliveries
 from agent.stages import period
 from agent.stages.isolate import process_isolated
 from agent.stages.period import PeriodWrite
@@ -32,6 +33,7 @@ class Pipeline:
         ack: Callable[[list[Message]], None] | None = None,
         stats: Callable[[], dict] | None = None,
         paused: Callable[[], bool] | None = None,
+        redelivery: Redeliveries | None = None,
     ) -> None:
         self.processor = processor
         self.intake = intake
@@ -42,6 +44,8 @@ class Pipeline:
         self.stats = stats  # the stats record's figures: intake, sequences, spool
         # True while the spool cannot write: take nothing, so QoS 1 input stays unacknowledged
         self.paused = paused or (lambda: False)
+        # QoS 1 input on a persistent session: redeliveries of committed input are only acked
+        self.redelivery = redelivery
         self.log = log.get(pipeline=processor.name, component="worker")
         self._flush = threading.Event()
         self._stop = threading.Event()
@@ -104,8 +108,15 @@ class Pipeline:
         records = [*closed, *p.flush(self._stats() if stats is None else stats)]
         self.emit(records, None, period.cleared(p.name))
 
-    def _durable(self, p: Processor) -> PeriodWrite:
-        return period.snapshot(p.name, p.summaries, p.period_start)
+    def _durable(self, p: Processor, inputs: InputWrite | None = None) -> PeriodWrite:
+        write = period.snapshot(p.name, p.summaries, p.period_start)
+        write.inputs = inputs
+        return write
+
+    def _screen(self, msgs: list[Message]) -> tuple[list[Message], InputWrite | None]:
+        """The messages to process (not redeliveries of committed ones) and the identities
+        to commit with them."""
+        return (msgs, None) if self.redelivery is None else self.redelivery.screen(msgs)
 
     def _stats(self) -> dict:
         return self.stats() if self.stats else {}
@@ -125,10 +136,11 @@ class Pipeline:
                     continue
                 msgs = intake.drain(limit)
                 if msgs:
+                    work, inputs = self._screen(msgs)  # all of msgs acknowledged once committed
                     with self.lock:  # a message that raises is rejected alone (isolate.py)
-                        events = process_isolated(p, msgs)
+                        events = process_isolated(p, work) if work else []
                     p.counters.events += len(events)
-                    self.emit(events, self._acknowledge(msgs), self._durable(p))
+                    self.emit(events, self._acknowledge(msgs), self._durable(p, inputs))
                     if p.rejected:
                         rejected, p.rejected = p.rejected, []
                         if self.dead_letter:

@@ -24,6 +24,7 @@ from agent.outbox.spool import Spool
 from agent.outbox.ticket import Ticket
 from agent.records import Message, Record
 from agent.runtime.pipeline import Pipeline
+from agent.runtime.redelivery import Redeliveries
 from agent.stages.period import PeriodWrite
 from agent.stages.processor import Processor
 from agent.transport.intake import Intake
@@ -32,7 +33,7 @@ from agent.transport.source import MqttSource
 
 # The snapshot's figures that only one of its two records carries (docs/records.md).
 STATUS_ONLY = ("events", "warming_up")
-STATS_ONLY = ("seq_gap", "seq_repeat")
+STATS_ONLY = ("seq_gap", "seq_repeat", "redelivered")
 
 
 class RunningPipeline:
@@ -47,6 +48,7 @@ class RunningPipeline:
         broker: BrokerConfig,
         client_id: str,
         on_records: Callable[[str, list[Record]], None] | None = None,
+        redeliveries: Redeliveries | None = None,
     ) -> None:
         self.name = config.name
         self.forwarders = forwarders
@@ -67,6 +69,8 @@ class RunningPipeline:
             ack=self.source.acknowledge if self.source.deferred else None,
             stats=self.record_stats,
             paused=lambda: spool.failing,
+            # committed input recognised when the broker sends it again: persistent QoS 1 only
+            redelivery=redeliveries if self.source.deferred else None,
         )
 
     # -- what it runs --------------------------------------------------------------------
@@ -191,6 +195,7 @@ class RunningPipeline:
             "warming_up": p.warming_up(),
             "warmup_deferred": p.warmup_deferred(),
             **p.sequences.stats(),
+            "redelivered": self.worker.redelivery.redelivered if self.worker.redelivery else 0,
         }
 
     def status(self) -> dict:

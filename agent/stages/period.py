@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -21,6 +22,9 @@ import orjson
 from agent import log
 from agent.records import SUMMARY, Record
 from agent.stages.aggregate import Summaries
+
+if TYPE_CHECKING:
+    from agent.runtime.redelivery import InputWrite
 
 
 @dataclass(slots=True)
@@ -30,6 +34,8 @@ class PeriodWrite:
     pipeline: str
     rows: list[tuple[str, bytes]] = field(default_factory=list)  # (device, body) upserted
     clear: bool = False  # delete the pipeline's rows first
+    # the batch's QoS 1 input identities (agent.runtime.redelivery), in the same transaction
+    inputs: InputWrite | None = None
 
 
 def snapshot(pipeline: str, summaries: Summaries, period_start: float) -> PeriodWrite:

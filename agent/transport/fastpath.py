@@ -129,7 +129,7 @@ class PublishSplitter:
                 if len(self._topics) > 100_000:
                     self._topics.clear()
                 self._topics[raw] = topic
-        mid = None
+        mid = -1
         if qos:
             mid = (buf[p] << 8) | buf[p + 1]
             p += 2
@@ -147,9 +147,9 @@ class PublishSplitter:
             p += plen
             if p > end:
                 return None
-        if mid is not None:
+        if qos:
             acks.append(mid)
-        return Message(topic, bytes(buf[p:end]), now)
+        return Message(topic, bytes(buf[p:end]), now, None, mid, bool(head & 0x08))
 
 
 class SplittingSocket:

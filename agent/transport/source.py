@@ -68,7 +68,8 @@ class MqttSource:
         if self.paused:  # not acknowledged: the broker redelivers it to the next session
             return
         token = (self.conn.connects, (msg.mid,)) if self.deferred and msg.qos == 1 else None
-        self.intake.put(Message(msg.topic, msg.payload, time.time(), token))
+        mid = msg.mid if msg.qos == 1 else -1
+        self.intake.put(Message(msg.topic, msg.payload, time.time(), token, mid, bool(msg.dup)))
 
     def _on_publish_batch(self, msgs: list[Message], acks: list[int]) -> None:
         """Fast path: a chunk of PUBLISHes split from the socket (network thread)."""
