@@ -14,7 +14,7 @@ import os
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -100,9 +100,19 @@ class Model(BaseModel):
 
 
 class ComponentConfig(Model):
-    """Base of a component's config; ``type`` names the component in the registry."""
+    """Base of a component's config; ``type`` names the component in the registry.
+
+    A handler's config declares what the pipeline must give it: ``needs_calibration`` (a
+    model fitted per device on a warm-up) and ``learns_threshold()`` (a threshold learned
+    on one); both need a ``calibration:`` section.
+    """
 
     type: str
+    needs_calibration: ClassVar[bool] = False
+
+    def learns_threshold(self) -> bool:
+        """Whether this config asks for a threshold learned during a calibration warm-up."""
+        return False
 
 
 class TlsConfig(Model):
@@ -573,12 +583,12 @@ def _cross_checks(cfg: Config) -> list[str]:
                 "samples and windows would split; partition by topic filter instead, or "
                 "make the pipeline stateless with `window: none`"
             )
-        if getattr(p.handler, "needs_calibration", False) and p.calibration is None:
+        if p.handler.needs_calibration and p.calibration is None:
             errors.append(
                 f"pipelines[{i}].handler: the {p.handler.type} handler is fitted per device on "
                 "a warm-up: add a `calibration:` section (e.g. {warmup: 400})"
             )
-        elif getattr(p.handler, "threshold", None) == "auto" and p.calibration is None:
+        elif p.handler.learns_threshold() and p.calibration is None:
             errors.append(
                 f"pipelines[{i}].handler.threshold: 'auto' is learned during a warm-up: add a "
                 "`calibration:` section (e.g. {warmup: 400})"
