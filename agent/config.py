@@ -14,7 +14,17 @@ import os
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    Protocol,
+    Union,
+    get_args,
+    get_origin,
+    runtime_checkable,
+)
 
 import yaml
 from pydantic import (
@@ -113,6 +123,27 @@ class ComponentConfig(Model):
     def learns_threshold(self) -> bool:
         """Whether this config asks for a threshold learned during a calibration warm-up."""
         return False
+
+
+@runtime_checkable
+class UsesBroker(Protocol):
+    """A component config that names a broker of ``brokers`` (a sink publishing there)."""
+
+    broker: str
+
+
+@runtime_checkable
+class WritesFile(Protocol):
+    """A component config that names a file it writes (a file sink): checked writable."""
+
+    path: Path
+
+
+@runtime_checkable
+class UsesModelFile(Protocol):
+    """A handler config that names its model file (``builtin:NAME`` for a shipped one)."""
+
+    model: str | Path
 
 
 class TlsConfig(Model):
@@ -600,7 +631,7 @@ def _cross_checks(cfg: Config) -> list[str]:
                 f"{len(p.source.topics)}"
             )
         for j, s in enumerate(p.sinks):
-            broker = getattr(s, "broker", None)
+            broker = s.broker if isinstance(s, UsesBroker) else None
             if broker is not None and broker not in cfg.brokers:
                 errors.append(
                     f"pipelines[{i}].sinks[{j}].broker: unknown broker {broker!r}; "
@@ -709,7 +740,7 @@ def file_problems(cfg: Config) -> list[str]:
             if path is not None and (problem := _unreadable(Path(path))):
                 out.append(f"brokers.{name}.tls.{key}: {path} {problem} (expected {what}, PEM)")
     for i, p in enumerate(cfg.pipelines):
-        model = getattr(p.handler, "model", None)
+        model = p.handler.model if isinstance(p.handler, UsesModelFile) else None
         local = isinstance(model, str | Path) and not str(model).startswith("builtin:")
         if local and (problem := _unreadable(Path(model))):
             out.append(

@@ -125,6 +125,13 @@ class RegressionOutput(Protocol):
     def estimate(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
+@runtime_checkable
+class DeclaresOutput(Protocol):
+    """A handler's declaration of its output kind (``score``, ``classes``, ``regression``)."""
+
+    output: OutputKind
+
+
 def output_kind(handler: object) -> OutputKind:
     """What a handler outputs: ``events`` for a :class:`StreamHandler`, else the kind its
     ``output`` declares when it implements that kind's Protocol in full, else ``score``."""

@@ -31,6 +31,7 @@ from agent.fleet import bundle, topics
 from agent.fleet.bundle import Desired, ModelEntry, Refused
 from agent.fleet.compose import compose
 from agent.fleet.state import FleetState
+from agent.protocols import model_identity
 from agent.transport.mqtt import Connection
 
 if TYPE_CHECKING:
@@ -410,7 +411,7 @@ class FleetManager:
         agent = self.agent
         models = {}
         for p in agent.pipelines if agent else []:
-            sha = getattr(p.processor.handler, "sha256", "")
+            sha = model_identity(p.processor.handler)[1]
             if sha:
                 models[p.processor.name] = sha
         return {

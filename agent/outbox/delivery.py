@@ -11,7 +11,7 @@ from collections import deque
 from agent import log
 from agent.errors import NotConnectedError
 from agent.outbox.spool import Express, Spool
-from agent.protocols import Sink
+from agent.protocols import Concurrent, Pipelined, Sink
 from agent.records import Record
 
 SETTLE_POLL = 0.005  # s between checks for the acknowledgements of pipelined events
@@ -43,9 +43,10 @@ class Forwarder:
         self._limit = log.RateLimit(10.0)
         self.log = log.get(component="forwarder", sink=name)
         self._stop = threading.Event()
-        pipelined = getattr(sink, "concurrent", False) and hasattr(sink, "publish_many")
+        concurrent = isinstance(sink, Concurrent) and sink.concurrent
+        pipelined = concurrent and isinstance(sink, Pipelined)
         self.live = _Lane(pipelined=True) if pipelined else None  # the event lane's state
-        lanes = (0, 1) if getattr(sink, "concurrent", False) else (None,)
+        lanes = (0, 1) if concurrent else (None,)
         self._threads = [
             threading.Thread(
                 target=self._run,

@@ -17,12 +17,14 @@ import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import log
-from agent.config import Config, PipelineConfig
+from agent.config import Config, PipelineConfig, UsesBroker
 from agent.outbox.delivery import Forwarder
 from agent.outbox.spool import Spool
+from agent.protocols import SharesConnection, WatchesFile, model_identity
 from agent.records import EVENT, Message, Record
 from agent.registry import Registry
 from agent.runtime.pipeline import Pipeline
+from agent.sinks.context import Upstream
 from agent.stages import period
 from agent.stages.period import PeriodWrite
 from agent.stages.processor import Processor, build_processor
@@ -99,7 +101,7 @@ class Agent:
 
     def release_connections(self) -> None:
         """Stop upstream connections no sink uses any more (a reload removed their sinks)."""
-        used = {id(getattr(f.sink, "conn", None)) for f in self.forwarders}
+        used = {id(f.sink.conn) for f in self.forwarders if isinstance(f.sink, SharesConnection)}
         status = self._status_broker() if self.config.agent.status_topic else None
         for name, conn in list(self._connections.items()):
             if id(conn) not in used and name != status:
@@ -112,7 +114,7 @@ class Agent:
             return a.status_broker
         for p in self.config.pipelines:
             for s in p.sinks:
-                if getattr(s, "broker", None):
+                if isinstance(s, UsesBroker):
                     return s.broker
         return None
 
@@ -173,22 +175,18 @@ class Agent:
         # One id counter per pipeline name for the whole boot: a pipeline restarted by a
         # reload must not number its records from 1 again (ids are unique per message).
         processor._ids = self._record_ids.setdefault(p.name, processor._ids)
-        handler = processor.handler
-        self.log.info(
-            "model_loaded",
-            pipeline=p.name,
-            model=str(getattr(handler, "path", "")),
-            sha256=getattr(handler, "sha256", ""),
-        )
+        path, sha256 = model_identity(processor.handler)
+        self.log.info("model_loaded", pipeline=p.name, model=path, sha256=sha256)
         return processor
 
     def build_pipeline(self, p: PipelineConfig) -> tuple[Pipeline, MqttSource, list[Forwarder]]:
         """One pipeline with its source and sink forwarders, not started."""
         cfg = self.config
         forwarders = []
+        context = Upstream(cfg.agent.id, cfg.brokers, self.connection)
         for j, s in enumerate(p.sinks):
             name = f"{p.name}.{j}"
-            sink = self.registry.get("sink", s.type)(s, self)
+            sink = self.registry.get("sink", s.type)(s, context)
             forwarders.append(
                 Forwarder(name, sink, self.spool, cfg.spool.batch, cfg.spool.replay_rate)
             )
@@ -216,8 +214,8 @@ class Agent:
     def check_models(self) -> None:
         """Log (once per change) a model file that no longer matches its loaded model."""
         for p in self.pipelines:
-            check = getattr(p.processor.handler, "check_file", None)
-            problem = check() if check else None
+            handler = p.processor.handler
+            problem = handler.check_file() if isinstance(handler, WatchesFile) else None
             if problem and problem != self._model_problems.get(p.processor.name):
                 self.log.error("model_file_changed", pipeline=p.processor.name, error=problem)
             self._model_problems[p.processor.name] = problem

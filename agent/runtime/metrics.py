@@ -186,7 +186,7 @@ class AgentCollector:
         )
         for f in list(self.agent.forwarders):
             pipeline, _, index = f.name.rpartition(".")
-            kind = getattr(getattr(f.sink, "config", None), "type", "?")
+            kind = f.sink.config.type
             delivered.add_metric([pipeline, index, kind], f.delivered)
         connected = GaugeMetricFamily(
             "edge_agent_broker_connected",

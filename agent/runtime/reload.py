@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from agent import log
 from agent.config import Config, PipelineConfig, load_config
 from agent.errors import AgentError, ConfigError
+from agent.protocols import model_identity
 
 if TYPE_CHECKING:
     from agent.runtime.agent import Agent
@@ -45,7 +46,7 @@ class ReloadReport:
 
 def _model_changed(processor: Processor) -> bool:
     """Whether the handler's model file now holds other bytes than the ones loaded."""
-    path, sha = getattr(processor.handler, "path", None), getattr(processor.handler, "sha256", "")
+    path, sha = model_identity(processor.handler)
     if not path or not sha:
         return False
     from agent.handlers.onnx_model import sha256_of
