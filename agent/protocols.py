@@ -252,7 +252,8 @@ class StreamHandler(Protocol):
     The documented exception to "no per-device state", for analytics that need the
     history of each device (tracks of a camera, dwell times): the handler owns that state,
     bounds it (idle devices expire after ``ttl`` seconds of their own timestamps) and is
-    called only from the worker thread. ``stateful`` is ``True``; the pipeline then skips
+    called only from the worker thread. ``stateful`` is ``True`` (its output kind is
+    ``events``; it may say so with ``output = "events"``); the pipeline then skips
     windows and calls ``update(batch)`` once per decoded batch (returns event payloads,
     each with a ``device``) and ``flush()`` once per summary period (returns per-device
     summary payloads, each with a ``device``). ``load(window_size, channels)`` checks the

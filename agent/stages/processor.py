@@ -1,4 +1,5 @@
-"""The stages of one pipeline: decode -> window -> model -> rule -> aggregate.
+"""The stages of one pipeline: admit -> decode -> route -> observe -> window -> score ->
+decide -> aggregate -> emit, one method each, run in that order by :meth:`Processor.process`.
 
 :class:`Processor` is single-threaded and I/O-free, so ``run`` (through
 :class:`agent.runtime.pipeline.Pipeline`), ``evaluate`` and the tests share it.
@@ -145,6 +146,9 @@ class Processor:
         self.kind: OutputKind = output_kind(handler)  # what the handler declares; see load()
         self.stream = handler if isinstance(handler, StreamHandler) and handler.stateful else None
         self.stateful = self.stream is not None
+        # Optional abilities, asked once here rather than per batch.
+        self._details = handler if isinstance(handler, Details) else None
+        self._describes = handler if isinstance(handler, Describes) else None
         self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
         self.warmup = self._new_warmup() if config.calibration is not None else None
         episodic = config.rule.events == "episodes" and not self.stateful
@@ -316,8 +320,8 @@ class Processor:
             scores = np.asarray(self.handler.infer(windows), np.float64)
             decided = Decided(scores, np.full(len(slots), self.handler.threshold))
         self.batch_stats.observe(len(slots), time.perf_counter() - started)
-        if isinstance(self.handler, Details):  # the handler's per-window extras first
-            decided.details = {**self.handler.last_details, **decided.details}
+        if self._details is not None:  # the handler's per-window extras first
+            decided.details = {**self._details.last_details, **decided.details}
         return decided
 
     def _decide(
@@ -386,8 +390,8 @@ class Processor:
         if not index:
             return {}
         hits = np.array(index, np.int64)
-        more = self.handler.describe(hits) if isinstance(self.handler, Describes) else None
-        extra = more if more is not None else [{}] * len(hits)
+        describes = self._describes
+        extra = describes.describe(hits) if describes is not None else [{}] * len(hits)
         if self.decision is not None:
             extra = [{**typed, **x} for typed, x in zip(self.decision.fields(hits), extra)]
         causes = self._causes(slots[hits], windows[hits])

@@ -17,17 +17,22 @@ What is checked:
   (and a permuted batch gives permuted scores: no per-device state, no cross-talk
   between rows); repeated calls agree; thread confinement: the runtime loads in one
   thread and calls ``infer`` from the worker thread (never concurrently), so a handler
-  loaded in one thread must give the same scores when called from another. The declared
-  output kind: a handler with an ``output`` attribute implements that kind's Protocol
-  in full; ``classes``: labels with the healthy one among them, ``probabilities`` ``[n, K]``
-  in [0, 1] summing to 1, batch-invariant, ``infer`` = ``1 - P(healthy)``; ``regression``:
-  quantity, units, direction and a finite limit, ``estimate`` gives ``low <= value <=
-  high``, finite and batch-invariant, ``infer`` = the value.
-- stream handler (``stateful = True``): events for batches fed in chunks equal those for
-  the same samples in one batch; every event and summary names its ``device``.
-- sink: ``start``, ``write_many`` (retried while it raises ``NotConnectedError``, up to
-  ``timeout``), the same records again (redelivery after a crash must be tolerated), an
-  empty list, ``close``; only ``NotConnectedError`` may signal an unreachable upstream.
+  loaded in one thread must give the same scores when called from another. Its declared
+  abilities: ``describe`` gives one JSON-able dict per hit, ``last_details`` ``[n]`` arrays.
+  The declared output kind: ``output`` names a kind and the handler implements that kind's
+  Protocol in full; ``classes``: labels with the healthy one among them,
+  ``probabilities`` ``[n, K]`` in [0, 1] summing to 1, batch-invariant, ``infer`` =
+  ``1 - P(healthy)``; ``regression``: quantity, units, direction and a finite limit,
+  ``estimate`` gives ``low <= value <= high``, finite and batch-invariant, ``infer`` = the
+  value.
+- stream handler (implements ``StreamHandler``, ``stateful = True``): events for batches
+  fed in chunks equal those for the same samples in one batch; every event and summary
+  names its ``device``.
+- sink: implements ``Sink`` and keeps its validated ``config``; a ``Pipelined`` sink is
+  also ``Concurrent``; ``start``, ``write_many`` (retried while it raises
+  ``NotConnectedError``, up to ``timeout``), the same records again (redelivery after a
+  crash must be tolerated), an empty list, ``close``; only ``NotConnectedError`` may signal
+  an unreachable upstream.
 """
 
 from __future__ import annotations
