@@ -15,7 +15,17 @@ import os
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Literal,
+    Protocol,
+    Union,
+    get_args,
+    get_origin,
+    runtime_checkable,
+)
 
 import yaml
 from pydantic import (
@@ -100,9 +110,40 @@ class Model(BaseModel):
 
 
 class ComponentConfig(Model):
-    """Base of a component's config; ``type`` names the component in the registry."""
+    """Base of a component's config; ``type`` names the component in the registry.
+
+    A handler's config declares what the pipeline must give it: ``needs_calibration`` (a
+    model fitted per device on a warm-up) and ``learns_threshold()`` (a threshold learned
+    on one); both need a ``calibration:`` section.
+    """
 
     type: str
+    needs_calibration: ClassVar[bool] = False
+
+    def learns_threshold(self) -> bool:
+        """Whether this config asks for a threshold learned during a calibration warm-up."""
+        return False
+
+
+@runtime_checkable
+class UsesBroker(Protocol):
+    """A component config that names a broker of ``brokers`` (a sink publishing there)."""
+
+    broker: str
+
+
+@runtime_checkable
+class WritesFile(Protocol):
+    """A component config that names a file it writes (a file sink): checked writable."""
+
+    path: Path
+
+
+@runtime_checkable
+class UsesModelFile(Protocol):
+    """A handler config that names its model file (``builtin:NAME`` for a shipped one)."""
+
+    model: str | Path
 
 
 class TlsConfig(Model):
@@ -618,12 +659,12 @@ def _cross_checks(cfg: Config) -> list[str]:
                 "samples and windows would split; partition by topic filter instead, or "
                 "make the pipeline stateless with `window: none`"
             )
-        if getattr(p.handler, "needs_calibration", False) and p.calibration is None:
+        if p.handler.needs_calibration and p.calibration is None:
             errors.append(
                 f"pipelines[{i}].handler: the {p.handler.type} handler is fitted per device on "
                 "a warm-up: add a `calibration:` section (e.g. {warmup: 400})"
             )
-        elif getattr(p.handler, "threshold", None) == "auto" and p.calibration is None:
+        elif p.handler.learns_threshold() and p.calibration is None:
             errors.append(
                 f"pipelines[{i}].handler.threshold: 'auto' is learned during a warm-up: add a "
                 "`calibration:` section (e.g. {warmup: 400})"
@@ -635,7 +676,7 @@ def _cross_checks(cfg: Config) -> list[str]:
                 f"{len(p.source.topics)}"
             )
         for j, s in enumerate(p.sinks):
-            broker = getattr(s, "broker", None)
+            broker = s.broker if isinstance(s, UsesBroker) else None
             if broker is not None and broker not in cfg.brokers:
                 errors.append(
                     f"pipelines[{i}].sinks[{j}].broker: unknown broker {broker!r}; "
@@ -734,7 +775,7 @@ def file_problems(cfg: Config) -> list[str]:
             if path is not None and (problem := _unreadable(Path(path))):
                 out.append(f"brokers.{name}.tls.{key}: {path} {problem} (expected {what}, PEM)")
     for i, p in enumerate(cfg.pipelines):
-        model = getattr(p.handler, "model", None)
+        model = p.handler.model if isinstance(p.handler, UsesModelFile) else None
         local = isinstance(model, str | Path) and not str(model).startswith("builtin:")
         if local and (problem := _unreadable(Path(model))):
             out.append(

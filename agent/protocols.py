@@ -13,6 +13,10 @@ config section with ``config_model`` and builds the component with it.
 Threads: decoders and handlers are built and loaded at start-up, then called from one
 pipeline's worker thread only, never concurrently; sinks from one forwarder thread each.
 :mod:`agent.testing.conformance` checks these contracts; run it in a plugin's own tests.
+
+Optional abilities are small Protocols below (``NamedChannels``, ``Describes``,
+``PerDevice``...): a component has an ability when it implements that Protocol in full, and
+the runtime asks with ``isinstance``, never by probing for a name.
 """
 
 from __future__ import annotations
@@ -22,7 +26,11 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+from agent.config import BrokerConfig
 from agent.records import Message, Record, SampleBatch
+from agent.transport.mqtt import Connection
+
+OutputKind = Literal["score", "classes", "regression", "events"]
 
 
 @runtime_checkable
@@ -58,16 +66,16 @@ class ModelHandler(Protocol):
     scores; it is called once per batch, from the pipeline's worker thread only, and row
     ``i`` of the result depends on row ``i`` of the batch only (one call for N windows gives
     the N results of N calls). ``threshold`` is the score above which a window is an
-    anomaly. This is the ``score`` output kind; a handler may declare another kind instead
-    (:class:`ClassOutput`, :class:`RegressionOutput`), which the processor decides by.
+    anomaly. ``output`` declares the kind: ``score`` (this Protocol alone), or ``classes`` /
+    ``regression`` with that kind's Protocol (:class:`ClassOutput`,
+    :class:`RegressionOutput`), which the processor decides by.
 
-    Optional: ``describe(hits)`` returns one dict of extra event fields (e.g. a class label)
-    for each index in ``hits`` of the last ``infer`` call. ``bind(decoder)``, called before
-    ``load``, lets a handler check how samples were decoded (e.g. the decoder's
-    ``sample_rate`` against the model's), raising :class:`agent.errors.ModelError`.
+    Optional abilities: :class:`Binds`, :class:`Describes`, :class:`Details`,
+    :class:`PerDevice`, :class:`Attributing`, :class:`ModelFile`, :class:`WatchesFile`.
     """
 
     config_model: ClassVar[type]
+    output: OutputKind
     threshold: float
 
     def __init__(self, config: Any) -> None: ...
@@ -75,9 +83,6 @@ class ModelHandler(Protocol):
     def load(self, window_size: int, channels: int) -> None: ...
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
-
-
-OutputKind = Literal["score", "classes", "regression"]
 
 
 @runtime_checkable
@@ -120,8 +125,18 @@ class RegressionOutput(Protocol):
     def estimate(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
 
 
+@runtime_checkable
+class DeclaresOutput(Protocol):
+    """A handler's declaration of its output kind (``score``, ``classes``, ``regression``)."""
+
+    output: OutputKind
+
+
 def output_kind(handler: object) -> OutputKind:
-    """The kind a handler declares (``score`` unless it implements a typed Protocol)."""
+    """What a handler outputs: ``events`` for a :class:`StreamHandler`, else the kind its
+    ``output`` declares when it implements that kind's Protocol in full, else ``score``."""
+    if isinstance(handler, StreamHandler) and handler.stateful:
+        return "events"
     if isinstance(handler, ClassOutput) and handler.output == "classes":
         return "classes"
     if isinstance(handler, RegressionOutput) and handler.output == "regression":
@@ -135,6 +150,83 @@ class NamedChannels(Protocol):
     the JSON decoder's ``fields``), so events name a cause by field instead of by index."""
 
     channel_names: list[str]
+
+
+@runtime_checkable
+class Thresholded(Protocol):
+    """A handler's own ``threshold`` (every windowed handler has one; a stream handler may)."""
+
+    threshold: float
+
+
+@runtime_checkable
+class SampleRate(Protocol):
+    """Optional decoder ability: samples come at ``sample_rate`` Hz (a handler that depends
+    on the rate checks it in ``bind``)."""
+
+    sample_rate: float
+
+
+@runtime_checkable
+class Binds(Protocol):
+    """Optional handler ability: ``bind(decoder)``, called before ``load``, checks how
+    samples are decoded (e.g. the decoder's :class:`SampleRate` against the model's) and
+    raises :class:`agent.errors.ModelError` when they do not fit."""
+
+    def bind(self, decoder: Decoder) -> None: ...
+
+
+@runtime_checkable
+class Describes(Protocol):
+    """Optional handler ability: ``describe(hits)`` returns one dict of extra event fields
+    (e.g. the shaft speed used) for each index in ``hits`` of the last scoring call."""
+
+    def describe(self, hits: np.ndarray) -> list[dict]: ...
+
+
+@runtime_checkable
+class Details(Protocol):
+    """Optional handler ability: ``last_details`` holds per-window arrays (``[n]`` each) of
+    the last scoring call, which replay and evaluation report beside the scores."""
+
+    last_details: dict[str, np.ndarray]
+
+
+@runtime_checkable
+class PerDevice(Protocol):
+    """Optional handler ability: a model fitted per device on its calibration warm-up.
+
+    ``fit_devices(slots, warmup)`` fits device ``slots[k]`` on ``warmup[k]`` (normalised
+    ``[m, channels]`` rows); ``infer_devices(slots, windows)`` scores each window with its
+    device's fit and is called instead of ``infer``."""
+
+    def fit_devices(self, slots: np.ndarray, warmup: np.ndarray) -> None: ...
+
+    def infer_devices(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class ModelFile(Protocol):
+    """Optional handler ability: the model file it loaded (``path``) and that file's
+    ``sha256`` (empty before ``load``), logged, reported to the fleet and compared on reload."""
+
+    path: Any
+    sha256: str
+
+
+@runtime_checkable
+class WatchesFile(Protocol):
+    """Optional handler ability: ``check_file()`` returns None while the model file still
+    holds the loaded bytes, else a message saying what changed (the runtime logs it)."""
+
+    def check_file(self) -> str | None: ...
+
+
+def model_identity(handler: object) -> tuple[str, str]:
+    """``(path, sha256)`` of a handler's model file; ``("", "")`` without one."""
+    if isinstance(handler, ModelFile):
+        return str(handler.path or ""), handler.sha256 or ""
+    return "", ""
 
 
 @runtime_checkable
@@ -160,7 +252,8 @@ class StreamHandler(Protocol):
     The documented exception to "no per-device state", for analytics that need the
     history of each device (tracks of a camera, dwell times): the handler owns that state,
     bounds it (idle devices expire after ``ttl`` seconds of their own timestamps) and is
-    called only from the worker thread. ``stateful`` is ``True``; the pipeline then skips
+    called only from the worker thread. ``stateful`` is ``True`` (its output kind is
+    ``events``; it may say so with ``output = "events"``); the pipeline then skips
     windows and calls ``update(batch)`` once per decoded batch (returns event payloads,
     each with a ``device``) and ``flush()`` once per summary period (returns per-device
     summary payloads, each with a ``device``). ``load(window_size, channels)`` checks the
@@ -180,28 +273,71 @@ class StreamHandler(Protocol):
 
 
 @runtime_checkable
+class SinkContext(Protocol):
+    """What a sink may ask of the runtime, and nothing more (not the whole agent).
+
+    ``agent_id`` names this agent (e.g. a default node id); ``connection(broker)`` is the
+    runtime's shared connection to a named broker, started and stopped by the runtime;
+    ``broker(name)`` is that broker's settings, for a sink that owns a connection of its
+    own (the Sparkplug sink, whose will is its NDEATH).
+    """
+
+    agent_id: str
+
+    def connection(self, broker: str) -> Connection: ...
+
+    def broker(self, name: str) -> BrokerConfig: ...
+
+
+@runtime_checkable
 class Sink(Protocol):
     """Delivers records upstream.
 
-    ``__init__(config, context)`` does no I/O; ``context.connection(broker)`` gives the
-    runtime's shared connection to a named broker. ``start()`` opens what the sink owns.
+    ``__init__(config, context)`` does no I/O; ``context`` is a :class:`SinkContext` (None
+    for a sink that needs nothing upstream, as tests build file sinks); the sink keeps
+    ``config``. ``start()`` opens what the sink owns.
     ``write_many(records)`` returns once every record is acknowledged, or raises
     :class:`agent.errors.NotConnectedError` (the spool keeps them and retries the same
     records later, so a sink must tolerate seeing a record twice: ``Record.id`` is stable).
     ``close()`` releases what ``start`` opened and may be called once.
 
-    Optional: ``publish_many(records)`` sends without waiting and returns a delivery whose
-    ``done()`` says whether every record is acknowledged yet and ``wait()`` blocks until
-    they are (both raise ``NotConnectedError`` when that will not happen); the forwarder
-    then pipelines live events (:class:`agent.sinks.mqtt.MqttSink` does).
+    Optional abilities: :class:`Concurrent`, :class:`Pipelined`, :class:`SharesConnection`.
     """
 
     config_model: ClassVar[type]
+    config: Any
 
-    def __init__(self, config: Any, context: Any) -> None: ...
+    def __init__(self, config: Any, context: SinkContext | None) -> None: ...
 
     def start(self) -> None: ...
 
     def write_many(self, records: Sequence[Record]) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Concurrent(Protocol):
+    """Optional sink ability: ``write_many`` may run in two forwarder lanes at once (live
+    events, and the rest), when ``concurrent`` is true."""
+
+    concurrent: bool
+
+
+@runtime_checkable
+class Pipelined(Protocol):
+    """Optional sink ability (with :class:`Concurrent`): ``publish_many(records)`` sends
+    without waiting and returns a delivery whose ``done()`` says whether every record is
+    acknowledged yet and ``wait()`` blocks until they are (both raise ``NotConnectedError``
+    when that will not happen); the forwarder then pipelines live events
+    (:class:`agent.sinks.mqtt.MqttSink` does)."""
+
+    def publish_many(self, records: Sequence[Record]) -> Any: ...
+
+
+@runtime_checkable
+class SharesConnection(Protocol):
+    """Optional sink ability: ``conn`` is the shared connection it took from
+    ``SinkContext.connection`` (the runtime stops a connection no sink uses any more)."""
+
+    conn: Connection

@@ -21,6 +21,7 @@ import orjson
 
 from agent import __version__
 from agent.console.history import TICK, History
+from agent.protocols import Thresholded
 from agent.records import EVENT, Record
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ def _thresholds(proc: Processor) -> np.ndarray:
         thr[proc.warmup.count < proc.warmup.n] = np.nan
         return thr
     try:
-        value = float(getattr(proc.handler, "threshold", np.nan))
+        value = float(proc.handler.threshold) if isinstance(proc.handler, Thresholded) else np.nan
     except (TypeError, ValueError):
         value = np.nan
     return np.full(proc.index.capacity, value)

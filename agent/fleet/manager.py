@@ -31,6 +31,7 @@ from agent.fleet import bundle, topics
 from agent.fleet.bundle import Desired, ModelEntry, Refused
 from agent.fleet.compose import compose
 from agent.fleet.state import FleetState
+from agent.protocols import model_identity
 from agent.transport.mqtt import Connection
 
 if TYPE_CHECKING:
@@ -408,7 +409,7 @@ class FleetManager:
         agent = self.agent
         models = {}
         for name, unit in agent.units.items() if agent else []:
-            sha = getattr(unit.processor.handler, "sha256", "")
+            sha = model_identity(unit.processor.handler)[1]
             if sha:
                 models[name] = sha
         return {

@@ -27,11 +27,15 @@ class BaselineConfig(ComponentConfig):
         "auto", description="window score above this is an anomaly; auto: from the warm-up"
     )
 
+    def learns_threshold(self) -> bool:
+        return self.threshold == "auto"
+
 
 class BaselineHandler:
     """Per-device robust-z PCA (T-squared + Q); needs a pipeline ``calibration:`` section."""
 
     config_model = BaselineConfig
+    output = "score"
 
     def __init__(self, config: BaselineConfig) -> None:
         self.config = config

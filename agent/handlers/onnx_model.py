@@ -36,6 +36,9 @@ class OnnxHandlerConfig(ComponentConfig):
     )
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
 
+    def learns_threshold(self) -> bool:
+        return self.threshold == "auto"
+
 
 def resolve_model(ref: str) -> Path:
     """A model path from ``builtin:NAME`` or a file path."""
@@ -75,6 +78,7 @@ class OnnxHandler:
     ``[n, size, channels]`` float32 and returning ``[n]`` (or ``[n, 1]``) scores."""
 
     config_model = OnnxHandlerConfig
+    output = "score"
 
     def __init__(self, config: OnnxHandlerConfig) -> None:
         self.config = config

@@ -20,7 +20,7 @@ from agent import log
 from agent.errors import NotConnectedError
 from agent.outbox.spool import Spool
 from agent.outbox.ticket import Ticket
-from agent.protocols import Sink
+from agent.protocols import Concurrent, Pipelined, Sink
 from agent.records import EVENT, Record
 from agent.stages.period import PeriodWrite
 
@@ -146,9 +146,10 @@ class Forwarder:
         self._limit = log.RateLimit(10.0)
         self.log = log.get(component="forwarder", sink=name)
         self._stop = threading.Event()
-        pipelined = getattr(sink, "concurrent", False) and hasattr(sink, "publish_many")
+        concurrent = isinstance(sink, Concurrent) and sink.concurrent
+        pipelined = concurrent and isinstance(sink, Pipelined)
         self.live = _Lane(pipelined=True) if pipelined else None  # the event lane's state
-        lanes = (0, 1) if getattr(sink, "concurrent", False) else (None,)
+        lanes = (0, 1) if concurrent else (None,)
         self.express = Express()  # fresh events for the event lane (0, or the only one)
         self._wake = {prio: threading.Event() for prio in lanes}
         self._event_lane, routine_lane = self._wake[lanes[0]], self._wake[lanes[-1]]

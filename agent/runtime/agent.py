@@ -17,11 +17,12 @@ import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import log
-from agent.config import Config, PipelineConfig, load_config
+from agent.config import Config, PipelineConfig, UsesBroker, load_config
 from agent.console import TICK, Console
 from agent.errors import AgentError, ConfigError
 from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
+from agent.protocols import SharesConnection, WatchesFile, model_identity
 from agent.registry import Registry
 from agent.runtime.metrics import MetricsServer, console_refusal
 from agent.runtime.redelivery import Redeliveries
@@ -33,6 +34,7 @@ from agent.runtime.reload import (
     restart_sections,
 )
 from agent.runtime.unit import RunningPipeline
+from agent.sinks.context import Upstream
 from agent.stages import period
 from agent.stages.processor import Processor, build_processor
 from agent.transport.mqtt import Connection, client_id
@@ -101,7 +103,7 @@ class Agent:
     def release_connections(self) -> None:
         """Stop upstream connections no sink uses any more (a reload removed their sinks)."""
         forwarders = [f for unit in self.units.values() for f in unit.forwarders]
-        used = {id(getattr(f.sink, "conn", None)) for f in forwarders}
+        used = {id(f.sink.conn) for f in forwarders if isinstance(f.sink, SharesConnection)}
         status = self._status_broker() if self.config.agent.status_topic else None
         for name, conn in list(self._connections.items()):
             if id(conn) not in used and name != status:
@@ -114,7 +116,7 @@ class Agent:
             return a.status_broker
         for p in self.config.pipelines:
             for s in p.sinks:
-                if getattr(s, "broker", None):
+                if isinstance(s, UsesBroker):
                     return s.broker
         return None
 
@@ -169,22 +171,18 @@ class Agent:
         # One id counter per pipeline name for the whole boot: a pipeline restarted by a
         # reload must not number its records from 1 again (ids are unique per message).
         processor._ids = self._record_ids.setdefault(p.name, processor._ids)
-        handler = processor.handler
-        self.log.info(
-            "model_loaded",
-            pipeline=p.name,
-            model=str(getattr(handler, "path", "")),
-            sha256=getattr(handler, "sha256", ""),
-        )
+        path, sha256 = model_identity(processor.handler)
+        self.log.info("model_loaded", pipeline=p.name, model=path, sha256=sha256)
         return processor
 
     def build_unit(self, p: PipelineConfig) -> RunningPipeline:
         """One pipeline with its source and sink forwarders, not started."""
         cfg = self.config
         forwarders = []
+        context = Upstream(cfg.agent.id, cfg.brokers, self.connection)
         for j, s in enumerate(p.sinks):
             name = f"{p.name}.{j}"
-            sink = self.registry.get("sink", s.type)(s, self)
+            sink = self.registry.get("sink", s.type)(s, context)
             forwarders.append(
                 Forwarder(name, sink, self.spool, cfg.spool.batch, cfg.spool.replay_rate)
             )
@@ -212,9 +210,8 @@ class Agent:
     def check_models(self) -> None:
         """Log (once per change) a model file that no longer matches its loaded model."""
         for unit in self.units.values():
-            name = unit.name
-            check = getattr(unit.processor.handler, "check_file", None)
-            problem = check() if check else None
+            name, handler = unit.name, unit.processor.handler
+            problem = handler.check_file() if isinstance(handler, WatchesFile) else None
             if problem and problem != self._model_problems.get(name):
                 self.log.error("model_file_changed", pipeline=name, error=problem)
             self._model_problems[name] = problem

@@ -16,8 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent import log
-from agent.config import Config
+from agent.config import Config, UsesBroker, WritesFile
 from agent.errors import AgentError
+from agent.protocols import model_identity
 from agent.runtime.instance import holder
 
 BROKER_TIMEOUT = 5.0  # s a broker gets to answer CONNECT
@@ -71,7 +72,7 @@ def _model(cfg: Config, index: int) -> Result:
     p = cfg.pipelines[index]
     processor = build_processor(p)
     handler = processor.handler
-    model = str(getattr(handler, "path", "") or p.handler.type)
+    model = model_identity(handler)[0] or p.handler.type
     return None, f"{model}, {processor.decoder.channels} channels"
 
 
@@ -88,7 +89,7 @@ def checks(cfg: Config) -> list[tuple[str, Check]]:
     if cfg.metrics is not None:
         out.append((f"metrics {cfg.metrics.host}:{cfg.metrics.port}", lambda: _metrics(cfg)))
     used = {p.source.broker for p in cfg.pipelines}
-    used |= {s.broker for p in cfg.pipelines for s in p.sinks if getattr(s, "broker", None)}
+    used |= {s.broker for p in cfg.pipelines for s in p.sinks if isinstance(s, UsesBroker)}
     for name in sorted(used):
         b = cfg.brokers[name]
         tls = ", TLS" if b.tls else ""
@@ -96,7 +97,7 @@ def checks(cfg: Config) -> list[tuple[str, Check]]:
     for i, p in enumerate(cfg.pipelines):
         out.append((f"pipeline {p.name} model", lambda i=i: _model(cfg, i)))
         for j, s in enumerate(p.sinks):
-            path = getattr(s, "path", None)
+            path = s.path if isinstance(s, WritesFile) else None
             if isinstance(path, Path):
                 out.append((f"pipeline {p.name} sinks[{j}] {path}", lambda q=path: _folder(q)))
     return out

@@ -22,7 +22,7 @@ from pathlib import Path
 from agent.config import Config
 from agent.errors import ConfigError
 from agent.handlers.onnx_model import sha256_of
-from agent.protocols import ModelHandler, StreamHandler
+from agent.protocols import ModelHandler, StreamHandler, model_identity
 
 RESTART_SECTIONS = ("agent", "brokers", "spool", "metrics", "fleet")
 
@@ -60,7 +60,7 @@ def check_brokers(old: Config, new: Config) -> None:
 
 def model_changed(handler: ModelHandler | StreamHandler) -> bool:
     """Whether the handler's model file now holds other bytes than the ones loaded."""
-    path, sha = getattr(handler, "path", None), getattr(handler, "sha256", "")
+    path, sha = model_identity(handler)
     if not path or not sha:
         return False
     try:

@@ -11,6 +11,7 @@ from typing import IO, Literal
 from pydantic import Field
 
 from agent.config import ComponentConfig
+from agent.protocols import SinkContext
 from agent.records import Record, dumps
 
 
@@ -33,7 +34,7 @@ class FileSink:
 
     config_model = FileSinkConfig
 
-    def __init__(self, config: FileSinkConfig, context=None) -> None:
+    def __init__(self, config: FileSinkConfig, context: SinkContext | None = None) -> None:
         self.config = config
         self._f: IO[bytes] | None = None
 
@@ -58,7 +59,7 @@ class StdoutSink:
 
     config_model = StdoutSinkConfig
 
-    def __init__(self, config: StdoutSinkConfig, context=None) -> None:
+    def __init__(self, config: StdoutSinkConfig, context: SinkContext | None = None) -> None:
         self.config = config
 
     def start(self) -> None:

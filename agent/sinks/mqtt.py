@@ -12,6 +12,7 @@ from pydantic import Field
 
 from agent.config import ComponentConfig
 from agent.errors import NotConnectedError
+from agent.protocols import SinkContext
 from agent.records import EVENT, SUMMARY, Record, dumps
 from agent.transport.mqtt import Connection, topic_level
 
@@ -38,7 +39,7 @@ class MqttSink:
     config_model = MqttSinkConfig
     concurrent = True  # write_many may run in two forwarder lanes (events, the rest) at once
 
-    def __init__(self, config: MqttSinkConfig, context) -> None:
+    def __init__(self, config: MqttSinkConfig, context: SinkContext) -> None:
         self.config = config
         self.conn = context.connection(config.broker)
         self._topics = {EVENT: config.events, SUMMARY: config.summaries}

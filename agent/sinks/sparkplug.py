@@ -32,9 +32,9 @@ import paho.mqtt.client as mqtt
 from pydantic import Field
 
 from agent.config import ComponentConfig
-from agent.decoders.sparkplug import BOOLEAN, DOUBLE, INT64, NAMESPACE, REBIRTH, UINT64
 from agent.errors import NotConnectedError
-from agent.proto.sparkplug_b_pb2 import Payload
+from agent.proto.sparkplug import BOOLEAN, DOUBLE, INT64, NAMESPACE, REBIRTH, UINT64, Payload
+from agent.protocols import SinkContext
 from agent.records import EVENT, SUMMARY, Record
 from agent.transport.mqtt import Connection, client_id, topic_level
 
@@ -84,10 +84,9 @@ class SparkplugSink:
 
     config_model = SparkplugSinkConfig
 
-    def __init__(self, config: SparkplugSinkConfig, context) -> None:
+    def __init__(self, config: SparkplugSinkConfig, context: SinkContext) -> None:
         self.config = config
-        agent_cfg = context.config
-        self.node = config.node or agent_cfg.agent.id
+        self.node = config.node or context.agent_id
         self.metrics = CORE + [
             (f"{kind}/{f}", DOUBLE) for kind in ("event", "summary") for f in config.extra_metrics
         ]
@@ -100,8 +99,8 @@ class SparkplugSink:
         self.bd_seq = 0
         self.devices: dict[str, int] = {}  # sanitized device -> alias offset
         self._born: set[str] = set()
-        broker = agent_cfg.brokers[config.broker]
-        cid = client_id(broker.client_id, f"{agent_cfg.agent.id}-{config.broker}", "spb")
+        broker = context.broker(config.broker)
+        cid = client_id(broker.client_id, f"{context.agent_id}-{config.broker}", "spb")
         self.conn = Connection(config.broker, broker, cid, will=self._will(), will_retain=False)
         self.conn.on_connected.append(self._on_connect)
         disconnected = self.conn.client.on_disconnect

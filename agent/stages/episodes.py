@@ -28,6 +28,7 @@ import numpy as np
 
 from agent.config import RuleConfig
 from agent.stages import undo
+from agent.stages.rule import over as rule_over
 from agent.stages.windows import DeviceIndex
 
 OPENED, ONGOING, ESCALATED, CLOSED, FLOOD = "opened", "ongoing", "escalated", "closed", "flood"
@@ -108,7 +109,7 @@ class Episodes:
         self, slots: np.ndarray, ts: np.ndarray, scores: np.ndarray, thresholds: np.ndarray
     ) -> list[Transition]:
         """Advance the devices of scored windows (each device's in time order)."""
-        over = scores > thresholds
+        over = rule_over(scores, thresholds)
         busy = self.open | (self.run > 0)
         if not over.any() and not busy[slots].any():
             return []

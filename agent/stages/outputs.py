@@ -144,7 +144,8 @@ Decision = ClassDecision | RegressionDecision
 
 
 def decision_for(handler: object) -> Decision | None:
-    """The decision rule of a loaded handler's declared kind; None for ``score``."""
+    """The decision rule of a loaded handler's declared kind; None for ``score`` and
+    ``events``."""
     kind = output_kind(handler)
     if kind == "classes":
         assert isinstance(handler, ClassOutput)

@@ -1,4 +1,5 @@
-"""The stages of one pipeline: decode -> window -> model -> rule -> aggregate.
+"""The stages of one pipeline: admit -> decode -> route -> observe -> window -> score ->
+decide -> aggregate -> emit, one method each, run in that order by :meth:`Processor.process`.
 
 :class:`Processor` is single-threaded and I/O-free, so ``run`` (through
 :class:`agent.runtime.pipeline.Pipeline`), ``evaluate`` and the tests share it.
@@ -18,7 +19,20 @@ import numpy as np
 
 from agent import log
 from agent.config import PipelineConfig
-from agent.protocols import Attributing, Decoder, ModelHandler, NamedChannels, StreamHandler
+from agent.protocols import (
+    Attributing,
+    Binds,
+    Decoder,
+    Describes,
+    Details,
+    ModelHandler,
+    NamedChannels,
+    OutputKind,
+    StreamHandler,
+    Thresholded,
+    model_identity,
+    output_kind,
+)
 from agent.records import EVENT, STATS, SUMMARY, Message, Record, SampleBatch
 from agent.registry import Registry
 from agent.stages.aggregate import Summaries
@@ -26,9 +40,9 @@ from agent.stages.batch_stats import BatchStats
 from agent.stages.calibration import MIN_BUDGET_WINDOWS
 from agent.stages.episodes import CLOSED, FLOOD, OPENED, Episodes, Transition
 from agent.stages.isolate import decode_isolated
-from agent.stages.outputs import Decision, decision_for
+from agent.stages.outputs import Decided, Decision, decision_for
 from agent.stages.restarts import Restarts
-from agent.stages.rule import Hold
+from agent.stages.rule import Hold, over
 from agent.stages.sequence import Sequences
 from agent.stages.undo import Undo
 from agent.stages.warmup import Warmup
@@ -133,7 +147,12 @@ class Processor:
         self.rejected: list[tuple[Message, str, str]] = []
         self.last_devices: list[str] = []  # of a batch that raised (named in the log)
         self.control: list[tuple[str, bytes]] = []  # decoder requests, published by the runtime
-        self.stateful = bool(getattr(handler, "stateful", False))
+        self.kind: OutputKind = output_kind(handler)  # what the handler declares; see load()
+        self.stream = handler if isinstance(handler, StreamHandler) and handler.stateful else None
+        self.stateful = self.stream is not None
+        # Optional abilities, asked once here rather than per batch.
+        self._details = handler if isinstance(handler, Details) else None
+        self._describes = handler if isinstance(handler, Describes) else None
         self.hold = Hold(self.index, config.rule.hold) if config.rule.hold else None
         self.warmup = self._new_warmup() if config.calibration is not None else None
         episodic = config.rule.events == "episodes" and not self.stateful
@@ -163,13 +182,13 @@ class Processor:
 
     def load(self) -> None:
         """Load the model against this pipeline's window (raises ModelError)."""
-        bind = getattr(self.handler, "bind", None)
-        if bind is not None:  # a handler that depends on how samples were decoded
-            bind(self.decoder)
+        if isinstance(self.handler, Binds):  # it depends on how samples were decoded
+            self.handler.bind(self.decoder)
         self.handler.load(self.config.window.size, self.decoder.channels)
         handler = self.handler
         self.attributes = isinstance(handler, Attributing) and handler.attributes
-        self.decision = None if self.stateful else decision_for(handler)
+        self.kind = output_kind(handler)  # a typed kind's labels may come with the model
+        self.decision = decision_for(handler)
         self.summaries.typed = self.decision.summary(self.index) if self.decision else None
 
     def _next_id(self) -> str:
@@ -249,14 +268,39 @@ class Processor:
     def _process(
         self, messages: Sequence[Message], undo: Undo
     ) -> tuple[list[Record], Scored | None]:
+        """The stages, in order (see :meth:`process`)."""
+        batch, events = self._decode(self._admit(messages))
+        slots = self._route(batch, undo)
+        if slots is None:
+            return events, None
+        groups = self._observe(slots, batch, undo)
+        if self.stream is not None:  # a StreamHandler keeps its own per-device state
+            return events + self._stream_events(batch), None
+        due, windows, lives = self._window(slots, batch, groups)
+        if not len(due):
+            if lives is not None and self.episodes is not None:
+                events += self._episode_records(self._step_episodes(due, None, lives))
+            return events, None
+        decided = self._score(slots[due], windows)
+        scored = self._decide(slots[due], batch, due, decided)
+        self._aggregate(slots[due], scored, decided)
+        return events + self._events(slots[due], windows, scored, lives), scored
+
+    def _admit(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """Stage ``admit``: messages over ``source.max_payload`` are counted and rejected."""
         limit = self.config.source.max_payload
-        if any(len(m.payload) > limit for m in messages):
-            big = [m for m in messages if len(m.payload) > limit]
-            messages = [m for m in messages if len(m.payload) <= limit]
-            self._count_errors(
-                {"too_large": len(big)},
-                [(m, "too_large", f"{len(m.payload)} bytes > {limit}") for m in big],
-            )
+        if not any(len(m.payload) > limit for m in messages):
+            return messages
+        big = [m for m in messages if len(m.payload) > limit]
+        self._count_errors(
+            {"too_large": len(big)},
+            [(m, "too_large", f"{len(m.payload)} bytes > {limit}") for m in big],
+        )
+        return [m for m in messages if len(m.payload) <= limit]
+
+    def _decode(self, messages: Sequence[Message]) -> tuple[SampleBatch, list[Record]]:
+        """Stage ``decode``: samples (bad ones counted, clocks checked), decoder control
+        requests, and the device state events the decoder saw."""
         batch = decode_isolated(self.decoder, messages)
         self.last_devices = batch.devices
         if batch.errors:
@@ -267,24 +311,32 @@ class Processor:
             self._check_ids(batch, messages)
         if len(batch) and self.config.source.max_clock_skew is not None:
             self._check_clock(batch, messages)
+        return batch, events
+
+    def _route(self, batch: SampleBatch, undo: Undo) -> np.ndarray | None:
+        """Stage ``route``: each sample's device slot; samples over ``max_devices`` are
+        counted and dropped. None when no sample is left."""
         if not len(batch):
-            return events, None
+            return None
         undo.add(self.index.save(batch.devices))
         slots = self.index.slots(batch.devices)
-        if (slots < 0).any():
-            full = np.flatnonzero(slots < 0)
-            self._count_errors(
-                {"device_limit": len(full)},
-                [
-                    (Message(batch.devices[i], b""), "device_limit", "max_devices reached")
-                    for i in full[:1].tolist()
-                ],
-            )
-            keep = np.flatnonzero(slots >= 0)
-            slots = slots[keep]
-            _keep(batch, keep)
-            if not len(slots):  # every sample over the cap: counted above, nothing to add
-                return events, None
+        if not (slots < 0).any():
+            return slots
+        full = np.flatnonzero(slots < 0)
+        self._count_errors(
+            {"device_limit": len(full)},
+            [
+                (Message(batch.devices[i], b""), "device_limit", "max_devices reached")
+                for i in full[:1].tolist()
+            ],
+        )
+        keep = np.flatnonzero(slots >= 0)
+        _keep(batch, keep)
+        return slots[keep] if len(keep) else None  # every sample over the cap: counted
+
+    def _observe(self, slots: np.ndarray, batch: SampleBatch, undo: Undo) -> Groups:
+        """Stage ``observe``: counters, last seen, sequence gaps and sample counts (each
+        stage's state of these devices saved first, for :meth:`process` to restore)."""
         self.counters.decoded += len(slots)
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
@@ -293,12 +345,20 @@ class Processor:
             undo.add(step)
         self.sequences.observe(slots, batch.seq)
         self.summaries.add_samples(groups)
-        if self.stateful:  # a StreamHandler keeps its own per-device state: no windows
-            found = self.handler.update(batch)
-            self.counters.anomalies += len(found)
-            for payload in found:
-                events.append(self._record(EVENT, {**payload, "pipeline": self.name}))
-            return events, None
+        return groups
+
+    def _stream_events(self, batch: SampleBatch) -> list[Record]:
+        """Stage ``stream`` (the ``events`` kind): the handler's own events."""
+        assert self.stream is not None
+        found = self.stream.update(batch)
+        self.counters.anomalies += len(found)
+        return [self._record(EVENT, {**payload, "pipeline": self.name}) for payload in found]
+
+    def _window(
+        self, slots: np.ndarray, batch: SampleBatch, groups: Groups
+    ) -> tuple[np.ndarray, np.ndarray, Lives | None]:
+        """Stage ``window``: the windows due for scoring (their samples' indices and the
+        windows), leaving out windows inside a device's warm-up or spanning a restart."""
         calibrated = (
             self.warmup.push(slots, batch.values, groups, self.handler, batch.ts)
             if self.warmup
@@ -313,67 +373,102 @@ class Processor:
             keep = lives.pos[due] - self.config.window.size + 1 >= lives.start[due]
             due, windows = due[keep], windows[keep]
             lives.due = due
-            if not len(due) and self.episodes is not None:
-                events += self._episode_records(self._step_episodes(due, None, lives))
-        if not len(due):
-            return events, None
+        return due, windows, lives
+
+    def _score(self, slots: np.ndarray, windows: np.ndarray) -> Decided:
+        """Stage ``score``: one model call for the batch's windows; each window's severity
+        and threshold, by the handler's declared kind (a typed kind's decision rule, or
+        scores against the fixed or per-device learned threshold)."""
         started = time.perf_counter()
-        decided = None
-        if self.decision is not None:  # a typed kind: its rule gives severity and threshold
-            x = self.warmup.normalise(slots[due], windows) if self.warmup else windows
+        if self.decision is not None:
+            x = self.warmup.normalise(slots, windows) if self.warmup else windows
             decided = self.decision.decide(x)
-            scores, threshold = decided.severity, decided.threshold
         elif self.warmup:
-            scores = np.asarray(self.warmup.score(self.handler, slots[due], windows), np.float64)
-            threshold = self.warmup.threshold[slots[due]]
+            scores = self.warmup.score(self.handler, slots, windows)
+            decided = Decided(np.asarray(scores, np.float64), self.warmup.threshold[slots])
         else:
             scores = np.asarray(self.handler.infer(windows), np.float64)
-            threshold = np.full(len(due), self.handler.threshold)
-        self.batch_stats.observe(len(due), time.perf_counter() - started)
-        anomalous = scores > threshold
+            decided = Decided(scores, np.full(len(slots), self.handler.threshold))
+        self.batch_stats.observe(len(slots), time.perf_counter() - started)
+        if self._details is not None:  # the handler's per-window extras first
+            decided.details = {**self._details.last_details, **decided.details}
+        return decided
+
+    def _decide(
+        self, slots: np.ndarray, batch: SampleBatch, due: np.ndarray, decided: Decided
+    ) -> Scored:
+        """Stage ``decide``: the rule's verdict on each scored window (over, then held)."""
+        anomalous = over(decided.severity, decided.threshold)
         if self.hold:
-            anomalous = self.hold.apply(slots[due], anomalous)
-        self.summaries.add_scores(slots[due], scores, anomalous)
-        if decided is not None:
-            self.summaries.add_typed(slots[due], decided)
-        self.counters.windows += len(due)
-        self.counters.anomalies += int(anomalous.sum())
-        scored = Scored(
+            anomalous = self.hold.apply(slots, anomalous)
+        return Scored(
             [batch.devices[i] for i in due.tolist()],
             batch.ts[due],
             batch.seq[due],
-            scores,
+            decided.severity,
             anomalous,
-            {**getattr(self.handler, "last_details", {}), **(decided.details if decided else {})},
-            threshold,
+            decided.details,
+            decided.threshold,
         )
+
+    def _aggregate(self, slots: np.ndarray, scored: Scored, decided: Decided) -> None:
+        """Stage ``aggregate``: the period's per-device summaries and the totals."""
+        self.summaries.add_scores(slots, scored.scores, scored.anomalous)
+        if self.decision is not None:
+            self.summaries.add_typed(slots, decided)
+        self.counters.windows += len(slots)
+        self.counters.anomalies += int(scored.anomalous.sum())
+
+    def _events(
+        self, slots: np.ndarray, windows: np.ndarray, scored: Scored, lives: Lives | None
+    ) -> list[Record]:
+        """Stage ``emit``: episode transitions, or one event per anomalous window."""
         if self.episodes is not None:
-            moves = self._step_episodes(slots[due], scored, lives, threshold)
-            scored.open = self.episodes.open[slots[due]]
-            events += self._episode_records(moves, scored, slots[due], windows)
-            return events, scored
-        hits = np.flatnonzero(anomalous)
-        if len(hits):
-            extra = self._describe(hits)
-            causes = self._causes(slots[due][hits], windows[hits])
-            keep_score = self.decision is None or self.decision.keeps_score
-            for k, (i, more) in enumerate(zip(hits.tolist(), extra)):
-                device = scored.devices[i]
-                payload = {
-                    "device": device,
-                    "ts": float(scored.ts[i]),
-                    "seq": int(scored.seq[i]),
-                    **(
-                        {"score": float(scores[i]), "threshold": float(threshold[i])}
-                        if keep_score
-                        else {}
-                    ),
-                    "pipeline": self.name,
-                    **more,
-                    **({"cause": causes[k]} if causes else {}),
-                }
-                events.append(Record(EVENT, self.name, device, payload, self._next_id()))
-        return events, scored
+            moves = self._step_episodes(slots, scored, lives, scored.thresholds)
+            scored.open = self.episodes.open[slots]
+            return self._episode_records(moves, scored, slots, windows)
+        hits = np.flatnonzero(scored.anomalous)
+        fields = self._window_fields(hits.tolist(), scored, slots, windows)
+        out = []
+        for i in hits.tolist():
+            device = scored.devices[i]
+            payload = {
+                "device": device,
+                "ts": float(scored.ts[i]),
+                "seq": int(scored.seq[i]),
+                **self._score_fields(scored, i),
+                "pipeline": self.name,
+                **fields[i],
+            }
+            out.append(Record(EVENT, self.name, device, payload, self._next_id()))
+        return out
+
+    def _score_fields(self, scored: Scored, i: int, threshold: float | None = None) -> dict:
+        """``score`` and ``threshold`` of window ``i``, for the kinds whose events keep them."""
+        if self.decision is not None and not self.decision.keeps_score:
+            return {}
+        assert scored.thresholds is not None
+        thr = float(scored.thresholds[i]) if threshold is None else threshold
+        return {"score": float(scored.scores[i]), "threshold": thr}
+
+    def _window_fields(
+        self, index: list[int], scored: Scored, slots: np.ndarray, windows: np.ndarray
+    ) -> dict[int, dict]:
+        """Event fields of the scored windows ``index`` (one ``describe`` call for all of
+        them): the typed kind's (class, estimate and interval), the handler's own extras,
+        and the channels that drive the score (``cause``)."""
+        if not index:
+            return {}
+        hits = np.array(index, np.int64)
+        describes = self._describes
+        extra = describes.describe(hits) if describes is not None else [{}] * len(hits)
+        if self.decision is not None:
+            extra = [{**typed, **x} for typed, x in zip(self.decision.fields(hits), extra)]
+        causes = self._causes(slots[hits], windows[hits])
+        return {
+            i: {**x, **({"cause": causes[k]} if causes else {})}
+            for k, (i, x) in enumerate(zip(index, extra))
+        }
 
     def _lives(self, slots: np.ndarray, batch: SampleBatch, groups: Groups) -> Lives:
         """Each sample's absolute position and life start (``rule.reset_on_restart``), and
@@ -419,15 +514,6 @@ class Processor:
         keyed.sort(key=lambda km: km[0])  # in sample order, as batches of one would give
         return [m for _, m in keyed]
 
-    def _describe(self, hits: np.ndarray) -> list[dict]:
-        """Event fields of windows ``hits`` of the last decision: the typed kind's (class,
-        estimate and interval) and the handler's own ``describe`` extras."""
-        describe = getattr(self.handler, "describe", None)
-        extra = describe(hits) if describe else [{}] * len(hits)
-        if self.decision is None:
-            return extra
-        return [{**typed, **more} for typed, more in zip(self.decision.fields(hits), extra)]
-
     def _causes(self, slots: np.ndarray, windows: np.ndarray, top: int = 3) -> list[list[dict]]:
         """The top channels of each window's score with their shares; [] when the handler
         cannot attribute."""
@@ -459,11 +545,9 @@ class Processor:
         if not moves or episodes is None:
             return []
         described = [m.index for m in moves if m.kind not in (CLOSED, FLOOD)]
-        more: dict[int, dict] = {}
-        causes: dict[int, list[dict]] = {}
-        if described and scored is not None and slots is not None and windows is not None:
-            causes = dict(zip(described, self._causes(slots[described], windows[described])))
-            more = dict(zip(described, self._describe(np.array(described, np.int64))))
+        fields: dict[int, dict] = {}
+        if scored is not None and slots is not None and windows is not None:
+            fields = self._window_fields(described, scored, slots, windows)
         out = []
         for m in moves:
             payload: dict = {"event": m.kind, "pipeline": self.name}
@@ -488,13 +572,8 @@ class Processor:
                 payload.update(
                     episode=episodes.ids[s], ts=float(scored.ts[i]), seq=int(scored.seq[i])
                 )
-                if self.decision is None or self.decision.keeps_score:
-                    payload.update(
-                        score=float(scored.scores[i]), threshold=float(episodes.threshold[s])
-                    )
-                payload.update(more.get(i, {}))
-                if i in causes:
-                    payload["cause"] = causes[i]
+                payload.update(self._score_fields(scored, i, float(episodes.threshold[s])))
+                payload.update(fields.get(i, {}))
             payload.update(m.fields)
             out.append(Record(EVENT, self.name, device, payload, rec_id))
         return out
@@ -622,7 +701,7 @@ class Processor:
 
     def _new_warmup(self) -> Warmup:
         config, handler = self.config, self.handler
-        auto = getattr(getattr(handler, "config", None), "threshold", None) == "auto"
+        auto = config.handler.learns_threshold()
         assert config.calibration is not None
         return Warmup(
             self.index,
@@ -640,7 +719,7 @@ class Processor:
             old.warmup is not None
             and old.config.calibration == self.config.calibration
             and old.config.handler == self.config.handler
-            and getattr(old.handler, "sha256", None) == getattr(self.handler, "sha256", None)
+            and model_identity(old.handler)[1] == model_identity(self.handler)[1]
         )
 
     def flush(self, extra_stats: dict | None = None) -> list[Record]:
@@ -649,8 +728,8 @@ class Processor:
         start, self.period_start = self.period_start, now
         records = []
         extra = {}
-        if self.stateful:  # the handler's own per-device summaries join the core ones
-            extra = {str(x["device"]): x for x in self.handler.flush()}
+        if self.stream is not None:  # the handler's own per-device summaries join the core
+            extra = {str(x["device"]): x for x in self.stream.flush()}
         core = self.summaries.flush(self.episodes.open if self.episodes else None)
         seen = {s["device"] for s in core}
         for s in [*core, *[{"device": d} for d in extra if d not in seen]]:
@@ -683,10 +762,15 @@ class Processor:
         """``device``'s threshold: learned (None while it warms up) or the fixed one."""
         slot = self.index.slot_of.get(device)
         if self.warmup is None:
-            return float(getattr(self.handler, "threshold", 0.0) or 0.0)
+            return self.fixed_threshold()
         if slot is None or self.warmup.count[slot] < self.warmup.n:
             return None
         return float(self.warmup.threshold[slot])
+
+    def fixed_threshold(self) -> float:
+        """The handler's own threshold (0 for a handler that declares none)."""
+        handler = self.handler
+        return float(handler.threshold or 0.0) if isinstance(handler, Thresholded) else 0.0
 
     def warming_up(self) -> int:
         """Devices tracked whose calibration warm-up is not complete (read by scrapes)."""

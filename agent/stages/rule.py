@@ -19,6 +19,12 @@ from agent.stages.windows import DeviceIndex
 _CLOSED = np.iinfo(np.int64).max // 2  # windows since the last over window: never over
 
 
+def over(severity: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """The rule's test of scored windows: over when the severity (a score, or a typed kind's
+    severity) exceeds the window's threshold; a NaN threshold is never exceeded."""
+    return severity > threshold
+
+
 class Hold:
     """Per-device hold state of the threshold rule, indexed by device slot."""
 

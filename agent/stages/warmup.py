@@ -28,6 +28,7 @@ import numpy as np
 
 from agent import log
 from agent.config import CalibrationConfig
+from agent.protocols import PerDevice
 from agent.stages import undo
 from agent.stages.calibration import auto_threshold, budget_threshold, fit_normaliser
 from agent.stages.windows import DeviceIndex, Groups
@@ -206,7 +207,7 @@ class Warmup:
         for i, s in enumerate(slots.tolist()):
             norm = fit_normaliser(rows[i], rel_floor=self.config.rel_floor)
             self.mean[s], self.scale[s] = norm.mean, norm.scale
-        if hasattr(handler, "fit_devices"):
+        if isinstance(handler, PerDevice):
             handler.fit_devices(slots, self.normalise(slots, rows))
 
     def _scores(self, slots: np.ndarray, handler, rows: np.ndarray) -> np.ndarray:
@@ -261,5 +262,6 @@ class Warmup:
 
 
 def _score(handler, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
-    per_device = getattr(handler, "infer_devices", None)
-    return per_device(slots, windows) if per_device else handler.infer(windows)
+    if isinstance(handler, PerDevice):
+        return handler.infer_devices(slots, windows)
+    return handler.infer(windows)

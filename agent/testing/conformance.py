@@ -17,17 +17,22 @@ What is checked:
   (and a permuted batch gives permuted scores: no per-device state, no cross-talk
   between rows); repeated calls agree; thread confinement: the runtime loads in one
   thread and calls ``infer`` from the worker thread (never concurrently), so a handler
-  loaded in one thread must give the same scores when called from another. The declared
-  output kind: a handler with an ``output`` attribute implements that kind's Protocol
-  in full; ``classes``: labels with the healthy one among them, ``probabilities`` ``[n, K]``
-  in [0, 1] summing to 1, batch-invariant, ``infer`` = ``1 - P(healthy)``; ``regression``:
-  quantity, units, direction and a finite limit, ``estimate`` gives ``low <= value <=
-  high``, finite and batch-invariant, ``infer`` = the value.
-- stream handler (``stateful = True``): events for batches fed in chunks equal those for
-  the same samples in one batch; every event and summary names its ``device``.
-- sink: ``start``, ``write_many`` (retried while it raises ``NotConnectedError``, up to
-  ``timeout``), the same records again (redelivery after a crash must be tolerated), an
-  empty list, ``close``; only ``NotConnectedError`` may signal an unreachable upstream.
+  loaded in one thread must give the same scores when called from another. Its declared
+  abilities: ``describe`` gives one JSON-able dict per hit, ``last_details`` ``[n]`` arrays.
+  The declared output kind: ``output`` names a kind and the handler implements that kind's
+  Protocol in full; ``classes``: labels with the healthy one among them,
+  ``probabilities`` ``[n, K]`` in [0, 1] summing to 1, batch-invariant, ``infer`` =
+  ``1 - P(healthy)``; ``regression``: quantity, units, direction and a finite limit,
+  ``estimate`` gives ``low <= value <= high``, finite and batch-invariant, ``infer`` = the
+  value.
+- stream handler (implements ``StreamHandler``, ``stateful = True``): events for batches
+  fed in chunks equal those for the same samples in one batch; every event and summary
+  names its ``device``.
+- sink: implements ``Sink`` and keeps its validated ``config``; a ``Pipelined`` sink is
+  also ``Concurrent``; ``start``, ``write_many`` (retried while it raises
+  ``NotConnectedError``, up to ``timeout``), the same records again (redelivery after a
+  crash must be tolerated), an empty list, ``close``; only ``NotConnectedError`` may signal
+  an unreachable upstream.
 """
 
 from __future__ import annotations
@@ -44,7 +49,20 @@ from pydantic import BaseModel, ValidationError
 
 from agent.config import ComponentConfig
 from agent.errors import ModelError, NotConnectedError
-from agent.protocols import ClassOutput, RegressionOutput, output_kind
+from agent.protocols import (
+    ClassOutput,
+    Concurrent,
+    DeclaresOutput,
+    Describes,
+    Details,
+    OutputKind,
+    Pipelined,
+    RegressionOutput,
+    Sink,
+    StreamHandler,
+    Thresholded,
+    output_kind,
+)
 from agent.records import Message, Record, SampleBatch
 
 
@@ -185,7 +203,8 @@ def check_handler(
     if "error" in result:
         raise result["error"]
     h, in_loader = result["handler"], result["scores"]
-    thr = getattr(h, "threshold", None)
+    assert isinstance(h, Thresholded), "a windowed handler has a threshold"
+    thr = h.threshold
     assert isinstance(thr, (int, float)) and np.isfinite(thr), "threshold must be a finite number"
     scores = np.asarray(h.infer(windows))
     assert scores.shape == (n,), f"infer gave shape {scores.shape} for {n} windows"
@@ -201,13 +220,16 @@ def check_handler(
     np.testing.assert_allclose(
         np.asarray(h.infer(windows[perm])), scores[perm], rtol, atol, err_msg="rows interact"
     )
-    describe = getattr(h, "describe", None)
-    if describe is not None:
+    if isinstance(h, Describes):
         h.infer(windows)
         hits = np.arange(n)[::2]
-        extra = describe(hits)
+        extra = h.describe(hits)
         assert len(extra) == len(hits), "describe must give one dict per hit"
         json.dumps(extra)
+    if isinstance(h, Details):
+        h.infer(windows)
+        for name, d in h.last_details.items():
+            assert np.shape(d) == (n,), f"last_details[{name!r}]: shape {np.shape(d)}, want ({n},)"
     check_output_kind(h, windows, rtol=rtol, atol=atol, seed=seed)
 
 
@@ -216,8 +238,12 @@ def check_output_kind(
 ) -> str:
     """Check a loaded handler's declared output kind on ``windows``; return the kind."""
     kind = output_kind(h)
-    declared = vars(type(h)).get("output", None) or h.__dict__.get("output")
-    if isinstance(declared, str):
+    declared = h.output if isinstance(h, DeclaresOutput) else None
+    assert declared in typing.get_args(OutputKind), (
+        f"{type(h).__name__} must declare output = one of {typing.get_args(OutputKind)}, "
+        f"got {declared!r}"
+    )
+    if kind != "events":
         assert kind == declared, (
             f"{type(h).__name__} declares output {declared!r} but does not implement its "
             "Protocol (agent.protocols.ClassOutput / RegressionOutput) in full"
@@ -274,10 +300,12 @@ def check_stream_handler(
 ) -> None:
     """Check a stateful handler: ``make_batches()`` gives fresh decoded batches in order."""
     cfg = check_config_model(cls, config)
-    assert getattr(cls, "stateful", False) is True, "a stream handler sets stateful = True"
     batches = make_batches()
     assert len(batches) >= 2, "give at least two batches"
     a = cls(cfg)
+    assert isinstance(a, StreamHandler) and a.stateful is True, (
+        "a stream handler implements agent.protocols.StreamHandler with stateful = True"
+    )
     a.load(window_size, channels)
     events_a = [e for b in batches for e in a.update(b)]
     summaries_a = a.flush()
@@ -332,6 +360,7 @@ def check_sink(
     cfg = check_config_model(cls, config)
     assert records, "give some records"
     sink = cls(cfg, context)
+    _check_sink_abilities(sink, cfg)
     sink.start()
     try:
         for batch in (list(records), list(records), []):
@@ -347,6 +376,16 @@ def check_sink(
     finally:
         sink.close()
     return sink
+
+
+def _check_sink_abilities(sink: Any, cfg: BaseModel) -> None:
+    assert isinstance(sink, Sink), "a sink implements agent.protocols.Sink"
+    assert sink.config == cfg, "a sink keeps its validated config as `config`"
+    if isinstance(sink, Pipelined):
+        assert isinstance(sink, Concurrent) and sink.concurrent, (
+            "publish_many pipelines the event lane only of a Concurrent sink: declare "
+            "concurrent = True"
+        )
 
 
 def check_sink_unavailable(cls: type, config: dict, context: Any, records: Sequence[Record]):

@@ -17,6 +17,7 @@ from agent.protocols import output_kind
 from agent.records import EVENT, STATS, SUMMARY, Message, Record
 from agent.registry import Registry
 from agent.runtime.agent import Agent
+from agent.sinks.context import Upstream
 from agent.testing.conformance import (
     check_decoder,
     check_handler,
@@ -256,6 +257,11 @@ def _agent(port: int, **sink) -> Agent:
     return Agent(cfg)
 
 
+def _context(agent: Agent) -> Upstream:
+    """The sink context the agent hands its sinks (its id, brokers and shared connections)."""
+    return Upstream(agent.config.agent.id, agent.config.brokers, agent.connection)
+
+
 def test_file_and_stdout_sinks(tmp_path, capsys):
     path = tmp_path / "out.jsonl"
     check_sink(REG.get("sink", "file"), {"type": "file", "path": str(path)}, None, RECORDS)
@@ -281,7 +287,7 @@ def test_mqtt_sink_delivers_each_record_to_its_topic(broker):
     col = Collector(broker.port, [f"{pre}/#"])
     agent.connection("up").start()
     try:
-        check_sink(REG.get("sink", "mqtt"), cfg, agent, RECORDS)
+        check_sink(REG.get("sink", "mqtt"), cfg, _context(agent), RECORDS)
         col.settle()
     finally:
         agent.connection("up").stop()
@@ -306,7 +312,9 @@ def test_sparkplug_sink_delivers_births_data_and_death(broker):
     cfg = {"type": "sparkplug_b", "broker": "up", "group": group}
     col = Collector(broker.port, [f"spBv1.0/{group}/#"])
     try:
-        check_sink(REG.get("sink", "sparkplug_b"), cfg, _agent(broker.port, **cfg), RECORDS)
+        check_sink(
+            REG.get("sink", "sparkplug_b"), cfg, _context(_agent(broker.port, **cfg)), RECORDS
+        )
         col.settle()
     finally:
         col.close()
@@ -337,4 +345,6 @@ def test_sinks_without_upstream_raise_not_connected():
 
     port = free_port()
     for cfg in ({"type": "mqtt", "broker": "up"}, {"type": "sparkplug_b", "broker": "up"}):
-        check_sink_unavailable(REG.get("sink", cfg["type"]), cfg, _agent(port, **cfg), RECORDS)
+        check_sink_unavailable(
+            REG.get("sink", cfg["type"]), cfg, _context(_agent(port, **cfg)), RECORDS
+        )

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import yaml
 
-from agent.decoders.sparkplug import DOUBLE, INT64, REBIRTH
+from agent.proto.sparkplug import DOUBLE, INT64, REBIRTH
 from agent.proto.sparkplug_b_pb2 import Payload
 from tests.support.mqtt import AgentProcess, Collector, client
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.decoders.sparkplug import rebirth_request
+from agent.proto.sparkplug import rebirth_request
 from tests.support.mqtt import AgentProcess, Collector, client
 from tests.support.thirdparty import Script, venv_python
 

@@ -6,7 +6,7 @@ import time
 
 import orjson
 
-from agent.decoders.sparkplug import BOOLEAN, DOUBLE, INT32, INT64
+from agent.proto.sparkplug import BOOLEAN, DOUBLE, INT32, INT64
 from agent.proto.sparkplug_b_pb2 import Payload
 from agent.records import Message
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.decoders.sparkplug import DOUBLE, INT8
+from agent.proto.sparkplug import DOUBLE, INT8
 from tests.conftest import ROOT
 from tests.support.payloads import T0, analytics, births, ddata, full, minimal, spb
 

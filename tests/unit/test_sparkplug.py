@@ -2,16 +2,8 @@
 
 from __future__ import annotations
 
-from agent.decoders.sparkplug import (
-    DOUBLE,
-    INT8,
-    INT16,
-    INT32,
-    INT64,
-    REBIRTH,
-    SparkplugDecoder,
-    SparkplugDecoderConfig,
-)
+from agent.decoders.sparkplug import SparkplugDecoder, SparkplugDecoderConfig
+from agent.proto.sparkplug import DOUBLE, INT8, INT16, INT32, INT64, REBIRTH
 from agent.proto.sparkplug_b_pb2 import Payload
 from agent.records import Message
 from tests.support.payloads import T0, births, ddata, spb

@@ -126,6 +126,7 @@ class PeopleFlowHandler:
 
     config_model = PeopleFlowConfig
     stateful = True
+    output = "events"
     threshold = math.inf  # not a window scorer: events come from update()
     clock = staticmethod(time.monotonic)  # when a camera was last heard from
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 from pydantic import Field
@@ -18,6 +18,7 @@ from pydantic import Field
 from agent.config import ComponentConfig
 from agent.errors import ModelError
 from agent.handlers.typed import metadata as model_metadata
+from agent.protocols import Decoder, SampleRate
 
 from . import MODEL
 from .features import feature_names, features
@@ -39,6 +40,13 @@ class BearingConfig(ComponentConfig):
         "speed the model was trained at)",
     )
     threads: int = Field(1, ge=1, le=64, description="onnxruntime intra-op threads")
+
+
+@runtime_checkable
+class ShaftSpeed(Protocol):
+    """A decoder ability: ``speed_channel`` says the last channel is the shaft speed (rpm)."""
+
+    speed_channel: bool
 
 
 class BearingHandler:
@@ -64,16 +72,15 @@ class BearingHandler:
         self.last_details: dict[str, np.ndarray] = {}
         self._decoder_rate: float | None = None
 
-    def bind(self, decoder: Any) -> None:
+    def bind(self, decoder: Decoder) -> None:
         """Take the decoder's delivered rate and shaft-speed channel (called before load)."""
-        rate = getattr(decoder, "sample_rate", None)
-        if rate is None:
+        if not isinstance(decoder, SampleRate):
             raise ModelError(
                 f"{self.path}: bearing_condition needs a decoder that declares its sample "
                 f"rate (vibration_block), not {type(decoder).__name__}"
             )
-        self._decoder_rate = float(rate)
-        self.speed_channel = bool(getattr(decoder, "speed_channel", False))
+        self._decoder_rate = float(decoder.sample_rate)
+        self.speed_channel = isinstance(decoder, ShaftSpeed) and decoder.speed_channel
 
     def load(self, window_size: int, channels: int) -> None:
         import onnxruntime as ort
