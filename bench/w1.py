@@ -5,11 +5,13 @@ test (the agent, the naive reference agent, a stock paho subscriber that only co
 trials: a fresh collector and processor, a multi-process load generator at a fixed rate, then
 a drain. A trial *holds* its rate when the load generator reached it and every sample is
 counted (summary ``count``s per device, or the counter's count) within a grace period after
-the last publish, and the processor exits 0. Per processor: one trial at 1,000 msg/s, a
-doubling ramp, a bisection for the highest rate held and, where latency is measured, a trial at
-half that rate. Prints one table and one JSON line.
+the last publish, and the processor exits 0. Per processor: trials at 100, 1,000 and 5,000
+msg/s (CPU per 1,000 samples per rate, per thread), a doubling ramp, a bisection for the
+highest rate held and, where latency is measured, a trial at half that rate. Prints one table
+and one JSON line.
 
-    python -m bench.w1 [--devices 100] [--duration 5] [--quick] [--only naive] [--json-out F]
+    python -m bench.w1 [--devices 100] [--duration 5] [--quick] [--curve-only] [--only naive]
+                       [--max-delay 4ms] [--json-out F]
 """
 
 from __future__ import annotations
@@ -452,7 +454,8 @@ def table(rows: list[Row]) -> str:
                 "-" if d["cpu_s_per_1k"] is None else f"{d['cpu_s_per_1k']:.4f}",
                 " / ".join(
                     "-" if c is None else f"{c:.3f}" for c in d["cpu_s_per_1k_curve"].values()
-                ),
+                )
+                or "-",
                 "-" if d["rss_mb"] is None else f"{d['rss_mb']:.0f}",
             )
         )
