@@ -444,6 +444,8 @@ def table(rows: list[Row]) -> str:
             notes.append(f"{r.name}: failed at 1,000/s, {why[0]} ... {why[-1]}"[:200])
         d = r.summary()
         rate = "none" if d["max_rate"] is None else f"{d['max_rate']:,}"
+        if r.best is None and r.at_1k is not None and r.at_1k.held:
+            rate = "-"  # --curve-only: not measured
         lines.append(
             (
                 r.name,

@@ -57,7 +57,7 @@ class Pipeline:
     def _batching(self, p: Processor) -> None:
         """When a batch is due: ``source.max_delay`` and ``max_batch`` of ``p``'s config."""
         self.intake.max_delay = p.config.source.max_delay
-        self.intake.due = p.config.max_batch
+        self.intake.due = min(p.config.max_batch, self.intake.bound)  # a full intake is due
 
     def start(self) -> None:
         self._thread.start()

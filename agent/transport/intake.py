@@ -39,7 +39,9 @@ class Intake:
         self.bound = bound
         self.policy = policy
         self.max_delay = max_delay  # s a message may wait for others to join its batch
-        self.due = due  # this many queued messages make a batch at once (max_batch)
+        # this many queued messages make a batch at once (max_batch, and never more than
+        # fit: a full intake must not wait for max_delay while it drops or blocks)
+        self.due = min(due, bound)
         self._q: deque[Message] = deque()
         self.received = 0
         self.dropped = 0

@@ -176,3 +176,16 @@ def test_a_full_batch_wakes_a_gathering_worker():
     assert until(lambda: len(w.taken()) == 200, 10)  # 200 msgs in ~0.2+ s, max_delay 1 s
     w.end()
     assert max(len(b) for b in w.batches) <= 50
+
+
+def test_a_full_intake_is_a_due_batch():
+    """With a bound below max_batch, a full intake ends the wait (it would drop or block
+    while the worker waited out max_delay)."""
+    q = Intake(10, "block", max_delay=1.0, due=2048)
+    assert q.due == 10
+    w = Worker(q)
+    for i in range(100):  # blocks at 10 queued until the worker drains
+        q.put(Message("t", str(i).encode(), 0.0))
+    assert until(lambda: len(w.taken()) == 100, 10)
+    w.end()
+    assert [m.payload for m in w.taken()] == [str(i).encode() for i in range(100)]
