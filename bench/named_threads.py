@@ -4,7 +4,7 @@ tell threads apart in ``/proc/<pid>/task/*/comm`` (Python 3.11 leaves them all "
     python -m bench.named_threads run -c configs/w1.yaml   # the agent's CLI arguments
 
 Names longer than the kernel's 15 characters keep their end (``paho-mqtt-client-w1-agent-w1-in``
-becomes ``-agent-w1-in``...), which tells the connections apart. Bench only: the agent is
+becomes ``-w1-agent-w1-in``), which tells the connections apart. Bench only: the agent is
 unchanged.
 """
 

@@ -45,7 +45,7 @@ class Intake:
         self._q: deque[Message] = deque()
         self.received = 0
         self.dropped = 0
-        self.wakeups = 0  # times the worker's wait ended (tests and figures count them)
+        self.wakeups = 0  # times the worker slept and woke (the tests count them)
         self.state = AWAKE
         self._first = 0.0  # monotonic time the oldest queued message arrived in an empty queue
         self._wake = threading.Event()
