@@ -248,6 +248,12 @@ class SourceConfig(Model):
         "so each read and batch carries more messages (less CPU, up to this much more "
         "latency); null: off",
     )
+    max_delay: Annotated[float, BeforeValidator(_duration), Field(ge=0, le=1.0)] = Field(
+        0.001,
+        description="longest a message waits for others to join its batch (a duration up to "
+        "1s, or 0: never wait); only a stream dense enough to bring 1.5 or more messages in "
+        "that time waits, and the worker wakes once per batch instead of once per message",
+    )
     dead_letter: str | None = Field(
         None, description="topic template for rejected payloads ({pipeline}, {kind})"
     )

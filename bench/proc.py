@@ -140,6 +140,42 @@ def cpu_seconds(pid: int) -> float:
     return total / _TICK
 
 
+def thread_stats(pid: int) -> dict[str, tuple[float, int]]:
+    """CPU seconds (utime + stime) and voluntary context switches (sleeps, i.e. wake-ups)
+    per thread name of ``pid`` (``/proc/<pid>/task/*``); threads of one name are summed."""
+    out: dict[str, tuple[float, int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            head, rest = (task / "stat").read_text().rsplit(")", 1)
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        name = head.split("(", 1)[1]
+        fields = rest.split()
+        cpu = (int(fields[11]) + int(fields[12])) / _TICK
+        woke = next(
+            int(ln.split()[1]) for ln in status.splitlines() if ln.startswith("voluntary_ctxt")
+        )
+        c, w = out.get(name, (0.0, 0))
+        out[name] = (c + cpu, w + woke)
+    return out
+
+
+def thread_delta(
+    before: dict[str, tuple[float, int]], after: dict[str, tuple[float, int]], samples: int
+) -> dict[str, dict[str, float]]:
+    """Per thread name: CPU s and wake-ups per 1,000 samples between two :func:`thread_stats`."""
+    k = 1000 / max(samples, 1)
+    out = {}
+    for name, (cpu, woke) in after.items():
+        c0, w0 = before.get(name, (0.0, 0))
+        out[name] = {
+            "cpu_s_per_1k": round((cpu - c0) * k, 4),
+            "wakeups_per_1k": round((woke - w0) * k, 1),
+        }
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["cpu_s_per_1k"]))
+
+
 def cpu_ticks() -> list[int]:
     """The machine's CPU time by state since boot (first line of /proc/stat, in ticks)."""
     return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

@@ -5,11 +5,13 @@ test (the agent, the naive reference agent, a stock paho subscriber that only co
 trials: a fresh collector and processor, a multi-process load generator at a fixed rate, then
 a drain. A trial *holds* its rate when the load generator reached it and every sample is
 counted (summary ``count``s per device, or the counter's count) within a grace period after
-the last publish, and the processor exits 0. Per processor: one trial at 1,000 msg/s, a
-doubling ramp, a bisection for the highest rate held and, where latency is measured, a trial at
-half that rate. Prints one table and one JSON line.
+the last publish, and the processor exits 0. Per processor: trials at 100, 1,000 and 5,000
+msg/s (CPU per 1,000 samples per rate, per thread), a doubling ramp, a bisection for the
+highest rate held and, where latency is measured, a trial at half that rate. Prints one table
+and one JSON line.
 
-    python -m bench.w1 [--devices 100] [--duration 5] [--quick] [--only naive] [--json-out F]
+    python -m bench.w1 [--devices 100] [--duration 5] [--quick] [--curve-only] [--only naive]
+                       [--max-delay 4ms] [--json-out F]
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
+
+import yaml
 
 from . import connect, loadgen, mqtt_client
 from .broker import MOSQUITTO, mosquitto
@@ -42,24 +46,25 @@ from .proc import (
     print_result,
     python,
     steal_share,
+    thread_delta,
+    thread_stats,
 )
 
 AGENT_CONFIG = REPO / "configs" / "w1.yaml"
-AGENT_ARGV = [
-    sys.executable,
-    "-c",
-    "import sys; from agent.cli import main; sys.exit(main())",
-    "run",
-    "-c",
-    str(AGENT_CONFIG),
-]
+# bench.named_threads runs agent.cli with OS thread names, for the per-thread figures
+AGENT_ARGV = [sys.executable, "-m", "bench.named_threads", "run", "-c", str(AGENT_CONFIG)]
 # s after the last publish for every sample to be counted: 0.5 s, plus the 1 s summary period
 GRACE = {"counter": 0.5, "naive": 1.5, "agent": 1.5, "relay": 1.5}
 RATE_SLACK = 0.95  # a trial whose load generator fell short of this share of its target fails
 # s. At 1,000 msg/s over 100 devices the first windows fill after 3.2 s and W1 gives ~18
 # events a second: 10 s gave ~120 events, so "p99" was the second-worst event and one VM
-# stall (5-14 ms, a few every 10 s even on an idle machine here) decided it; 30 s gives ~480.
-MIN_1K_DURATION = 30.0
+# stall (5-14 ms, a few every 10 s even on an idle machine here) decided it; 60 s gives
+# ~1,030, so the p99 is the ~10th-worst event.
+MIN_1K_DURATION = 60.0
+# The rates of a gateway's usual day, measured for every processor (issue 21): CPU per
+# 1,000 samples must fall with rate. 100 msg/s runs 20 s so its CPU time spans ~100 ticks.
+CURVE = (100.0, 1000.0, 5000.0)
+MIN_LOW_DURATION = 20.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,7 @@ class Processor:
     qos: int
     model: Literal["fp32", "int8"] | None = None
     threads: int = 1  # relays (bench.relay): 1 or 2
+    max_delay: str | None = None  # agents: source.max_delay instead of the config's
 
 
 PROCESSORS = (
@@ -104,6 +110,8 @@ class Trial:
     exit_code: int | None = None
     duplicates: int = 0  # summaries and events that arrived again with an id already seen
     steal_pct: float | None = None  # VM steal during the load, % of the machine's CPU time
+    # per thread name: CPU s and voluntary context switches (wake-ups) per 1,000 samples
+    threads: dict[str, dict[str, float]] = field(default_factory=dict)
     why: list[str] = field(default_factory=list)
 
     @property
@@ -121,6 +129,7 @@ class Row:
     best: Trial | None = None  # highest rate held
     at_1k: Trial | None = None
     at_half: Trial | None = None  # half the highest rate held (issue 4's p99 target)
+    curve: dict[int, Trial] = field(default_factory=dict)  # the CURVE rates
     lower_bound: bool = False  # only the load generator or the cap fell short, never the processor
 
     def summary(self) -> dict[str, Any]:
@@ -142,6 +151,8 @@ class Row:
             "rss_mb": b.rss_mb if b else None,
             "steal_pct_1k": k.steal_pct if k else None,
             "steal_pct_half": h.steal_pct if h else None,
+            "cpu_s_per_1k_curve": {r: t.cpu_s_per_1k for r, t in self.curve.items()},
+            "threads_curve": {r: t.threads for r, t in self.curve.items()},
             "trials": [{**asdict(t), "held": t.held} for t in self.trials],
         }
 
@@ -156,9 +167,11 @@ class Settings:
     devices: int = 100
     duration: float = 5.0
     duration_1k: float = MIN_1K_DURATION
+    duration_low: float = MIN_LOW_DURATION
     loadgen_procs: int = 2
     ramp: tuple[float, float] = (2000.0, 256_000.0)  # first rate, cap; doubling
     bisect_steps: int = 3
+    curve_only: bool = False  # stop after the CURVE trials (no ramp)
     agent_config: Path = AGENT_CONFIG  # bench.console runs W1 with a metrics section added
 
 
@@ -188,13 +201,20 @@ def start(s: Settings, proc: Processor, log: Path) -> Child:
     spool = s.workdir / f"{proc.name}-spool.db"  # fresh per trial: no rows of an earlier one
     for leftover in spool.parent.glob(spool.name + "*"):
         leftover.unlink()
+    config = s.agent_config
+    if proc.max_delay is not None:
+        config = s.workdir / f"{proc.name}.yaml"
+        data = yaml.safe_load(s.agent_config.read_text())
+        for pipeline in data["pipelines"]:
+            pipeline["source"]["max_delay"] = proc.max_delay
+        config.write_text(yaml.safe_dump(data))
     env = {
         "MQTT_PORT": str(s.port),
         "W1_MODEL": str(model),
         "W1_QOS": str(proc.qos),
         "W1_SPOOL": str(spool),
     }
-    return Child([*AGENT_ARGV[:-1], str(s.agent_config)], log, env=env)
+    return Child([*AGENT_ARGV[:-1], str(config)], log, env=env)
 
 
 def wait_probe(port: int, collector: Child, child: Child, timeout: float = 30.0) -> None:
@@ -255,7 +275,7 @@ def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> T
         else:
             wait_probe(s.port, collector, child)
             count, cmd, key = collector, "stats", "total"
-        cpu0, ticks0 = cpu_seconds(child.pid), cpu_ticks()
+        cpu0, ticks0, threads0 = cpu_seconds(child.pid), cpu_ticks(), thread_stats(child.pid)
         load = loadgen.run(s.port, s.devices, target, duration, proc.qos, s.loadgen_procs)
         trial.steal_pct = steal_share(ticks0, cpu_ticks())
         trial.rate, trial.sent = round(load.rate, 1), load.total
@@ -263,6 +283,7 @@ def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> T
             lambda: int(count.request(cmd)[key]), load.total, load.t_end + GRACE[proc.kind]
         )
         trial.cpu_s_per_1k = round((cpu_seconds(child.pid) - cpu0) / load.total * 1000, 5)
+        trial.threads = thread_delta(threads0, thread_stats(child.pid), load.total)
         trial.rss_mb = round(peak_rss_mb(child.pid), 1)
         if collector is None:
             trial.final = settle(lambda: int(child.request("count")["count"]), load.total)
@@ -301,8 +322,8 @@ def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> T
 
 
 def measure(s: Settings, proc: Processor) -> Row:
-    """Trials at 1,000 msg/s, a doubling ramp, a bisection for the highest rate held and
-    (processors with latency) one at half that rate."""
+    """Trials at the CURVE rates (100, 1,000, 5,000 msg/s), a doubling ramp, a bisection for
+    the highest rate held and (processors with latency) one at half that rate."""
     row = Row(proc.name)
     if proc.kind == "agent" and (why := agent_missing()):
         row.skipped = why
@@ -321,8 +342,11 @@ def measure(s: Settings, proc: Processor) -> Row:
         )
         return t
 
-    row.at_1k = step(1000.0, max(s.duration, s.duration_1k))
-    if not row.at_1k.held:
+    for rate in CURVE:
+        long = s.duration_1k if rate == 1000.0 else s.duration_low if rate < 1000 else 0.0
+        row.curve[int(rate)] = step(rate, max(s.duration, long))
+    row.at_1k = row.curve[1000]
+    if not row.at_1k.held or s.curve_only:
         return row
     row.best = row.at_1k
     highest(s, row, step)
@@ -406,7 +430,7 @@ def table(rows: list[Row]) -> str:
             "p50/p99 ms @1k",
             "p50/p99 ms @half",
             "CPU s/1k",
-            "CPU s/1k @1k",
+            "CPU s/1k @100/1k/5k",
             "peak RSS MB",
         )
     ]
@@ -415,11 +439,13 @@ def table(rows: list[Row]) -> str:
         if r.skipped:
             notes.append(f"{r.name}: skipped, {r.skipped}")
             continue
-        if r.best is None and r.trials:
-            why = "; ".join(r.trials[0].why).splitlines()
+        if r.at_1k is not None and not r.at_1k.held:
+            why = "; ".join(r.at_1k.why).splitlines()
             notes.append(f"{r.name}: failed at 1,000/s, {why[0]} ... {why[-1]}"[:200])
         d = r.summary()
         rate = "none" if d["max_rate"] is None else f"{d['max_rate']:,}"
+        if r.best is None and r.at_1k is not None and r.at_1k.held:
+            rate = "-"  # --curve-only: not measured
         lines.append(
             (
                 r.name,
@@ -428,7 +454,10 @@ def table(rows: list[Row]) -> str:
                 _ms(d["p50_1k_ms"], d["p99_1k_ms"]),
                 _ms(d["p50_half_ms"], d["p99_half_ms"]),
                 "-" if d["cpu_s_per_1k"] is None else f"{d['cpu_s_per_1k']:.4f}",
-                "-" if d["cpu_s_per_1k_at_1k"] is None else f"{d['cpu_s_per_1k_at_1k']:.3f}",
+                " / ".join(
+                    "-" if c is None else f"{c:.3f}" for c in d["cpu_s_per_1k_curve"].values()
+                )
+                or "-",
                 "-" if d["rss_mb"] is None else f"{d['rss_mb']:.0f}",
             )
         )
@@ -475,6 +504,17 @@ def main(argv: list[str] | None = None) -> int:
         help="processors whose name contains NAME (repeatable): "
         + ", ".join(x.name for x in PROCESSORS),
     )
+    p.add_argument(
+        "--curve-only",
+        action="store_true",
+        help="only the trials at 100, 1,000 and 5,000 msg/s (no ramp to the highest rate)",
+    )
+    p.add_argument(
+        "--max-delay",
+        action="append",
+        metavar="DURATION",
+        help="run each agent with source.max_delay DURATION (repeatable: one row per value)",
+    )
     p.add_argument("--loadgen-procs", type=int, default=os.cpu_count() or 2)
     p.add_argument("--json-out", type=Path, help="also write the JSON result here")
     args = p.parse_args(argv)
@@ -482,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     procs = [x for x in PROCESSORS if not args.only or any(o in x.name for o in args.only)]
     if args.quick:
         procs = [x for x in procs if x.qos == 0]
+    if args.max_delay:
+        procs = [
+            replace(x, name=f"{x.name}-d{d}", max_delay=d) if x.kind == "agent" else x
+            for x in procs
+            for d in (args.max_delay if x.kind == "agent" else [None])
+        ]
     if not procs:
         p.error(f"--only matches none of {[x.name for x in PROCESSORS]}")
 
@@ -494,9 +540,10 @@ def main(argv: list[str] | None = None) -> int:
             devices=args.devices,
             duration=args.duration,
             loadgen_procs=args.loadgen_procs,
+            curve_only=args.curve_only,
         )
         if args.quick:
-            s.devices, s.duration, s.duration_1k = 20, 2.0, 3.0
+            s.devices, s.duration, s.duration_1k, s.duration_low = 20, 2.0, 3.0, 2.0
             s.ramp, s.bisect_steps = (4000.0, 4000.0), 0
         rows = [measure(s, x) for x in procs]
 

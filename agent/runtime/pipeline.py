@@ -58,6 +58,12 @@ class Pipeline:
         # costs well under a microsecond per batch.
         self.lock = threading.Lock()
         self._next: tuple[Processor, threading.Event, list[bool]] | None = None
+        self._batching(processor)
+
+    def _batching(self, p: Processor) -> None:
+        """When a batch is due: ``source.max_delay`` and ``max_batch`` of ``p``'s config."""
+        self.intake.max_delay = p.config.source.max_delay
+        self.intake.due = min(p.config.max_batch, self.intake.bound)  # a full intake is due
 
     def start(self) -> None:
         self._thread.start()
@@ -87,6 +93,7 @@ class Pipeline:
             self._flush_now(old, "reload")
         kept[0] = new.adopt(old)
         self.processor = new
+        self._batching(new)
         done.set()
 
     def request_flush(self) -> None:
@@ -154,10 +161,10 @@ class Pipeline:
                     stats = self._stats()  # a spool query: not under the lock
                     with self.lock:
                         self._flush_now(p, stats=stats)
-                if not msgs:
-                    if self._stop.is_set() and not len(intake):
-                        break
-                    intake.wait(0.1)
+                if not self._stop.is_set():
+                    intake.wait_batch()  # no timeout while idle: the intake wakes it
+                elif not msgs and not len(intake):
+                    break
         except BaseException as e:  # a bug: log it, keep what we have, let the runtime see it
             self.error = e
             self.log.exception("worker_failed")

@@ -3,33 +3,57 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 from agent.records import Message
+
+RATE_WINDOW = 0.05  # s over which the arrival rate is measured
+GATHER_MIN = 1.5  # messages expected within max_delay before the worker waits to gather them
+
+# What the worker is doing, as the network thread sees it (read without a lock: a stale
+# read costs one extra or one early wake-up, never a lost one; see Intake.wait_batch).
+AWAKE, IDLE, GATHERING = 0, 1, 2
 
 
 class Intake:
     """Bounded FIFO with an overflow policy; every drop is counted (``dropped``).
 
-    ``put`` runs in the network thread and does no more than append (and wake a sleeping
-    worker). When full, ``drop_oldest`` discards the oldest queued message (the freshest
-    data is kept), ``drop_newest`` the arriving one (the backlog is kept), and ``block``
-    makes the network thread wait for room: nothing is dropped here, the socket stops
-    being read and the backlog waits in the broker, within its own limits for a session's
-    queue (beyond them the broker drops; a wait longer than 1.5 x keepalive ends the
-    connection, and QoS 0 messages in flight are gone). A QoS 1
-    source on a persistent session always blocks (:class:`~agent.transport.source.MqttSource`).
+    ``put`` runs in the network thread and does no more than append, and wakes the worker
+    only when a batch is due: the worker sleeps without a timeout while the intake is
+    empty (the first message wakes it), and on a dense stream it sleeps until the oldest
+    message has waited ``max_delay`` or ``due`` messages are queued, so messages arriving
+    in between wake nobody (:meth:`wait_batch`). When full, ``drop_oldest`` discards the
+    oldest queued message (the freshest data is kept), ``drop_newest`` the arriving one
+    (the backlog is kept), and ``block`` makes the network thread wait for room: nothing
+    is dropped here, the socket stops being read and the backlog waits in the broker,
+    within its own limits for a session's queue (beyond them the broker drops; a wait
+    longer than 1.5 x keepalive ends the connection, and QoS 0 messages in flight are
+    gone). A QoS 1 source on a persistent session always blocks
+    (:class:`~agent.transport.source.MqttSource`).
     """
 
-    def __init__(self, bound: int, policy: str = "drop_oldest") -> None:
+    def __init__(
+        self, bound: int, policy: str = "drop_oldest", max_delay: float = 0.0, due: int = 2048
+    ) -> None:
         self.bound = bound
         self.policy = policy
+        self.max_delay = max_delay  # s a message may wait for others to join its batch
+        # this many queued messages make a batch at once (max_batch, and never more than
+        # fit: a full intake must not wait for max_delay while it drops or blocks)
+        self.due = min(due, bound)
         self._q: deque[Message] = deque()
         self.received = 0
         self.dropped = 0
-        self._sleeping = False
+        self.wakeups = 0  # times the worker slept and woke (the tests count them)
+        self.state = AWAKE
+        self._first = 0.0  # monotonic time the oldest queued message arrived in an empty queue
         self._wake = threading.Event()
+        self._kicked = False  # wake() was called: the worker has flags to look at
         self._space = threading.Condition()
+        self._since = time.monotonic()  # start of the current rate window
+        self._count = 0  # messages in the current rate window
+        self.rate = 0.0  # messages/s over the last full window (0 once the stream stops)
         self.closed = False
 
     def _dropped(self, msg: Message) -> None:
@@ -51,9 +75,9 @@ class Intake:
                 with self._space:
                     while len(q) >= self.bound and not self.closed:
                         self._space.wait(0.1)
+        self._arrived(1, not q)
         q.append(msg)
-        if self._sleeping:
-            self._wake.set()
+        self._notify()
 
     def put_many(self, msgs: list[Message]) -> None:
         """Enqueue a chunk of messages (the fast path's unit); same policies as :meth:`put`."""
@@ -78,8 +102,25 @@ class Intake:
                 msgs = msgs[-self.bound :]
         else:
             self.received += len(msgs)
+        self._arrived(len(msgs), not q)
         q.extend(msgs)
-        if self._sleeping:
+        self._notify()
+
+    def _arrived(self, n: int, first: bool) -> None:
+        """Measure the arrival rate; note when a message enters an empty queue."""
+        now = time.monotonic()
+        if first:
+            self._first = now
+        self._count += n
+        if now - self._since >= RATE_WINDOW:
+            self.rate = self._count / (now - self._since)
+            self._since, self._count = now, 0
+
+    def _notify(self) -> None:
+        """Wake the worker if a batch is due: it sleeps on an empty queue, or it gathers
+        and the queue reached ``due``. Otherwise its own timer ends its wait."""
+        state = self.state
+        if state == IDLE or (state == GATHERING and len(self._q) >= self.due):
             self._wake.set()
 
     def drain(self, limit: int) -> list[Message]:
@@ -92,15 +133,57 @@ class Intake:
                 self._space.notify_all()
         return out
 
+    def dense(self) -> bool:
+        """Whether waiting ``max_delay`` is expected to gather ``GATHER_MIN`` messages or
+        more: only then does a wait save wake-ups (a sparse stream is taken message by
+        message, with no added delay)."""
+        return self.rate * self.max_delay >= GATHER_MIN
+
+    def wait_batch(self) -> None:
+        """Worker: sleep until a batch is due or :meth:`wake` is called.
+
+        Due: ``due`` messages queued; or, on a dense stream, the oldest queued message
+        has waited ``max_delay`` (a wait that starts on an empty queue ends ``max_delay``
+        after it began, so no message waits longer); or, on a sparse stream, any message.
+        An empty queue on a stream that is not dense is a sleep without timeout: an idle
+        pipeline costs nothing.
+        """
+        q = self._q
+        if len(q) >= self.due or (q and not self.dense()):
+            return
+        timeout: float | None
+        if q:
+            timeout = self._first + self.max_delay - time.monotonic()
+            if timeout <= 0:
+                return
+            self.state = GATHERING
+        elif self.dense():
+            timeout, self.state = self.max_delay, GATHERING
+        else:
+            timeout, self.state = None, IDLE
+        self._wake.clear()
+        # after clear(): a put or wake() that came before it is seen here, any later one
+        # sets the event (an untimed wait must not miss one)
+        pending = len(q) >= self.due if self.state == GATHERING else bool(q)
+        if not pending and not self._kicked:
+            self._wake.wait(timeout)
+            self.wakeups += 1
+        self.state = AWAKE
+        self._kicked = False  # the worker looks at its flags next
+        if timeout is not None and not q:  # a timed wait found nothing: the stream stopped
+            self.rate = 0.0
+
     def wait(self, timeout: float) -> None:
-        """Sleep until a message arrives or ``timeout`` passes."""
-        self._sleeping = True
+        """Sleep until a message arrives or ``timeout`` passes (a paused worker)."""
+        self.state = IDLE
         self._wake.clear()
         if not self._q:
             self._wake.wait(timeout)
-        self._sleeping = False
+        self.state = AWAKE
 
     def wake(self) -> None:
+        """End the worker's wait now (a stop, flush or swap request it then looks at)."""
+        self._kicked = True
         self._wake.set()
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ import pytest
 from bench.broker import mosquitto
 from bench.floor import FLOORS
 from bench.floor import table as floor_table
-from bench.proc import steal_share
+from bench.proc import steal_share, thread_delta, thread_stats
 from bench.w1 import (
     PROCESSORS,
     Processor,
@@ -101,7 +102,8 @@ def test_floor_table_shows_each_round_and_the_medians() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "first_line"), [("w1", "W1 end-to-end"), ("floor", "Latency floor")]
+    ("name", "first_line"),
+    [("w1", "W1 end-to-end"), ("floor", "Latency floor"), ("scale", "Idle and scale")],
 )
 def test_bench_modules_explain_themselves(name: str, first_line: str) -> None:
     done = subprocess.run(
@@ -127,14 +129,39 @@ def test_table_and_json_report_half_rate_and_1k_figures() -> None:
     at_1k = Trial(1000.0, rate=1000.0, p50_ms=1.5, p99_ms=3.25, cpu_s_per_1k=0.336)
     best = Trial(32000.0, rate=31990.0, p50_ms=9.0, p99_ms=40.0, cpu_s_per_1k=0.021)
     half = Trial(16000.0, rate=15995.0, p50_ms=6.25, p99_ms=20.5, cpu_s_per_1k=0.031)
-    row = Row("agent-int8-q0", trials=[at_1k, best, half], best=best, at_1k=at_1k, at_half=half)
+    at_100 = Trial(100.0, rate=100.0, cpu_s_per_1k=0.98)
+    at_5k = Trial(5000.0, rate=4999.0, cpu_s_per_1k=0.0868)
+    curve = {100: at_100, 1000: at_1k, 5000: at_5k}
+    row = Row(
+        "agent-int8-q0",
+        trials=[at_100, at_1k, at_5k, best, half],
+        best=best,
+        at_1k=at_1k,
+        at_half=half,
+        curve=curve,
+    )
     d = row.summary()
     assert (d["half_rate"], d["p50_half_ms"], d["p99_half_ms"]) == (15995, 6.25, 20.5)
     assert d["cpu_s_per_1k_at_1k"] == 0.336 and d["cpu_s_per_1k"] == 0.021
+    assert d["cpu_s_per_1k_curve"] == {100: 0.98, 1000: 0.336, 5000: 0.0868}
     header, line = table([row]).splitlines()
-    assert "p50/p99 ms @half" in header and "CPU s/1k @1k" in header
+    assert "p50/p99 ms @half" in header and "CPU s/1k @100/1k/5k" in header
     assert line.split()[:2] == ["agent-int8-q0", "31,990"]
-    assert "6.25 / 20.50" in line and "0.336" in line
+    assert "6.25 / 20.50" in line and "0.980 / 0.336 / 0.087" in line
+
+
+def test_thread_figures_are_per_thread_name_per_1000_samples() -> None:
+    """thread_stats reads this process's threads; thread_delta scales the difference of two
+    readings to 1,000 samples, busiest thread first."""
+    now = thread_stats(os.getpid())
+    assert now and all(cpu >= 0 and woke >= 0 for cpu, woke in now.values())
+    before = {"worker": (1.0, 100), "reader": (0.5, 50)}
+    after = {"worker": (1.5, 300), "reader": (2.5, 250), "new": (0.1, 2)}
+    assert thread_delta(before, after, 2000) == {
+        "reader": {"cpu_s_per_1k": 1.0, "wakeups_per_1k": 100.0},
+        "worker": {"cpu_s_per_1k": 0.25, "wakeups_per_1k": 100.0},
+        "new": {"cpu_s_per_1k": 0.05, "wakeups_per_1k": 1.0},
+    }
 
 
 def fake_step(capacity: float, generator: float, tried: list[float]):

@@ -253,3 +253,23 @@ def test_check_names_missing_tls_and_model_files_with_their_keys(tmp_path, capsy
         timeout=60,
     )
     assert run.returncode == 2 and "brokers.local.tls.ca" in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("2ms", 0.002), (0, 0.0), (0.5, 0.5)])
+def test_max_delay_takes_a_duration_or_zero(tmp_path, given, seconds):
+    p = w1_with(tmp_path, lambda d: d["pipelines"][0]["source"].update(max_delay=given))
+    assert load_config(p).pipelines[0].source.max_delay == seconds
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("2s", "pipelines[0].source.max_delay: Input should be less than or equal to 1"),
+        (-1, "pipelines[0].source.max_delay: Input should be greater than or equal to 0"),
+        ("soon", "pipelines[0].source.max_delay: Value error, expected a duration such as"),
+    ],
+)
+def test_max_delay_out_of_range_names_the_key(tmp_path, given, expected):
+    p = w1_with(tmp_path, lambda d: d["pipelines"][0]["source"].update(max_delay=given))
+    [error] = errors_of(p)
+    assert error.startswith(expected), error

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from agent.outbox.forwarding import Forwarder
 
 from agent.config import BrokerConfig, parse_config
+from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
 from agent.protocols import output_kind
 from agent.records import EVENT, Message

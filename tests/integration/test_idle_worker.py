@@ -1,0 +1,62 @@
+"""An idle pipeline costs nothing: with brokers connected and no traffic, its worker thread
+sleeps without waking (issue 21; before, it polled its intake 10 times a second)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent.config import parse_config
+from agent.runtime.agent import Agent
+from tests.support.mqtt import publish, w1_payloads
+from tests.support.waiting import until
+
+pytestmark = pytest.mark.mosquitto
+
+
+def sleeps(thread: threading.Thread) -> int:
+    """Voluntary context switches of ``thread`` so far: each one a sleep that ended."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_worker_does_not_wake(broker, w1_models, tmp_path):
+    prefix = f"i{uuid.uuid4().hex[:6]}"
+    raw = {
+        "agent": {"id": f"a{uuid.uuid4().hex[:6]}", "status_topic": f"{prefix}-status"},
+        "brokers": {"local": {"port": broker.port}},
+        "spool": {"path": str(tmp_path / "s.db")},
+        "pipelines": [
+            {
+                "name": "p",
+                "source": {"broker": "local", "topics": [f"{prefix}/+/t"]},
+                "decoder": {"type": "json", "device": "topic[1]", "channels": 8},
+                "window": {"size": 32, "hop": 8},
+                "handler": {"type": "onnx", "model": str(w1_models[1])},
+                "summary": {"every": "1h"},  # no flush request during the test
+                "sinks": [{"type": "mqtt", "broker": "local", "summaries": f"{prefix}-s/{{d}}"}],
+            }
+        ],
+    }
+    agent = Agent(parse_config(raw, "test"))
+    agent.build()
+    agent.start()
+    try:
+        [pipeline], [source] = agent.pipelines, agent.sources
+        assert until(source.subscribed.is_set, 15)
+        items = w1_payloads(devices=2, samples=40, spike_rate=0)
+        publish(broker.port, prefix + "/{device}/t", items)
+        counters = pipeline.processor.counters
+        assert until(lambda: counters.decoded == len(items), 15)
+        assert until(lambda: pipeline.intake.state == 1, 15)  # asleep on an empty intake
+        worker = pipeline._thread
+        before = sleeps(worker)
+        done = threading.Event()
+        for _ in range(8):  # an interval of 8 timer expiries (0.8 s or more): 8 polls before
+            done.wait(0.1)
+        assert sleeps(worker) == before
+    finally:
+        agent.stop()
