@@ -1,8 +1,8 @@
 """Fast intake: PUBLISH packets split from the socket's bytes in bulk, beside paho.
 
 paho-mqtt keeps the connection, session, keepalive, TLS, reconnect and every control
-packet. Stock paho costs ~15 us of Python per received message (header read byte by byte,
-an MQTTMessage, callback matching); here the source reads its socket in 64 KiB chunks,
+packet. Stock paho spends Python per received message (header read byte by byte, an
+MQTTMessage, callback matching); here the source reads its socket in 64 KiB chunks,
 cuts PUBLISH packets out itself (MQTT 3.1.1 and 5, QoS 0 and 1) and hands every other
 packet's bytes, and any it does not expect (see :class:`PublishSplitter`), to paho
 unchanged, through the socket paho reads from. QoS 1 PUBLISHes are acknowledged through
@@ -10,8 +10,8 @@ paho's public manual-ack API (``Client.ack``).
 
 On a busy stream (over ``BUSY_RATE`` messages/s) the reader waits ``coalesce`` seconds
 before each read, so a read, and the worker's batch behind it, carries tens of messages
-instead of a few: each wake-up of paho's loop and of the worker costs ~100 us of Python
-whatever it carries (W1 at 16,000 msg/s: 4-5 messages per read without the wait).
+instead of a few, because a wake-up of paho's loop and of the worker costs the same
+whatever it carries (figures: docs/performance.md, "fast path").
 
 paho has no public hook for this: :class:`FastClient` overrides ``Client._create_socket``.
 It is tested with the paho versions in ``TESTED_PAHO``; with any other version, or with
@@ -34,7 +34,7 @@ READ_SIZE = 65536
 MAX_ROUNDS = 32  # bulk reads per recv() call before paho gets its loop back
 BUSY_RATE = 2000.0  # messages/s over RATE_WINDOW above which reads are coalesced
 RATE_WINDOW = 0.05  # s
-CACHED_TOPIC_MAX = 256  # bytes; 100,000 cached topics stay under ~60 MB
+CACHED_TOPIC_MAX = 256  # bytes: longer topics are not cached, so the cache is bounded by bytes
 
 PublishCallback = Callable[[list[Message], list[int]], None]
 

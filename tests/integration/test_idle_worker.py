@@ -45,7 +45,8 @@ def test_an_idle_worker_does_not_wake(broker, w1_models, tmp_path):
     agent.build()
     agent.start()
     try:
-        [pipeline], [source] = agent.pipelines, agent.sources
+        [unit] = agent.units.values()
+        pipeline, source = unit.worker, unit.source
         assert until(source.subscribed.is_set, 15)
         items = w1_payloads(devices=2, samples=40, spike_rate=0)
         publish(broker.port, prefix + "/{device}/t", items)
