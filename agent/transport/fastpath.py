@@ -11,7 +11,7 @@ paho's public manual-ack API (``Client.ack``).
 On a busy stream (over ``BUSY_RATE`` messages/s) the reader waits ``coalesce`` seconds
 before each read, so a read, and the worker's batch behind it, carries tens of messages
 instead of a few, because a wake-up of paho's loop and of the worker costs the same
-whatever it carries (figures: docs/performance.md, "fast path").
+whatever it carries (figures: docs/performance.md, the passes of issue 4).
 
 paho has no public hook for this: :class:`FastClient` overrides ``Client._create_socket``.
 It is tested with the paho versions in ``TESTED_PAHO``; with any other version, or with
