@@ -20,6 +20,7 @@ import pytest
 from agent.config import parse_config
 from agent.runtime.agent import Agent
 from tests.support import browser
+from tests.support.configs import agent_config, mqtt_sink, w1_pipeline
 from tests.support.mqtt import ROOT, publish, w1_payloads
 from tests.support.waiting import until
 
@@ -31,30 +32,11 @@ URL = re.compile(r"^console: (http://127\.0\.0\.1:\d+/)", re.M)
 
 
 def _config(port: int, prefix: str, model: Path, spool: Path) -> dict:
-    return {
-        "agent": {"id": "console-test"},
-        "brokers": {"local": {"host": "127.0.0.1", "port": port}},
-        "spool": {"path": str(spool)},
-        "metrics": {"host": "127.0.0.1", "port": 0},
-        "pipelines": [
-            {
-                "name": "w1",
-                "source": {"broker": "local", "topics": [f"{prefix}/+/telemetry"], "qos": 1},
-                "decoder": {
-                    "type": "json",
-                    "device": "topic[1]",
-                    "ts": "ts",
-                    "seq": "seq",
-                    "values": "v",
-                    "channels": 8,
-                },
-                "window": {"size": 32, "hop": 8},
-                "handler": {"type": "onnx_autoencoder", "model": str(model), "threshold": 1.5},
-                "summary": {"every": "1s"},
-                "sinks": [{"type": "mqtt", "broker": "local", "events": f"{prefix}-ev/{{device}}"}],
-            }
-        ],
-    }
+    pipe = w1_pipeline(
+        f"{prefix}/+/telemetry", model, sinks=[mqtt_sink(events=f"{prefix}-ev/{{device}}")]
+    )
+    metrics = {"host": "127.0.0.1", "port": 0}
+    return agent_config(port, spool, pipe, agent_id="console-test", metrics=metrics)
 
 
 def _payloads() -> list[tuple[str, int, bytes, bool]]:

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from agent.testing.mosquitto import Mosquitto
-from tests.support.faults import samples_per_device, tally, write_config
-from tests.support.mqtt import AgentProcess, Collector, publish, w1_payloads
+from tests.support.faults import line_config, samples_per_device, tally
+from tests.support.mqtt import AgentProcess, Collector, kill_left, publish, w1_payloads
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
 
@@ -27,24 +27,22 @@ def figures(name: str, **numbers: object) -> None:
 
 
 def _config(tmp_path, broker, up_port, model, line, every="1h"):
-    status_topic = f"status/{line}"
-    cfg = write_config(
-        tmp_path / "agent.yaml",
-        local=broker.port,
-        upstream=up_port,
-        model=model,
-        spool=tmp_path / "spool.db",
-        agent={
-            "id": f"a-{line}",
-            "status_topic": status_topic,
-            "status_broker": "local",
-            "heartbeat": "1s",
-        },
-    )
-    doc = yaml.safe_load(cfg.read_text())
-    doc["pipelines"][0]["summary"]["every"] = every
-    cfg.write_text(yaml.safe_dump(doc))
-    return cfg, status_topic
+    period = {"summary": {"every": every}}
+    cfg = line_config(tmp_path, line, broker.port, up_port, model, period, beat=True)
+    return cfg, f"status/{line}"
+
+
+def summed(col: Collector) -> int:
+    """Samples counted in the summaries collected so far, each summary id once."""
+    return sum(samples_per_device(tally(col.of("summary/"))[0]).values())
+
+
+def bodies_by_id(col: Collector) -> dict[str, set]:
+    """Every distinct payload collected under each record id."""
+    bodies: dict[str, set] = {}
+    for _, m in col.messages:
+        bodies.setdefault(m["id"], set()).add(repr(sorted(m.items())))
+    return bodies
 
 
 def decoded(status: Collector, topic: str) -> int:
@@ -73,22 +71,15 @@ def test_sigkill_between_flushes_loses_no_acknowledged_sample(broker, w1_models,
         agent.proc.wait(10)
         again = AgentProcess(cfg, {})
         again.wait_ready()
-        assert col.wait_for(
-            lambda: sum(samples_per_device(tally(col.of("summary/"))[0]).values()) >= len(items),
-            30,
-        )
+        assert col.wait_for(lambda: summed(col) >= len(items), 30)
         assert again.stop() == 0, again.logs[-20:]
         col.wait_for(lambda: False, 1.0)
     finally:
-        for a in (agent, again):
-            if a is not None and a.proc.poll() is None:
-                a.proc.kill()
+        kill_left(agent, again)
         up.stop()
     summaries, dup = tally(col.of("summary/"))
     ids = [m["id"] for _, m in col.messages]
-    bodies = {}
-    for _, m in col.messages:
-        bodies.setdefault(m["id"], set()).add(repr(sorted(m.items())))
+    bodies = bodies_by_id(col)
     per_device = samples_per_device(summaries)
     recovered = [s for s in summaries.values() if s.get("recovered")]
     col.close()
@@ -137,20 +128,13 @@ def test_ids_unique_across_rebuild_reloads_under_load_and_restarts(broker, w1_mo
         again = AgentProcess(cfg, {})
         again.wait_ready()
         publish(broker.port, topic, items[2 * third :], qos=1)
-        assert col.wait_for(
-            lambda: sum(samples_per_device(tally(col.of("summary/"))[0]).values()) >= len(items),
-            60,
-        )
+        assert col.wait_for(lambda: summed(col) >= len(items), 60)
         assert again.stop() == 0, again.logs[-20:]
         col.wait_for(lambda: False, 1.0)
     finally:
-        for a in (agent, again):
-            if a is not None and a.proc.poll() is None:
-                a.proc.kill()
+        kill_left(agent, again)
         up.stop()
-    bodies: dict[str, set] = {}
-    for _, m in col.messages:
-        bodies.setdefault(m["id"], set()).add(repr(sorted(m.items())))
+    bodies = bodies_by_id(col)
     conflicts = sum(len(b) > 1 for b in bodies.values())
     summaries, dup = tally(col.of("summary/"))
     counted = sum(samples_per_device(summaries).values())
@@ -193,8 +177,7 @@ def test_one_bad_seq_in_a_burst_costs_only_itself(broker, w1_models, tmp_path):
         assert col.wait_for(lambda: col.of(f"dead/{line}/"), 10)
         assert agent.stop() == 0, agent.logs[-20:]
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+        kill_left(agent)
     stats = col.of(f"stats-{line}/")
     col.close()
     assert sum(m["count"] for m in col.of(f"sum-{line}")) == 400
@@ -264,8 +247,7 @@ def test_a_handler_that_raises_on_one_window_costs_only_that_message(broker, w1_
         assert col.wait_for(lambda: sum(m["count"] for m in col.of(f"sum-{line}")) >= 400, 30)
         assert agent.stop() == 0, agent.logs[-20:]
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+        kill_left(agent)
     stats = col.of(f"stats-{line}/")
     col.close()
     counted = sum(m["count"] for m in col.of(f"sum-{line}"))
@@ -321,12 +303,9 @@ def test_disk_full_pauses_intake_and_resumes_with_nothing_lost(broker, w1_models
             assert agent.stop() == 0, agent.logs[-20:]
             col.wait_for(lambda: False, 1.0)
         finally:
-            if agent.proc.poll() is None:
-                agent.proc.kill()
+            kill_left(agent)
             up.stop()
-    bodies: dict[str, set] = {}
-    for _, m in col.messages:
-        bodies.setdefault(m["id"], set()).add(repr(sorted(m.items())))
+    bodies = bodies_by_id(col)
     counted = summed(col)
     failures = agent.events("spool_write_failed")
     col.close()
@@ -342,7 +321,3 @@ def test_disk_full_pauses_intake_and_resumes_with_nothing_lost(broker, w1_models
     assert counted == len(items)
     assert failures and agent.events("spool_write_recovered")
     assert all(len(b) == 1 for b in bodies.values())
-
-
-def summed(col: Collector) -> int:
-    return sum(samples_per_device(tally(col.of("summary/"))[0]).values())

@@ -13,12 +13,16 @@ import uuid
 import orjson
 import paho.mqtt.client as mqtt
 import pytest
-import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from agent.testing.mosquitto import Mosquitto
-from tests.support.faults import samples_per_device, spool_rows, tally, write_config
-from tests.support.mqtt import AgentProcess, Collector, client, publish, w1_payloads
+from tests.support.faults import (
+    line_config,
+    samples_per_device,
+    spool_rows,
+    tally,
+)
+from tests.support.mqtt import AgentProcess, Collector, client, kill_left, publish, w1_payloads
 from tests.support.waiting import until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -63,15 +67,8 @@ def test_upstream_outage_delivers_everything(broker, w1_models, tmp_path):
     up = Mosquitto(workdir=tmp_path / "up").start()
     col = Collector(up.port, ["events/#", "summary/#", "stats/#"], session=f"col-{line}")
     dead = Collector(broker.port, [f"dead/{line}/#"])
-    cfg = write_config(
-        tmp_path / "agent.yaml",
-        local=broker.port,
-        upstream=up.port,
-        model=w1_models[1],
-        spool=tmp_path / "spool.db",
-        agent={"id": f"a-{line}"},
-        source_extra={"dead_letter": f"dead/{line}/{{kind}}"},
-    )
+    dead_letter = {"dead_letter": f"dead/{line}/{{kind}}"}
+    cfg = line_config(tmp_path, line, broker.port, up.port, w1_models[1], source_extra=dead_letter)
     agent = AgentProcess(cfg, {})
     try:
         agent.wait_ready()
@@ -98,8 +95,7 @@ def test_upstream_outage_delivers_everything(broker, w1_models, tmp_path):
         assert agent.stop() == 0, agent.logs[-20:]
         col.settle()
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+        kill_left(agent)
         up.stop()
     summaries, dup_s = tally(col.of("summary/"))
     events, dup_e = tally(col.of("events/"))
@@ -143,14 +139,7 @@ def test_local_broker_restart_with_persistent_session(broker, w1_models, tmp_pat
     (tmp_path / "local").mkdir()
     local = Mosquitto(workdir=tmp_path / "local").start()
     col = Collector(broker.port, ["summary/#"])
-    cfg = write_config(
-        tmp_path / "agent.yaml",
-        local=local.port,
-        upstream=broker.port,
-        model=w1_models[1],
-        spool=tmp_path / "spool.db",
-        agent={"id": f"a-{line}"},
-    )
+    cfg = line_config(tmp_path, line, local.port, broker.port, w1_models[1])
     agent = AgentProcess(cfg, {})
     items = w1_payloads(devices=100, samples=300)
     try:
@@ -173,8 +162,7 @@ def test_local_broker_restart_with_persistent_session(broker, w1_models, tmp_pat
         assert agent.stop() == 0, agent.logs[-20:]
         col.settle()
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+        kill_left(agent)
         local.stop()
     summaries, dup = tally(col.of("summary/"))
     col.close()
@@ -201,14 +189,8 @@ def test_sigkill_with_full_spool_then_restart_drains_it(broker, w1_models, tmp_p
     spool = tmp_path / "spool.db"
     status_topic = f"status/{line}"
     status = Collector(broker.port, [status_topic])
-    cfg = write_config(
-        tmp_path / "agent.yaml",
-        local=broker.port,
-        upstream=up_port,
-        model=w1_models[1],
-        spool=spool,
-        agent={"id": f"a-{line}", "status_topic": status_topic, "status_broker": "local"},
-    )
+    no_beats = {"id": f"a-{line}", "status_topic": status_topic, "status_broker": "local"}
+    cfg = line_config(tmp_path, line, broker.port, up_port, w1_models[1], agent=no_beats)
     items = w1_payloads(devices=100, samples=200)
     agent = AgentProcess(cfg, {})
     agent.wait_ready()
@@ -237,8 +219,7 @@ def test_sigkill_with_full_spool_then_restart_drains_it(broker, w1_models, tmp_p
         assert col.wait_for(lambda: wanted <= got(), 60), len(wanted - got())
         assert again.stop() == 0, again.logs[-20:]
     finally:
-        if again.proc.poll() is None:
-            again.proc.kill()
+        kill_left(again)
         up.stop()
     after = spool_rows(spool)
     delivered = {m["id"] for _, m in col.messages}
@@ -271,19 +252,9 @@ def test_spool_cap_drops_oldest_counted_reported_agent_runs_on(broker, w1_models
     up_port = up.port
     status_topic = f"status/{line}"
     status = Collector(broker.port, [status_topic])
-    cfg = write_config(
-        tmp_path / "agent.yaml",
-        local=broker.port,
-        upstream=up_port,
-        model=w1_models[1],
-        spool=tmp_path / "spool.db",
-        agent={
-            "id": f"a-{line}",
-            "status_topic": status_topic,
-            "status_broker": "local",
-            "heartbeat": "1s",
-        },
-        spool_extra={"max_mb": 0.024},
+    cap = {"max_mb": 0.024}
+    cfg = line_config(
+        tmp_path, line, broker.port, up_port, w1_models[1], spool_extra=cap, beat=True
     )
     agent = AgentProcess(cfg, {})
     try:
@@ -303,8 +274,7 @@ def test_spool_cap_drops_oldest_counted_reported_agent_runs_on(broker, w1_models
         col.settle()
         up.stop()
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+        kill_left(agent)
     delivered, dup = tally(col.of(""))
     last = col.of("stats/")[-1]["spool"]
     col.close()
@@ -330,23 +300,9 @@ def test_sigterm_with_upstream_down_spools_final_summaries(broker, w1_models, tm
     status = Collector(broker.port, [status_topic])
     (tmp_path / "up").mkdir()
     up = Mosquitto(workdir=tmp_path / "up").start()
-    cfg = write_config(
-        tmp_path / "agent.yaml",
-        local=broker.port,
-        upstream=up.port,
-        model=w1_models[1],
-        spool=spool,
-        agent={
-            "id": f"a-{line}",
-            "status_topic": status_topic,
-            "status_broker": "local",
-            "heartbeat": "1s",
-        },
-    )
     # no periodic flush: every summary in the spool comes from the flush at SIGTERM
-    doc = yaml.safe_load(cfg.read_text())
-    doc["pipelines"][0]["summary"]["every"] = "1h"
-    cfg.write_text(yaml.safe_dump(doc))
+    hourly = {"summary": {"every": "1h"}}
+    cfg = line_config(tmp_path, line, broker.port, up.port, w1_models[1], hourly, beat=True)
     items = w1_payloads(devices=10, samples=40)
     agent = AgentProcess(cfg, {})
     again = None
@@ -377,9 +333,7 @@ def test_sigterm_with_upstream_down_spools_final_summaries(broker, w1_models, tm
         assert again.stop() == 0, again.logs[-20:]
         col.settle()
     finally:
-        for a in (agent, again):
-            if a is not None and a.proc.poll() is None:
-                a.proc.kill()
+        kill_left(agent, again)
         up.stop()
     summaries, dup = tally(col.of("summary/"))
     delivered = sum(samples_per_device(summaries).values())

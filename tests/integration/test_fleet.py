@@ -27,6 +27,7 @@ import yaml
 from agent.fleet import bundle
 from agent.handlers.onnx_model import sha256_of
 from agent.testing.mosquitto import free_port
+from tests.support.configs import agent_config, mqtt_sink, w1_pipeline
 from tests.support.mqtt import ROOT, AgentProcess, Collector, client
 
 pytestmark = pytest.mark.mosquitto
@@ -37,51 +38,36 @@ LINE_ENV = "FLEET_LINE"  # each gateway's own topics: the bundle's pipelines say
 
 def _pipeline(model: Path, threshold: float = 1.5, sink_broker: str = "local") -> dict:
     line = "${" + LINE_ENV + "}"
-    return {
-        "name": "w1",
-        "source": {"broker": "local", "topics": [f"{line}/+/telemetry"], "qos": 1},
-        "decoder": {
-            "type": "json",
-            "device": "topic[2]",
-            "ts": "ts",
-            "seq": "seq",
-            "values": "v",
-            "channels": 8,
-        },
-        "window": {"size": 32, "hop": 8},
-        "handler": {"type": "onnx_autoencoder", "model": str(model), "threshold": threshold},
-        "summary": {"every": "1s"},
-        "sinks": [
-            {
-                "type": "mqtt",
-                "broker": sink_broker,
-                "events": f"out/{line}/ev/{{device}}",
-                "summaries": f"out/{line}/sum/{{device}}",
-                "stats": None,
-            }
-        ],
-    }
+    sink = mqtt_sink(
+        sink_broker,
+        events=f"out/{line}/ev/{{device}}",
+        summaries=f"out/{line}/sum/{{device}}",
+        stats=None,
+    )
+    return w1_pipeline(
+        f"{line}/+/telemetry",
+        model,
+        device="topic[2]",
+        threshold=threshold,
+        sinks=[sink],
+    )
 
 
 def _local(port: int, agent: str, groups: list[str], root: str, key: str, tmp: Path, model):
-    return {
-        "agent": {"id": agent},
-        "brokers": {
-            "local": {"host": "127.0.0.1", "port": port, "clean_start": False},
-            "spare": {"host": "127.0.0.1", "port": free_port()},  # nothing listens there
-        },
-        "spool": {"path": str(tmp / f"{agent}-spool.db")},
-        "pipelines": [_pipeline(model)],
-        "fleet": {
-            "broker": "local",
-            "groups": groups,
-            "trusted_keys": [key],
-            "topic": root,
-            "state_dir": str(tmp / f"{agent}-fleet"),
-            "max_bundle": 100_000,
-            "health": {"window": "5s", "hold": "1s"},
-        },
+    local = {"host": "127.0.0.1", "port": port, "clean_start": False}
+    spare = {"host": "127.0.0.1", "port": free_port()}  # nothing listens there
+    fleet = {
+        "broker": "local",
+        "groups": groups,
+        "trusted_keys": [key],
+        "topic": root,
+        "state_dir": str(tmp / f"{agent}-fleet"),
+        "max_bundle": 100_000,
+        "health": {"window": "5s", "hold": "1s"},
     }
+    spool = tmp / f"{agent}-spool.db"
+    brokers = {"local": local, "spare": spare}
+    return agent_config(port, spool, _pipeline(model), agent_id=agent, brokers=brokers, fleet=fleet)
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.config import parse_config
 from agent.runtime.agent import Agent
+from tests.support.configs import agent_config, mqtt_sink, w1_pipeline
 from tests.support.mqtt import (
     ROOT,
     AgentProcess,
@@ -30,39 +31,18 @@ from tests.support.mqtt import (
 
 
 def _config(port: int, prefix: str, model: Path, spool: Path, **over) -> dict:
-    pipe = {
-        "name": "w1",
-        "source": {"broker": "local", "topics": [f"{prefix}/+/telemetry"], "qos": 1},
-        "decoder": {
-            "type": "json",
-            "device": "topic[1]",
-            "ts": "ts",
-            "seq": "seq",
-            "values": "v",
-            "channels": 8,
-        },
-        "window": {"size": 32, "hop": 8},
-        "handler": {"type": "onnx_autoencoder", "model": str(model), "threshold": 1.5},
-        "rule": {"events": "windows"},  # these tests count an event per anomalous window
-        "summary": {"every": "1s"},
-        "sinks": [
-            {
-                "type": "mqtt",
-                "broker": "local",
-                "events": f"{prefix}-ev/{{device}}",
-                "summaries": f"{prefix}-sum/{{device}}",
-                "stats": None,
-            }
+    pipe = w1_pipeline(
+        f"{prefix}/+/telemetry",
+        model,
+        rule={"events": "windows"},  # these tests count an event per anomalous window
+        sinks=[
+            mqtt_sink(
+                events=f"{prefix}-ev/{{device}}", summaries=f"{prefix}-sum/{{device}}", stats=None
+            )
         ],
-    }
+    )
     pipe.update(over.pop("pipeline", {}))
-    return {
-        "agent": {"id": f"a{uuid.uuid4().hex[:8]}"},
-        "brokers": {"local": {"host": "127.0.0.1", "port": port}},
-        "spool": {"path": str(spool)},
-        "pipelines": [pipe],
-        **over,
-    }
+    return agent_config(port, spool, pipe, agent_id=f"a{uuid.uuid4().hex[:8]}", **over)
 
 
 def _get(url: str) -> tuple[int, bytes]:

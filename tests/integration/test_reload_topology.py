@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from tests.support.faults import write_config
-from tests.support.mqtt import AgentProcess, Collector, publish, w1_payloads
+from tests.support.mqtt import AgentProcess, Collector, kill_left, publish, w1_payloads
 from tests.support.waiting import until
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.slow]
@@ -151,8 +151,7 @@ def run(broker, w1_models, tmp_path_factory) -> Run:
         assert reader.session_present, "the removed pipeline's session was not kept"
         reader.drain()
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+        kill_left(agent)
         if reader is not None:
             reader.close()
         col.close()

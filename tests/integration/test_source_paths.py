@@ -94,18 +94,23 @@ def test_qos1_messages_are_acknowledged(tmp_path, fast):
         assert [m.payload for m in got] == [b"end"]
 
 
+def one_through(port: int, src, intake, topic: str, payload: bytes) -> list[bytes]:
+    """Publish one message (QoS 1) and return the payloads the source took in; stops it."""
+    pub = client(port, "p")
+    pub.publish(topic, payload, qos=1).wait_for_publish(10)
+    got = drain(intake, 1)
+    src.stop()
+    pub.disconnect()
+    return [m.payload for m in got]
+
+
 @pytest.mark.parametrize("fast", PATHS)
 def test_reconnects_and_resubscribes_after_broker_restart(tmp_path, fast):
     with Mosquitto(workdir=tmp_path) as b:
         src, intake, subscribed = start_source(b.port, fast)
         b.restart()
         wait(lambda: len(subscribed) >= 2, "resubscription after restart")
-        pub = client(b.port, "p")
-        pub.publish("src/after", b"1", qos=1).wait_for_publish(10)
-        got = drain(intake, 1)
-        src.stop()
-        pub.disconnect()
-        assert [m.payload for m in got] == [b"1"]
+        assert one_through(b.port, src, intake, "src/after", b"1") == [b"1"]
         assert src.conn.connects == 2
 
 
@@ -119,10 +124,5 @@ def test_keepalive_holds_an_idle_connection(broker, fast):
         buf.startswith("Received PINGRESP") and (pings.append(buf))
     )
     wait(lambda: len(pings) >= 2, "two keepalive periods with PINGRESPs", timeout=30)
-    pub = client(broker.port, "p")
-    pub.publish("src/late", b"still here", qos=1).wait_for_publish(10)
-    got = drain(intake, 1)
-    src.stop()
-    pub.disconnect()
-    assert [m.payload for m in got] == [b"still here"]
+    assert one_through(broker.port, src, intake, "src/late", b"still here") == [b"still here"]
     assert src.conn.connects == 1

@@ -10,6 +10,7 @@ import yaml
 
 from agent.proto.sparkplug import DOUBLE, INT64, REBIRTH
 from agent.proto.sparkplug_b_pb2 import Payload
+from tests.support.configs import agent_config, spb_pipeline
 from tests.support.mqtt import AgentProcess, Collector, client
 
 pytestmark = pytest.mark.mosquitto
@@ -27,30 +28,13 @@ def test_sparkplug_in_and_out(broker, w1_models, tmp_path):
     import time
 
     group, out_group = f"g{uuid.uuid4().hex[:6]}", f"a{uuid.uuid4().hex[:6]}"
-    cfg = {
-        "agent": {"id": "spb-test"},
-        "brokers": {"local": {"host": "127.0.0.1", "port": broker.port}},
-        "spool": {"path": str(tmp_path / "spool.db")},
-        "pipelines": [
-            {
-                "name": "spb",
-                "source": {"broker": "local", "topics": [f"spBv1.0/{group}/#"], "qos": 1},
-                "decoder": {"type": "sparkplug_b", "metrics": METRICS},
-                "window": {"size": 32, "hop": 8},
-                "handler": {"type": "onnx", "model": str(w1_models[0]), "threshold": 1e9},
-                "summary": {"every": "500ms"},
-                "sinks": [
-                    {
-                        "type": "sparkplug_b",
-                        "broker": "local",
-                        "group": out_group,
-                        "node": "edge1",
-                        "qos": 1,
-                    }
-                ],
-            }
-        ],
-    }
+    sink = {"type": "sparkplug_b", "broker": "local", "group": out_group, "node": "edge1", "qos": 1}
+    cfg = agent_config(
+        broker.port,
+        tmp_path / "spool.db",
+        spb_pipeline(f"spBv1.0/{group}/#", w1_models[0], METRICS, sink),
+        agent_id="spb-test",
+    )
     path = tmp_path / "spb.yaml"
     path.write_text(yaml.safe_dump(cfg))
     col = Collector(broker.port, [f"spBv1.0/{group}/NCMD/#", f"spBv1.0/{out_group}/#"])

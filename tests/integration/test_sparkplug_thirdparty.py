@@ -14,6 +14,7 @@ import yaml
 
 from agent.cli import main
 from agent.proto.sparkplug import rebirth_request
+from tests.support.configs import agent_config, spb_pipeline
 from tests.support.mqtt import AgentProcess, Collector, client
 from tests.support.thirdparty import Script, venv_python
 
@@ -30,24 +31,9 @@ def spb_python(request, tmp_path_factory) -> Path:
 
 
 def _config(tmp_path: Path, port: int, group: str, out_group: str, model: Path) -> Path:
-    cfg = {
-        "agent": {"id": "spb-3p"},
-        "brokers": {"local": {"host": "127.0.0.1", "port": port}},
-        "spool": {"path": str(tmp_path / "spool.db")},
-        "pipelines": [
-            {
-                "name": "spb",
-                "source": {"broker": "local", "topics": [f"spBv1.0/{group}/#"], "qos": 1},
-                "decoder": {"type": "sparkplug_b", "metrics": METRICS},
-                "window": {"size": 32, "hop": 8},
-                "handler": {"type": "onnx", "model": str(model), "threshold": 1e9},
-                "summary": {"every": "500ms"},
-                "sinks": [
-                    {"type": "sparkplug_b", "broker": "local", "group": out_group, "node": "edge1"}
-                ],
-            }
-        ],
-    }
+    sink = {"type": "sparkplug_b", "broker": "local", "group": out_group, "node": "edge1"}
+    pipe = spb_pipeline(f"spBv1.0/{group}/#", model, METRICS, sink)
+    cfg = agent_config(port, tmp_path / "spool.db", pipe, agent_id="spb-3p")
     path = tmp_path / "spb.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.testing.mosquitto import Mosquitto, free_port
 from tests.support.faults import write_config
-from tests.support.mqtt import AgentProcess, Collector, publish, w1_payloads
+from tests.support.mqtt import AgentProcess, Collector, kill_left, publish, w1_payloads
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.mosquitto
@@ -121,6 +121,15 @@ def bad_tls_broker(pki, tmp_path_factory):
         yield b
 
 
+def _ready_then_stops(agent: AgentProcess) -> None:
+    """The agent connects (gets ready) and stops with exit 0; killed whatever happens."""
+    try:
+        agent.wait_ready()
+        assert agent.stop() == 0
+    finally:
+        kill_left(agent)
+
+
 def _agent(tmp_path, local_port: int, upstream_port: int, model, **broker_extra) -> AgentProcess:
     cfg = write_config(
         tmp_path / f"agent-{uuid.uuid4().hex[:6]}.yaml",
@@ -183,8 +192,7 @@ def test_mutual_tls_to_both_brokers(tls_broker, pki, w1_models, tmp_path, fast):
         source = [e for e in agent.events("mqtt_connected") if e["client_id"].endswith("-in")]
         assert source and all(e["fast_path"] is fast for e in source)
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+        kill_left(agent)
         col.close()
     print(f"\nFIGURES mutual_tls: samples=400, in_summaries={sum(s['count'] for s in col.of(''))}")
 
@@ -264,12 +272,7 @@ def test_hostname_mismatch_is_refused(bad_tls_broker, pki, w1_models, tmp_path, 
     assert_backoff([e["retry_in"] for e in errors])
     unchecked = {"host": host, "tls": {**tls, "check_hostname": False}}
     agent = _agent(tmp_path, port, bad_tls_broker.port, w1_models[1], local=unchecked)
-    try:
-        agent.wait_ready()
-        assert agent.stop() == 0
-    finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
+    _ready_then_stops(agent)
 
 
 def test_expired_broker_certificate_is_refused(bad_tls_broker, pki, w1_models, tmp_path):
@@ -315,12 +318,7 @@ def test_min_version_above_the_brokers_is_refused(pki, w1_models, tmp_path):
         agent = _agent(
             tmp_path, port, b.port, w1_models[1], local={"host": "localhost", "tls": tls}
         )
-        try:
-            agent.wait_ready()
-            assert agent.stop() == 0
-        finally:
-            if agent.proc.poll() is None:
-                agent.proc.kill()
+        _ready_then_stops(agent)
     texts = [f"{e.get('error')} {e.get('hint')}" for e in errors]
     print(f"\nFIGURES tls_min_version: attempts_logged={len(texts)}, first={texts[:1]}")
     assert all("protocol version" in t and "tls.min_version" in t for t in texts), texts
@@ -343,30 +341,17 @@ def test_username_password(w1_models, tmp_path):
         extra=f"password_file {pwfile}\n", anonymous=False, workdir=tmp_path / "mq"
     ) as b:
         creds = {"username": "${MQTT_USER}", "password": "${MQTT_PASS}"}
-        good = _agent(
-            tmp_path,
-            b.port,
-            b.port,
-            w1_models[1],
-            local=creds,
-            upstream=creds,
-            env={"MQTT_USER": "agent", "MQTT_PASS": "s3cret-right"},
-        )
-        try:
-            good.wait_ready()
-            assert good.stop() == 0
-        finally:
-            if good.proc.poll() is None:
-                good.proc.kill()
-        bad = _agent(
-            tmp_path,
-            b.port,
-            b.port,
-            w1_models[1],
-            local=creds,
-            upstream=creds,
-            env={"MQTT_USER": "agent", "MQTT_PASS": "s3cret-wrong"},
-        )
+
+        def with_password(password: str) -> AgentProcess:
+            """The agent on ``b`` whose environment gives user ``agent`` this password."""
+            env = {"MQTT_USER": "agent", "MQTT_PASS": password}
+            return _agent(
+                tmp_path, b.port, b.port, w1_models[1], local=creds, upstream=creds, env=env
+            )
+
+        good = with_password("s3cret-right")
+        _ready_then_stops(good)
+        bad = with_password("s3cret-wrong")
         try:
             refused = _wait_event(bad, "mqtt_connect_refused", 6)
             assert bad.proc.poll() is None

@@ -177,3 +177,10 @@ class AgentProcess:
 
     def events(self, name: str) -> list[dict]:
         return [r for r in self.logs if r.get("event") == name]
+
+
+def kill_left(*agents: AgentProcess | None) -> None:
+    """Kill those of ``agents`` still running: a test's cleanup after a failure."""
+    for a in agents:
+        if a is not None and a.proc.poll() is None:
+            a.proc.kill()

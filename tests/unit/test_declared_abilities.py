@@ -20,6 +20,7 @@ from agent.sinks.file import FileSink, FileSinkConfig
 from agent.sinks.mqtt import MqttSink, MqttSinkConfig
 from agent.stages.processor import Processor
 from agent.transport.mqtt import Connection
+from tests.support.configs import sample_pipeline
 
 AGENT = Path(__file__).resolve().parents[2] / "agent"
 
@@ -105,15 +106,7 @@ class ClaimsClasses(Bare):
 
 
 def _processor(handler) -> Processor:
-    pipe = {
-        "name": "p",
-        "source": {"broker": "local", "topics": ["t/+"], "max_clock_skew": None},
-        "decoder": {"type": "json", "device": "topic[1]", "channels": 1},
-        "window": {"size": 1, "hop": 1},
-        "handler": {"type": "onnx", "model": "unused.onnx", "threshold": 1.0},
-        "rule": {"events": "windows"},
-        "sinks": [{"type": "stdout"}],
-    }
+    pipe = sample_pipeline(rule={"events": "windows"})
     cfg = parse_config({"brokers": {"local": {}}, "pipelines": [pipe]}, "t").pipelines[0]
     proc = Processor(cfg, Registry().get("decoder", "json")(cfg.decoder), handler)
     proc.load()

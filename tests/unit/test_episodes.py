@@ -12,6 +12,7 @@ from agent.config import parse_config
 from agent.records import EVENT, STATS, SUMMARY, Message
 from agent.registry import Registry
 from agent.stages.processor import Processor
+from tests.support.configs import sample_pipeline
 
 T0 = 1.0e9
 
@@ -36,15 +37,7 @@ class Newest:
 def processor(rule: dict | None = None, channels: int = 1, fields=None) -> Processor:
     decoder = {"type": "json", "device": "topic[1]"}
     decoder.update({"fields": fields, "values": None} if fields else {"channels": channels})
-    pipe = {
-        "name": "p",
-        "source": {"broker": "local", "topics": ["t/+"], "max_clock_skew": None},
-        "decoder": decoder,
-        "window": {"size": 1, "hop": 1},
-        "handler": {"type": "onnx", "model": "unused.onnx", "threshold": 1.0},
-        "rule": rule or {},
-        "sinks": [{"type": "stdout"}],
-    }
+    pipe = sample_pipeline(decoder=decoder, rule=rule or {})
     cfg = parse_config({"brokers": {"local": {}}, "pipelines": [pipe]}, "t").pipelines[0]
     proc = Processor(cfg, Registry().get("decoder", "json")(cfg.decoder), Newest())
     proc.load()

@@ -20,17 +20,26 @@ def payloads(intake: Intake) -> list[str]:
     return [m.payload.decode() for m in intake.drain(1000)]
 
 
-@pytest.mark.parametrize("many", [False, True])
-def test_drop_oldest_keeps_the_freshest(many):
-    q = Intake(3, "drop_oldest")
-    arriving = msgs("a", "b", "c", "d", "e")
+def arrive(intake: Intake, arriving: list[Message], many: bool) -> None:
+    """Put ``arriving`` one at a time, or in two chunks (2, then the rest) when ``many``."""
     if many:
-        q.put_many(arriving[:2])
-        q.put_many(arriving[2:])
+        intake.put_many(arriving[:2])
+        intake.put_many(arriving[2:])
     else:
         for m in arriving:
-            q.put(m)
-    assert payloads(q) == ["c", "d", "e"]
+            intake.put(m)
+
+
+@pytest.mark.parametrize("many", [False, True])
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [("drop_oldest", ["c", "d", "e"]), ("drop_newest", ["a", "b", "c"])],
+    ids=["drop_oldest_keeps_the_freshest", "drop_newest_keeps_the_backlog"],
+)
+def test_a_full_intake_drops_by_its_policy(policy, kept, many):
+    q = Intake(3, policy)
+    arrive(q, msgs("a", "b", "c", "d", "e"), many)
+    assert payloads(q) == kept
     assert (q.received, q.dropped) == (5, 2)
 
 
@@ -39,20 +48,6 @@ def test_drop_oldest_with_a_chunk_larger_than_the_bound():
     q.put_many(msgs("a"))
     q.put_many(msgs("b", "c", "d", "e", "f"))
     assert payloads(q) == ["d", "e", "f"] and (q.received, q.dropped) == (6, 3)
-
-
-@pytest.mark.parametrize("many", [False, True])
-def test_drop_newest_keeps_the_backlog(many):
-    q = Intake(3, "drop_newest")
-    arriving = msgs("a", "b", "c", "d", "e")
-    if many:
-        q.put_many(arriving[:2])
-        q.put_many(arriving[2:])
-    else:
-        for m in arriving:
-            q.put(m)
-    assert payloads(q) == ["a", "b", "c"]
-    assert (q.received, q.dropped) == (5, 2)
 
 
 @pytest.mark.parametrize("many", [False, True])

@@ -49,22 +49,15 @@ def test_import_failure_names_distribution_and_entry_point(site):
 
 def test_duplicate_of_builtin_and_between_plugins(site):
     site("acme-dup", "[edge_agent.sinks]\nmqtt = bad_plugin_b:Sink\n")
-    with pytest.raises(
-        PluginError,
-        match=r"acme-dup: entry point edge_agent.sinks:mqtt "
-        r"duplicates built-in sink 'mqtt'",
-    ):
+    expected = r"acme-dup: entry point edge_agent.sinks:mqtt duplicates built-in sink 'mqtt'"
+    with pytest.raises(PluginError, match=expected):
         Registry().names("sink")
 
 
 def test_duplicate_between_two_plugins(site):
     site("acme-one", "[edge_agent.decoders]\ntwin = bad_plugin_c:One\n")
     site("acme-two", "[edge_agent.decoders]\ntwin = bad_plugin_d:Two\n")
-    with pytest.raises(
-        PluginError,
-        match=r"entry point edge_agent.decoders:twin is also "
-        r"registered by acme-",
-    ):
+    with pytest.raises(PluginError, match=r"edge_agent.decoders:twin is also registered by acme-"):
         Registry().names("decoder")
 
 

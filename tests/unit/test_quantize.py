@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -24,23 +26,20 @@ def rows(tmp_path):
     return tmp_path
 
 
+def quantize_argv(rows: Path, out: Path, *extra: str) -> list[str]:
+    """Quantize FP32 calibrated on ``rows`` (first 100 rows as warm-up, metric on its labels)
+    into ``out``, with ``extra`` options."""
+    calibration, labels = str(rows / "rows.npy"), str(rows / "labels.npy")
+    fixed = ["--calibration", calibration, "--warmup", "100", "--labels", labels, "--out"]
+    return [str(FP32), *fixed, str(out), *extra]
+
+
 @pytest.mark.parametrize("mode", ["static", "dynamic", None])
 def test_quantize_happy_path(rows, capsys, mode):
     """A model is written that loads; the report has size, latency, difference, batch check and
     metric. Static (the default) is batch-invariant; dynamic is not, and says so."""
     out = rows / "q.onnx"
-    argv = [
-        str(FP32),
-        "--calibration",
-        str(rows / "rows.npy"),
-        "--warmup",
-        "100",
-        "--labels",
-        str(rows / "labels.npy"),
-        "--out",
-        str(out),
-        *(["--mode", mode] if mode else []),
-    ]
+    argv = quantize_argv(rows, out, *(["--mode", mode] if mode else []))
     assert main(argv) == 0
     captured = capsys.readouterr()
     report = captured.out
@@ -85,21 +84,7 @@ def test_static_quantization_keeps_scores_float(tmp_path):
 def test_quantize_refuses_metric_drop(rows, capsys):
     """When the metric drop exceeds --max-drop, exit 2 and write nothing."""
     out = rows / "q.onnx"
-    argv = [
-        str(FP32),
-        "--calibration",
-        str(rows / "rows.npy"),
-        "--warmup",
-        "100",
-        "--labels",
-        str(rows / "labels.npy"),
-        "--out",
-        str(out),
-        "--mode",
-        "dynamic",
-        "--max-drop",
-        "-1",
-    ]
+    argv = quantize_argv(rows, out, "--mode", "dynamic", "--max-drop", "-1")
     assert main(argv) == 2
     assert "refused" in capsys.readouterr().err
     assert sorted(p.name for p in rows.iterdir()) == ["labels.npy", "rows.npy"]

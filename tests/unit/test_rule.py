@@ -15,6 +15,7 @@ from agent.registry import Registry
 from agent.stages.processor import Processor
 from agent.stages.rule import Hold
 from agent.stages.windows import DeviceIndex
+from tests.support.configs import sample_pipeline
 
 
 def reference(over: list[bool], hold: int) -> list[bool]:
@@ -68,16 +69,7 @@ def test_evicted_device_starts_closed():
 
 
 def config(rule: dict | None) -> dict:
-    pipe = {
-        "name": "p",
-        "source": {"broker": "local", "topics": ["t/+"], "max_clock_skew": None},
-        "decoder": {"type": "json", "device": "topic[1]", "channels": 1},
-        "window": {"size": 1, "hop": 1},
-        "handler": {"type": "onnx", "model": "unused.onnx", "threshold": 1.0},
-        "sinks": [{"type": "stdout"}],
-    }
-    if rule is not None:
-        pipe["rule"] = rule
+    pipe = sample_pipeline() if rule is None else sample_pipeline(rule=rule)
     return {"brokers": {"local": {}}, "pipelines": [pipe]}
 
 
