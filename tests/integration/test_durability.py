@@ -73,7 +73,7 @@ def test_sigkill_between_flushes_loses_no_acknowledged_sample(broker, w1_models,
         again.wait_ready()
         assert col.wait_for(lambda: summed(col) >= len(items), 30)
         assert again.stop() == 0, again.logs[-20:]
-        col.wait_for(lambda: False, 1.0)
+        col.settle()
     finally:
         kill_left(agent, again)
         up.stop()
@@ -130,7 +130,7 @@ def test_ids_unique_across_rebuild_reloads_under_load_and_restarts(broker, w1_mo
         publish(broker.port, topic, items[2 * third :], qos=1)
         assert col.wait_for(lambda: summed(col) >= len(items), 60)
         assert again.stop() == 0, again.logs[-20:]
-        col.wait_for(lambda: False, 1.0)
+        col.settle()
     finally:
         kill_left(agent, again)
         up.stop()
@@ -301,7 +301,7 @@ def test_disk_full_pauses_intake_and_resumes_with_nothing_lost(broker, w1_models
             assert col.wait_for(lambda: summed(col) >= len(items), 60), summed(col)
             assert status.wait_for(lambda: spool_state().get("write_failing") is False, 10)
             assert agent.stop() == 0, agent.logs[-20:]
-            col.wait_for(lambda: False, 1.0)
+            col.settle()
         finally:
             kill_left(agent)
             up.stop()
