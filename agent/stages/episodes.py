@@ -49,6 +49,21 @@ class Transition:
 class Episodes:
     """Per-device episode state of one pipeline, indexed by device slot."""
 
+    # one array per ``_FIELDS`` entry, set by ``_alloc``/``_grow``
+    run: np.ndarray
+    onset: np.ndarray
+    open: np.ndarray
+    muted: np.ndarray
+    below: np.ndarray
+    end: np.ndarray
+    peak: np.ndarray
+    peak_ts: np.ndarray
+    windows: np.ndarray
+    level: np.ndarray
+    reminded: np.ndarray
+    quiet_until: np.ndarray
+    threshold: np.ndarray
+
     def __init__(self, index: DeviceIndex, rule: RuleConfig) -> None:
         self.index = index
         self.rule = rule
