@@ -99,7 +99,7 @@ class Episodes:
     def _grow(self, cap: int) -> None:
         for name, (dtype, fill) in self._FIELDS.items():
             old = getattr(self, name)
-            new = np.full(cap, fill, dtype)
+            new: np.ndarray = np.full(cap, fill, dtype)
             new[: len(old)] = old
             setattr(self, name, new)
 
@@ -115,7 +115,7 @@ class Episodes:
         and totals included)."""
         names = ("ids", "openings", "flooding", "opened", "closed", "suppressed", "pending")
         state, totals = undo.rows(self, self._FIELDS, slots), undo.values(self, names)
-        return lambda: (state(), totals())
+        return undo.chain(state, totals)
 
     def open_count(self) -> int:
         return int(self.open.sum())

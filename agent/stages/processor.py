@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -821,8 +822,12 @@ def build_processor(
 ) -> Processor:
     """A pipeline's decoder, handler and processor, its model loaded, checked and warmed up."""
     registry = registry or Registry()
-    decoder = registry.get("decoder", config.decoder.type)(config.decoder)
-    handler = registry.get("handler", config.handler.type)(config.handler)
+    # The registry checks a class's config_model; agent.testing.conformance its Protocol.
+    decoder = cast(Decoder, registry.get("decoder", config.decoder.type)(config.decoder))
+    handler = cast(
+        ModelHandler | StreamHandler,
+        registry.get("handler", config.handler.type)(config.handler),
+    )
     processor = Processor(config, decoder, handler, id_prefix=id_prefix, ids=ids)
     processor.load()
     return processor

@@ -41,6 +41,16 @@ def values(obj: object, names: Iterable[str]) -> Restore:
     return restore
 
 
+def chain(*steps: Restore) -> Restore:
+    """One restore step running ``steps`` in order."""
+
+    def restore() -> None:
+        for step in steps:
+            step()
+
+    return restore
+
+
 class Undo:
     """Restore steps recorded while a batch runs; :meth:`run` applies them last first."""
 
