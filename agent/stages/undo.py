@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +50,12 @@ def chain(*steps: Restore) -> Restore:
             step()
 
     return restore
+
+
+class Saves(Protocol):
+    """A stage whose per-device state a batch can restore."""
+
+    def save(self, slots: np.ndarray) -> Restore: ...
 
 
 class Undo:
