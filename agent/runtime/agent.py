@@ -36,6 +36,7 @@ from agent.runtime.reload import (
     restart_sections,
 )
 from agent.runtime.unit import RunningPipeline
+from agent.runtime.view import ConfigSource
 from agent.sinks.context import Upstream
 from agent.stages import period
 from agent.stages.processor import Processor, build_processor
@@ -74,7 +75,8 @@ class Agent:
         self.metrics: MetricsServer | None = None
         self.console = self._new_console()
         self.config_path: str | None = None
-        self.fleet = None  # agent.fleet.manager.FleetManager when the config has `fleet:`
+        # agent.fleet.manager.FleetManager when the config has `fleet:`
+        self.fleet: ConfigSource | None = None
         self.reload_lock = threading.RLock()  # one reload at a time: SIGHUP or the fleet
         self._model_problems: dict[str, str | None] = {}
         self._record_ids: dict[str, Iterator[int]] = {}

@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # Errors still reported; lower it when fixing, never raise it. The goal is 0.
-CEILING = 39
+CEILING = 9
 
 
 @pytest.mark.skipif(
