@@ -12,8 +12,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Errors still reported; lower it when fixing, never raise it. The goal is 0.
-CEILING = 9
+# Errors still reported (all 8 in agent/outbox/forwarding.py, left to its owner while it is
+# being changed); lower it when fixing, never raise it. The goal is 0.
+CEILING = 8
 
 
 @pytest.mark.skipif(
