@@ -783,7 +783,7 @@ def file_problems(cfg: Config) -> list[str]:
     for i, p in enumerate(cfg.pipelines):
         model = p.handler.model if isinstance(p.handler, UsesModelFile) else None
         local = isinstance(model, str | Path) and not str(model).startswith("builtin:")
-        if local and (problem := _unreadable(Path(model))):
+        if local and model is not None and (problem := _unreadable(Path(model))):
             out.append(
                 f"pipelines[{i}].handler.model: {model} {problem} (expected an ONNX model file)"
             )

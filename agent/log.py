@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import orjson
 
 
-def _import_structlog_without_rich():
+def _import_structlog_without_rich() -> ModuleType:
     """structlog imports rich (3.5 MB resident, with pygments) only to pretty-print
     tracebacks on a console; the agent logs JSON lines. rich stays importable afterwards
     (the demo's live view uses it)."""
@@ -25,7 +27,10 @@ def _import_structlog_without_rich():
     return structlog
 
 
-structlog = _import_structlog_without_rich()
+if TYPE_CHECKING:
+    import structlog
+else:
+    structlog = _import_structlog_without_rich()
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -45,14 +50,16 @@ def setup(level: str = "info", pretty: bool | None = None) -> None:
     """
     if pretty is None:
         pretty = console_wanted()
-    shared = [
+    shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if pretty:
         colors = sys.stderr.isatty()
+        processors: list[structlog.typing.Processor]
         processors = [*shared, structlog.dev.ConsoleRenderer(colors=colors)]
+        factory: structlog.PrintLoggerFactory | structlog.BytesLoggerFactory
         factory = structlog.PrintLoggerFactory(sys.stderr)
     else:
         processors = [

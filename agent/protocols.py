@@ -282,7 +282,8 @@ class SinkContext(Protocol):
     own (the Sparkplug sink, whose will is its NDEATH).
     """
 
-    agent_id: str
+    @property
+    def agent_id(self) -> str: ...
 
     def connection(self, broker: str) -> Connection: ...
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import importlib
 from importlib.metadata import EntryPoint, entry_points
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
@@ -24,12 +25,21 @@ def _import(ref: str) -> type:
     return getattr(importlib.import_module(module), attr)
 
 
+class Component(Protocol):
+    """What :meth:`Registry.get` checks of every class: a pydantic ``config_model``; the
+    component kinds' own Protocols are in :mod:`agent.protocols`."""
+
+    config_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, *args: Any) -> None: ...
+
+
 class Registry:
     """Resolves ``(kind, name)`` to a component class, importing it on first use."""
 
     def __init__(self, builtins: dict[str, dict[str, str]] | None = None) -> None:
         self._builtins = BUILTINS if builtins is None else builtins
-        self._classes: dict[tuple[str, str], type] = {}
+        self._classes: dict[tuple[str, str], type[Component]] = {}
         self._eps: dict[str, dict[str, EntryPoint]] | None = None
 
     def _entry_points(self, kind: str) -> dict[str, EntryPoint]:
@@ -83,7 +93,7 @@ class Registry:
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
         return f"{text}; did you mean {close[0]!r}?" if close else text
 
-    def get(self, kind: str, name: str) -> type:
+    def get(self, kind: str, name: str) -> type[Component]:
         """The component class for ``name``; raises PluginError naming what went wrong."""
         key = (kind, name)
         if key in self._classes:

@@ -172,7 +172,11 @@ class Console:
                 return None
             row = {k: v[0] for k, v in _table(proc, np.array([slot], np.int64)).items()}
             sampled = history is not None and history.index is proc.index
-            series = history.series(slot) if sampled else {"t": [], "score": [], "threshold": []}
+            series = (
+                history.series(slot)
+                if sampled and history is not None
+                else {"t": [], "score": [], "threshold": []}
+            )
         mine = [e for n, e in events if n == pipeline and e.get("device") == device]
         return {
             "pipeline": pipeline,

@@ -6,7 +6,7 @@ import itertools
 import math
 import re
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import orjson
@@ -18,6 +18,7 @@ from agent.records import Message, SampleBatch
 _TOPIC_SEGMENT = re.compile(r"^topic\[(-?\d+)\]$")
 _NUMBERS = frozenset((int, float))
 CACHED_TOPIC_MAX = 256  # longer topics are split each time: the cache stays under ~60 MB
+T = TypeVar("T")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -80,6 +81,7 @@ class JsonDecoder:
     def _device_of(self, topic: str) -> str:
         device = self._devices.get(topic)
         if device is None:
+            assert self._segment is not None, "called only when the device is a topic segment"
             device = topic.split("/")[self._segment]
             if len(topic) > CACHED_TOPIC_MAX:  # the cache is bounded by bytes, not only count
                 return device
@@ -183,10 +185,10 @@ class JsonDecoder:
             keep = [bool(x) for x in ok] if ok is not None else [self._row_ok(r) for r in rows]
             for i in np.flatnonzero(~np.asarray(keep, bool)):
                 reject(kept[i], "values", "non-numeric, NaN or infinite value")
-            devices, ts, seq, rows, origin = (
-                [x for x, k in zip(col, keep) if k] for col in (devices, ts, seq, rows, origin)
-            )
+            devices, ts, seq = _kept(devices, keep), _kept(ts, keep), _kept(seq, keep)
+            rows, origin = _kept(rows, keep), _kept(origin, keep)
             values = self._to_array(rows)
+        assert values is not None, "every row kept converted on its own"
         return SampleBatch(
             devices,
             np.asarray(ts, np.float64),
@@ -207,6 +209,10 @@ class JsonDecoder:
     def _row_ok(self, row: list[float]) -> bool:
         arr = self._to_array([row])
         return arr is not None and bool(np.isfinite(arr).all())
+
+
+def _kept(column: list[T], keep: list[bool]) -> list[T]:
+    return [x for x, k in zip(column, keep) if k]
 
 
 def _numbers_only(rows: list) -> bool:

@@ -145,12 +145,12 @@ class SparkplugDecoder:
         key = (group, name)
         node_id = f"{group}/{name}"
         if mtype == "NBIRTH":
-            node = self.nodes[key] = _Node(seq=-1 if seq is None else seq, online=True)
-            node.values[node_id] = {}
-            node.datatypes[node_id] = {}
-            self._learn(node, node_id, p, birth=True)
+            born = self.nodes[key] = _Node(seq=-1 if seq is None else seq, online=True)
+            born.values[node_id] = {}
+            born.datatypes[node_id] = {}
+            self._learn(born, node_id, p, birth=True)
             bd = [metric_value(m) for m in p.metrics if m.name == "bdSeq"]
-            node.bd_seq = int(bd[0]) if bd and bd[0] is not None else None
+            born.bd_seq = int(bd[0]) if bd and bd[0] is not None else None
             self._state(node_id, "online", ts)
             return
         node = self.nodes.get(key)

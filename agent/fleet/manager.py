@@ -90,6 +90,7 @@ class FleetManager:
                 "failed",
                 "interrupted: the agent stopped before the health gate passed",
             )
+            assert st.last is not None, "outcome() records the last attempt"
             st.last["digest"] = st.trying.get("digest")
             st.trying = None
             st.save()
@@ -296,6 +297,7 @@ class FleetManager:
             self.pending = self.phase = None
         st.trying = None
         st.outcome(d.version, outcome, reason)
+        assert st.last is not None, "outcome() records the last attempt"
         st.last.update(digest=d.digest, seconds=round(time.monotonic() - started, 3))
         st.save()
         st.prune({st.applied["version"]} if st.applied else set())
@@ -373,6 +375,7 @@ class FleetManager:
         from agent.runtime.metrics import readiness
 
         agent, health = self.agent, self.cfg.health
+        assert agent is not None, "the gate runs only after start(agent)"
         deadline = time.monotonic() + health.window
         since: float | None = None
         last: dict = {}

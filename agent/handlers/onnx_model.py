@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -77,7 +77,8 @@ class OnnxHandler:
     """Scores ``[n, size, channels]`` windows with a model taking ``[n, size*channels]`` or
     ``[n, size, channels]`` float32 and returning ``[n]`` (or ``[n, 1]``) scores."""
 
-    config_model = OnnxHandlerConfig
+    # the typed handlers (agent.handlers.typed) subclass this with configs of their own
+    config_model: ClassVar[type[ComponentConfig]] = OnnxHandlerConfig
     output = "score"
 
     def __init__(self, config: OnnxHandlerConfig) -> None:
@@ -85,7 +86,7 @@ class OnnxHandler:
         self.threshold = float("nan") if config.threshold == "auto" else config.threshold
         self.path = resolve_model(config.model)
         self.sha256 = ""
-        self._session = None
+        self._session: Any = None  # an onnxruntime.InferenceSession once loaded (untyped)
         self._flat = True
         self.last_details: dict[str, np.ndarray] = {}
         self.attributes = False

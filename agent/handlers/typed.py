@@ -81,7 +81,7 @@ class OnnxClassifier(OnnxHandler):
     config_model = OnnxClassifierConfig
     output = "classes"
 
-    def __init__(self, config: OnnxClassifierConfig) -> None:  # type: ignore[override]
+    def __init__(self, config: OnnxClassifierConfig) -> None:
         self.config = config  # type: ignore[assignment]
         self.threshold = config.threshold
         self.path = resolve_model(config.model)
@@ -130,7 +130,7 @@ class OnnxRegressor(OnnxHandler):
     config_model = OnnxRegressionConfig
     output = "regression"
 
-    def __init__(self, config: OnnxRegressionConfig) -> None:  # type: ignore[override]
+    def __init__(self, config: OnnxRegressionConfig) -> None:
         self.config = config  # type: ignore[assignment]
         self.path = resolve_model(config.model)
         self.sha256 = ""

@@ -387,7 +387,7 @@ class _Lane:
         self.caught_up = False  # the last take found all there was: fresh events go first
         self.inflight: deque = deque()  # (rows, in-flight handle) published, not acknowledged
 
-    def release(self, express: Express | None, rows: list = ()) -> None:
+    def release(self, express: Express | None, rows: Sequence[Row] = ()) -> None:
         """Undelivered rows go back to the spool's order: a take may find them again."""
         if express is not None:
             express.done([r for batch, _ in self.inflight for r in batch])

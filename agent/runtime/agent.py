@@ -12,6 +12,8 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Iterator
+from typing import cast
 
 import orjson
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -22,7 +24,7 @@ from agent.console import TICK, Console
 from agent.errors import AgentError, ConfigError
 from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
-from agent.protocols import SharesConnection, WatchesFile, model_identity
+from agent.protocols import SharesConnection, Sink, WatchesFile, model_identity
 from agent.registry import Registry
 from agent.runtime.metrics import MetricsServer, console_refusal
 from agent.runtime.redelivery import Redeliveries
@@ -34,6 +36,7 @@ from agent.runtime.reload import (
     restart_sections,
 )
 from agent.runtime.unit import RunningPipeline
+from agent.runtime.view import ConfigSource
 from agent.sinks.context import Upstream
 from agent.stages import period
 from agent.stages.processor import Processor, build_processor
@@ -72,10 +75,11 @@ class Agent:
         self.metrics: MetricsServer | None = None
         self.console = self._new_console()
         self.config_path: str | None = None
-        self.fleet = None  # agent.fleet.manager.FleetManager when the config has `fleet:`
+        # agent.fleet.manager.FleetManager when the config has `fleet:`
+        self.fleet: ConfigSource | None = None
         self.reload_lock = threading.RLock()  # one reload at a time: SIGHUP or the fleet
         self._model_problems: dict[str, str | None] = {}
-        self._record_ids: dict[str, itertools.count] = {}
+        self._record_ids: dict[str, Iterator[int]] = {}
         self._inputs: dict[str, Redeliveries] = {}  # per pipeline name (runtime/redelivery.py)
 
     def _new_console(self) -> Console | None:
@@ -126,23 +130,29 @@ class Agent:
         cfg = self.config
         if cfg.metrics is not None:  # bound first: a port in use stops start-up at once
             self.metrics = MetricsServer(self, cfg.metrics, self.console)
-        self.spool = Spool(
+        self.spool = spool = Spool(
             cfg.spool.path, int(cfg.spool.max_mb * (1 << 20)), cfg.spool.ttl, cfg.spool.sync
         )
         # The spool counts its opens durably: ids of this run cannot repeat an earlier one's
         # while the file lives; the random part covers a spool deleted or moved aside.
-        self.boot = f"{self.spool.incarnation}.{os.urandom(2).hex()}"
+        self.boot = f"{spool.incarnation}.{os.urandom(2).hex()}"
         self._set_units({p.name: self.build_unit(p) for p in cfg.pipelines})
         self._recover_periods()
-        if cfg.agent.status_topic and self._status_broker():
-            conn = self.connection(self._status_broker())
+        if cfg.agent.status_topic and (status := self._status_broker()):
+            conn = self.connection(status)
             conn.on_connected.append(lambda client, _: self._publish_status(client, "online"))
+
+    def opened_spool(self) -> Spool:
+        """The spool, which :meth:`build` opens before anything else uses it."""
+        if self.spool is None:
+            raise RuntimeError("the agent is not built yet: it has no spool")
+        return self.spool
 
     def _recover_periods(self) -> None:
         """Summaries of what the last run counted after its last flush (a crash), spooled
         with the clearing of those totals."""
         left: dict[str, list] = {}
-        for pipeline, device, body, updated in self.spool.period_rows():
+        for pipeline, device, body, updated in self.opened_spool().period_rows():
             left.setdefault(pipeline, []).append((device, body, updated))
         for name, unit in self.units.items():
             rows = left.pop(name, None)
@@ -178,21 +188,21 @@ class Agent:
     def build_unit(self, p: PipelineConfig) -> RunningPipeline:
         """One pipeline with its source and sink forwarders, not started."""
         cfg = self.config
+        spool = self.opened_spool()
         forwarders = []
         context = Upstream(cfg.agent.id, cfg.brokers, self.connection)
         for j, s in enumerate(p.sinks):
             name = f"{p.name}.{j}"
-            sink = self.registry.get("sink", s.type)(s, context)
-            forwarders.append(
-                Forwarder(name, sink, self.spool, cfg.spool.batch, cfg.spool.replay_rate)
-            )
+            # The registry checks a class's config_model; agent.testing.conformance its Protocol.
+            sink = cast(Sink, self.registry.get("sink", s.type)(s, context))
+            forwarders.append(Forwarder(name, sink, spool, cfg.spool.batch, cfg.spool.replay_rate))
         processor = self.make_processor(p)
         broker = cfg.brokers[p.source.broker]
         return RunningPipeline(
             p,
             processor,
             forwarders,
-            self.spool,
+            spool,
             broker,
             client_id(broker.client_id, cfg.agent.id, f"{p.name}-in"),
             on_records=self.console.take if self.console is not None else None,
@@ -204,7 +214,7 @@ class Agent:
         rebuilt pipeline goes on with its predecessor's), read from the spool at first."""
         known = self._inputs.get(pipeline)
         if known is None:
-            known = self._inputs[pipeline] = Redeliveries(self.spool.input_rows(pipeline))
+            known = self._inputs[pipeline] = Redeliveries(self.opened_spool().input_rows(pipeline))
         return known
 
     def check_models(self) -> None:
@@ -320,10 +330,15 @@ class Agent:
             conn.start()
         for unit in self.units.values():
             unit.start(self.scheduler)
-        if self.config.agent.status_topic and self._status_broker():
-            conn = self.connection(self._status_broker())
+        if self.config.agent.status_topic and (status := self._status_broker()):
+            conn = self.connection(status)
+
+            def heartbeat() -> None:
+                if conn.connected.is_set():
+                    self._publish_status(conn.client, "online")
+
             self.scheduler.add_job(
-                lambda: conn.connected.is_set() and self._publish_status(conn.client, "online"),
+                heartbeat,
                 "interval",
                 seconds=self.config.agent.heartbeat,
                 id="heartbeat",
@@ -359,8 +374,8 @@ class Agent:
         for unit in units:
             for f in unit.forwarders:
                 f.stop()
-        if self.config.agent.status_topic and self._status_broker():
-            conn = self.connection(self._status_broker())
+        if self.config.agent.status_topic and (status := self._status_broker()):
+            conn = self.connection(status)
             if conn.connected.is_set():
                 self._publish_status(conn.client, "offline")
         for conn in self._connections.values():

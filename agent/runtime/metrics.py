@@ -215,7 +215,7 @@ def readiness(agent: RunningAgent) -> tuple[bool, dict]:
     body = {"ready": ok, "started": agent.started, "down": down, "failed": failed}
     if unsubscribed:
         body["unsubscribed"] = unsubscribed
-    if spool:
+    if spool and agent.spool is not None:
         body["spool_write_error"] = agent.spool.write_error
     return ok, body
 

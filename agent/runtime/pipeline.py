@@ -86,6 +86,7 @@ class Pipeline:
         return None if self.ack is None else AckTicket(msgs, self.ack)
 
     def _take_swap(self) -> None:
+        assert self._next is not None, "called only when a swap is waiting"
         new, done, kept = self._next
         self._next = None
         old = self.processor

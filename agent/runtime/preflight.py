@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from agent import log
@@ -93,13 +94,13 @@ def checks(cfg: Config) -> list[tuple[str, Check]]:
     for name in sorted(used):
         b = cfg.brokers[name]
         tls = ", TLS" if b.tls else ""
-        out.append((f"broker {name} ({b.host}:{b.port}{tls})", lambda n=name: _broker(cfg, n)))
+        out.append((f"broker {name} ({b.host}:{b.port}{tls})", partial(_broker, cfg, name)))
     for i, p in enumerate(cfg.pipelines):
-        out.append((f"pipeline {p.name} model", lambda i=i: _model(cfg, i)))
+        out.append((f"pipeline {p.name} model", partial(_model, cfg, i)))
         for j, s in enumerate(p.sinks):
             path = s.path if isinstance(s, WritesFile) else None
             if isinstance(path, Path):
-                out.append((f"pipeline {p.name} sinks[{j}] {path}", lambda q=path: _folder(q)))
+                out.append((f"pipeline {p.name} sinks[{j}] {path}", partial(_folder, path)))
     return out
 
 

@@ -158,11 +158,13 @@ class RunningPipeline:
 
     def dead_letter(self, rejected: list[tuple[Message, str, str]]) -> None:
         """Publish rejected payloads on ``source.dead_letter`` (the reason as a v5 property)."""
+        template = self._dead_letter_topic
+        assert template is not None, "the source calls this only with source.dead_letter set"
         conn = self.source.conn
         for msg, kind, reason in rejected:
             if not msg.payload and kind == "device_limit":
                 continue
-            topic = self._dead_letter_topic.format(pipeline=self.name, kind=kind)
+            topic = template.format(pipeline=self.name, kind=kind)
             props = None
             if conn.v5:
                 props = Properties(PacketTypes.PUBLISH)

@@ -6,12 +6,21 @@ builds them (no import cycle, not even a type-only one).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 from agent.config import Config
 from agent.outbox.spool import Spool
 from agent.runtime.unit import RunningPipeline
 from agent.transport.mqtt import Connection
+
+
+class ConfigSource(Protocol):
+    """What a reload asks the fleet manager (:class:`agent.fleet.manager.FleetManager`)."""
+
+    def load(self, path: str | Path) -> Config:
+        """The config a reload applies: ``path``, with the applied fleet pipelines if any."""
+        ...
 
 
 class RunningAgent(Protocol):

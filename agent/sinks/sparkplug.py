@@ -68,7 +68,7 @@ class SparkplugSinkConfig(ComponentConfig):
     ack_timeout: float = Field(10, gt=0, description="seconds to wait for publishes")
 
 
-def _set(m: Payload.Metric, datatype: int, value: object) -> None:
+def _set(m: Payload.Metric, datatype: int, value: float | None) -> None:
     if value is None:
         m.is_null = True
     elif datatype == BOOLEAN:
@@ -104,6 +104,7 @@ class SparkplugSink:
         self.conn = Connection(config.broker, broker, cid, will=self._will(), will_retain=False)
         self.conn.on_connected.append(self._on_connect)
         disconnected = self.conn.client.on_disconnect
+        assert disconnected is not None, "Connection installs its own on_disconnect"
 
         def on_disconnect(*args) -> None:
             disconnected(*args)

@@ -49,6 +49,21 @@ class Transition:
 class Episodes:
     """Per-device episode state of one pipeline, indexed by device slot."""
 
+    # one array per ``_FIELDS`` entry, set by ``_alloc``/``_grow``
+    run: np.ndarray
+    onset: np.ndarray
+    open: np.ndarray
+    muted: np.ndarray
+    below: np.ndarray
+    end: np.ndarray
+    peak: np.ndarray
+    peak_ts: np.ndarray
+    windows: np.ndarray
+    level: np.ndarray
+    reminded: np.ndarray
+    quiet_until: np.ndarray
+    threshold: np.ndarray
+
     def __init__(self, index: DeviceIndex, rule: RuleConfig) -> None:
         self.index = index
         self.rule = rule
@@ -84,7 +99,7 @@ class Episodes:
     def _grow(self, cap: int) -> None:
         for name, (dtype, fill) in self._FIELDS.items():
             old = getattr(self, name)
-            new = np.full(cap, fill, dtype)
+            new: np.ndarray = np.full(cap, fill, dtype)
             new[: len(old)] = old
             setattr(self, name, new)
 
@@ -100,7 +115,7 @@ class Episodes:
         and totals included)."""
         names = ("ids", "openings", "flooding", "opened", "closed", "suppressed", "pending")
         state, totals = undo.rows(self, self._FIELDS, slots), undo.values(self, names)
-        return lambda: (state(), totals())
+        return undo.chain(state, totals)
 
     def open_count(self) -> int:
         return int(self.open.sum())

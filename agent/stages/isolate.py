@@ -54,7 +54,10 @@ def decode_isolated(decoder: Decoder, messages: Sequence[Message]) -> SampleBatc
     out = merge(parts, decoder.channels)
     if all(p.origin is not None for p in parts if len(p)):  # each part is message i
         out.origin = np.concatenate(
-            [np.empty(0, np.int64), *(p.origin + i for i, p in enumerate(parts) if len(p))]
+            [
+                np.empty(0, np.int64),
+                *(p.origin + i for i, p in enumerate(parts) if len(p) and p.origin is not None),
+            ]
         )
     return out
 
@@ -106,14 +109,14 @@ def merge(parts: list[SampleBatch], channels: int) -> SampleBatch:
         control=[c for p in parts for c in p.control],
         states=[s for p in parts for s in p.states],
     )
-    found = [(p, n) for p, n in zip(parts, _offsets(parts)) if p.detections is not None]
+    found = [(p.detections, n) for p, n in zip(parts, _offsets(parts)) if p.detections is not None]
     if found:
         out.detections = Detections(
-            np.concatenate([p.detections.frame + n for p, n in found]),
-            np.concatenate([p.detections.track for p, _ in found]),
-            np.concatenate([p.detections.boxes for p, _ in found]),
-            np.concatenate([p.detections.confidence for p, _ in found]),
-            [label for p, _ in found for label in p.detections.labels],
+            np.concatenate([d.frame + n for d, n in found]),
+            np.concatenate([d.track for d, _ in found]),
+            np.concatenate([d.boxes for d, _ in found]),
+            np.concatenate([d.confidence for d, _ in found]),
+            [label for d, _ in found for label in d.labels],
         )
     return out
 

@@ -186,6 +186,7 @@ class ClassCounts(_SlotArrays):
 
     _FILL = {"counts": 0.0}
     replaces: tuple[str, ...] = ()
+    counts: np.ndarray  # [slots, classes], set by _SlotArrays from _FILL
 
     def __init__(self, index: DeviceIndex, classes: list[str]) -> None:
         self.classes = classes
@@ -205,6 +206,8 @@ class Estimates(_SlotArrays):
 
     _FILL = {"last": np.nan, "worst": np.nan}
     replaces = ("mean", "max")  # of the severity, which means nothing to a reader here
+    last: np.ndarray  # set by _SlotArrays from _FILL
+    worst: np.ndarray
 
     def __init__(self, index: DeviceIndex, quantity: str, lower: bool) -> None:
         self.quantity, self.lower = quantity, lower

@@ -14,6 +14,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard, cast
 
 import numpy as np
 
@@ -44,7 +45,7 @@ from agent.stages.outputs import Decided, Decision, decision_for
 from agent.stages.restarts import Restarts
 from agent.stages.rule import Hold, over
 from agent.stages.sequence import Sequences
-from agent.stages.undo import Undo
+from agent.stages.undo import Saves, Undo
 from agent.stages.warmup import Warmup
 from agent.stages.windows import CountWindows, DeviceIndex, Groups
 
@@ -150,6 +151,7 @@ class Processor:
         self.kind: OutputKind = output_kind(handler)  # what the handler declares; see load()
         self.stream = handler if isinstance(handler, StreamHandler) and handler.stateful else None
         self.stateful = self.stream is not None
+        self.model = handler if _windowed(handler) else None  # what windows are scored by
         # Optional abilities, asked once here rather than per batch.
         self._details = handler if isinstance(handler, Details) else None
         self._describes = handler if isinstance(handler, Describes) else None
@@ -239,6 +241,7 @@ class Processor:
     def _save_stages(self, slots: np.ndarray, groups: Groups) -> list[Callable[[], None]]:
         """Restore steps of every stage's state of the batch's devices (``slots`` per
         sample)."""
+        parts: list[Saves | None]
         parts = [self.summaries, self.sequences, self.warmup, self.restarts, self.hold]
         steps = [x.save(groups.slots) for x in parts if x is not None]
         if self.episodes is not None:
@@ -309,8 +312,8 @@ class Processor:
         events = [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
         if len(batch):
             self._check_ids(batch, messages)
-        if len(batch) and self.config.source.max_clock_skew is not None:
-            self._check_clock(batch, messages)
+        if len(batch) and (skew := self.config.source.max_clock_skew) is not None:
+            self._check_clock(batch, messages, skew)
         return batch, events
 
     def _route(self, batch: SampleBatch, undo: Undo) -> np.ndarray | None:
@@ -387,8 +390,9 @@ class Processor:
             scores = self.warmup.score(self.handler, slots, windows)
             decided = Decided(np.asarray(scores, np.float64), self.warmup.threshold[slots])
         else:
-            scores = np.asarray(self.handler.infer(windows), np.float64)
-            decided = Decided(scores, np.full(len(slots), self.handler.threshold))
+            assert self.model is not None, "only a windowed handler's pipeline has windows"
+            scores = np.asarray(self.model.infer(windows), np.float64)
+            decided = Decided(scores, np.full(len(slots), self.model.threshold))
         self.batch_stats.observe(len(slots), time.perf_counter() - started)
         if self._details is not None:  # the handler's per-window extras first
             decided.details = {**self._details.last_details, **decided.details}
@@ -556,7 +560,9 @@ class Processor:
                 out.append(self._record(EVENT, {**payload, "device": "", "ts": ts, **m.fields}))
                 continue
             i, s = m.index, m.slot
-            payload["device"] = device = self.index.names[s]
+            device = self.index.names[s]
+            assert device is not None, "an episode's slot holds its device until it closes"
+            payload["device"] = device
             rec_id = self._next_id()
             if m.kind == CLOSED:
                 payload["ts"] = m.fields["closed_at"]
@@ -597,6 +603,7 @@ class Processor:
             return
         bad = np.fromiter((d in long for d in batch.devices), bool, len(batch))
         where = np.flatnonzero(bad)
+        culprits: list[tuple[Message | None, int]]
         if batch.origin is None:
             culprits = [(None, int(i)) for i in where]
         else:
@@ -618,10 +625,10 @@ class Processor:
                 )
         _keep(batch, np.flatnonzero(~bad))
 
-    def _check_clock(self, batch: SampleBatch, messages: Sequence[Message]) -> None:
+    def _check_clock(self, batch: SampleBatch, messages: Sequence[Message], skew: float) -> None:
         """Drop samples stamped more than ``max_clock_skew`` from now (counted, logged with
         the topic and a hint, their messages dead-lettered where the decoder says which)."""
-        skew, now = self.config.source.max_clock_skew, time.time()
+        now = time.time()
         if now - skew <= batch.ts.min() and batch.ts.max() <= now + skew:
             return  # the common case: two reductions instead of five array operations
         future, past = batch.ts > now + skew, batch.ts < now - skew
@@ -700,7 +707,8 @@ class Processor:
         return old.summaries.typed if same else new.summary(self.index)
 
     def _new_warmup(self) -> Warmup:
-        config, handler = self.config, self.handler
+        config, handler = self.config, self.model
+        assert handler is not None, "calibration is for windowed handlers (config validates)"
         auto = config.handler.learns_threshold()
         assert config.calibration is not None
         return Warmup(
@@ -813,6 +821,11 @@ def _states(batch) -> list[dict]:
     return [{"device": d, "state": st, "ts": ts} for d, st, ts in batch.states]
 
 
+def _windowed(handler: ModelHandler | StreamHandler) -> TypeGuard[ModelHandler]:
+    """Whether the pipeline scores windows with ``handler``: all but a stateful one."""
+    return not (isinstance(handler, StreamHandler) and handler.stateful)
+
+
 def build_processor(
     config: PipelineConfig,
     registry: Registry | None = None,
@@ -821,8 +834,12 @@ def build_processor(
 ) -> Processor:
     """A pipeline's decoder, handler and processor, its model loaded, checked and warmed up."""
     registry = registry or Registry()
-    decoder = registry.get("decoder", config.decoder.type)(config.decoder)
-    handler = registry.get("handler", config.handler.type)(config.handler)
+    # The registry checks a class's config_model; agent.testing.conformance its Protocol.
+    decoder = cast(Decoder, registry.get("decoder", config.decoder.type)(config.decoder))
+    handler = cast(
+        ModelHandler | StreamHandler,
+        registry.get("handler", config.handler.type)(config.handler),
+    )
     processor = Processor(config, decoder, handler, id_prefix=id_prefix, ids=ids)
     processor.load()
     return processor

@@ -33,7 +33,7 @@ class Sequences:
 
     def save(self, slots: np.ndarray) -> undo.Restore:
         last, totals = undo.rows(self, ("last",), slots), undo.values(self, ("gap", "repeat"))
-        return lambda: (last(), totals())
+        return undo.chain(last, totals)
 
     def observe(self, slots: np.ndarray, seq: np.ndarray) -> None:
         """Compare each sample's ``seq`` with its device's previous one (arrival order)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 import numpy as np
 
@@ -39,6 +40,22 @@ def values(obj: object, names: Iterable[str]) -> Restore:
             setattr(obj, n, v)
 
     return restore
+
+
+def chain(*steps: Restore) -> Restore:
+    """One restore step running ``steps`` in order."""
+
+    def restore() -> None:
+        for step in steps:
+            step()
+
+    return restore
+
+
+class Saves(Protocol):
+    """A stage whose per-device state a batch can restore."""
+
+    def save(self, slots: np.ndarray) -> Restore: ...
 
 
 class Undo:

@@ -109,7 +109,7 @@ class Warmup:
         if not (self.count[slots] < self.n).any():  # all calibrated: the pool is untouched
             return state
         pool = undo.values(self, ("free", "deferred"))
-        return lambda: (state(), pool())
+        return undo.chain(state, pool)
 
     def _take(self, slots: np.ndarray) -> None:
         """Pool rows for devices starting their warm-up, while any are free."""

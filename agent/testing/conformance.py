@@ -55,6 +55,7 @@ from agent.protocols import (
     DeclaresOutput,
     Describes,
     Details,
+    ModelHandler,
     OutputKind,
     Pipelined,
     RegressionOutput,
@@ -174,9 +175,9 @@ def check_handler(
     """Check a windowed ModelHandler; ``windows`` defaults to random ``[16, size, ch]``."""
     cfg = check_config_model(cls, config)
     for size, ch in bad_shapes:
-        h = cls(cfg)
+        probe = cls(cfg)
         try:
-            h.load(size, ch)
+            probe.load(size, ch)
         except ModelError:
             pass
         else:
@@ -202,7 +203,8 @@ def check_handler(
     t.join()
     if "error" in result:
         raise result["error"]
-    h, in_loader = result["handler"], result["scores"]
+    h: ModelHandler = result["handler"]
+    in_loader = result["scores"]
     assert isinstance(h, Thresholded), "a windowed handler has a threshold"
     thr = h.threshold
     assert isinstance(thr, (int, float)) and np.isfinite(thr), "threshold must be a finite number"
@@ -234,7 +236,7 @@ def check_handler(
 
 
 def check_output_kind(
-    h: Any, windows: np.ndarray, *, rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0
+    h: ModelHandler, windows: np.ndarray, *, rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0
 ) -> str:
     """Check a loaded handler's declared output kind on ``windows``; return the kind."""
     kind = output_kind(h)
@@ -334,9 +336,9 @@ def _concat(batches: list[SampleBatch]) -> SampleBatch:
         np.concatenate([b.seq for b in batches]),
         np.concatenate([b.values for b in batches]),
     )
-    if all(b.detections is not None for b in batches):
+    dets = [b.detections for b in batches if b.detections is not None]
+    if len(dets) == len(batches):
         offsets = np.cumsum([0] + [len(b) for b in batches[:-1]])
-        dets = [b.detections for b in batches]
         out.detections = Detections(
             np.concatenate([d.frame + o for d, o in zip(dets, offsets)]),
             np.concatenate([d.track for d in dets]),

@@ -37,7 +37,7 @@ class EmbeddedBroker:
         asyncio.set_event_loop(self._loop)
 
         async def boot() -> None:
-            self._broker = Broker(
+            broker = self._broker = Broker(
                 {
                     "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
                     "plugins": {
@@ -47,7 +47,7 @@ class EmbeddedBroker:
                     },
                 }
             )
-            await self._broker.start()
+            await broker.start()
 
         try:
             self._loop.run_until_complete(boot())

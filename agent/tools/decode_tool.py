@@ -18,12 +18,14 @@ import binascii
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import orjson
 
 from agent.config import PipelineConfig, load_config
 from agent.errors import ConfigError, PluginError
+from agent.protocols import Decoder
 from agent.records import Message, SampleBatch
 from agent.registry import Registry
 from agent.stages.processor import clock_reason
@@ -157,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pipeline = pick_pipeline(args.config, args.pipeline)
         inputs = read_inputs(args)
-        decoder = Registry().get("decoder", pipeline.decoder.type)(pipeline.decoder)
+        # The registry checks a class's config_model; agent.testing.conformance its Protocol.
+        decoder = cast(Decoder, Registry().get("decoder", pipeline.decoder.type)(pipeline.decoder))
     except (UsageError, ConfigError, PluginError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

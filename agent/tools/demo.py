@@ -173,6 +173,7 @@ def choose_model(workdir: Path, devices: list[Device]) -> DemoModel:
         from agent.models import resolve
 
         resolve(SHIPPED_MODEL)
+        handler: dict[str, str | float]
         handler = {"type": "onnx_autoencoder", "model": f"builtin:{SHIPPED_MODEL}"}
         model = DemoModel(
             {**handler, "threshold": "auto"},
@@ -199,7 +200,11 @@ def choose_model(workdir: Path, devices: list[Device]) -> DemoModel:
         win = np.ascontiguousarray(sliding_window_view(z, (WINDOW, 8))[:, 0])
         top = max(top, float(session.run(["score"], {"input": win.reshape(len(win), -1)})[0].max()))
         d.start = d.pos = WARMUP - 2 * WINDOW  # the warm-up was used here; replay just before
-    handler = {"type": "onnx_autoencoder", "model": str(int8), "threshold": round(1.05 * top, 4)}
+    handler = {
+        "type": "onnx_autoencoder",
+        "model": str(int8),
+        "threshold": round(1.05 * top, 4),
+    }
     return DemoModel(handler, "W1 autoencoder (int8), calibrated by the demo publisher", True)
 
 

@@ -86,7 +86,7 @@ def model_ready(data: np.ndarray, shape: list, path: Path, warmup: int) -> np.nd
     if len(want) == 2 and data.ndim == 2 and want[1] == data.shape[1] and want[0]:
         if len(data) < want[0]:
             raise QuantizeError(f"{path}: need at least {want[0]} rows for one window")
-        data = np.lib.stride_tricks.sliding_window_view(data, (want[0], want[1]))[:, 0]
+        data = np.lib.stride_tricks.sliding_window_view(data, (want[0], data.shape[1]))[:, 0]
     ok = data.ndim == len(want) + 1 and all(w in (None, g) for w, g in zip(want, data.shape[1:]))
     if not ok:
         width = want[-1] if want else "?"

@@ -22,6 +22,7 @@ import numpy as np
 import orjson
 
 from agent.config import PipelineConfig
+from agent.decoders.json_fields import JsonDecoderConfig
 from agent.errors import AgentError
 from agent.records import EVENT, Message
 from agent.stages.processor import build_processor
@@ -139,11 +140,17 @@ def _topic(pattern: str, device: str) -> str:
     return "/".join(device if part in ("+", "#") else part for part in pattern.split("/"))
 
 
+def _json_decoder(pipe: PipelineConfig) -> JsonDecoderConfig:
+    """The pipeline's decoder settings; replay writes the JSON decoder's payloads only."""
+    dec = pipe.decoder
+    if not isinstance(dec, JsonDecoderConfig):
+        raise ReplayError(f"pipeline {pipe.name}: replay needs a `json` decoder, not {dec.type}")
+    return dec
+
+
 def _encoder(pipe: PipelineConfig):
     """A function (device, ts, seq, row) -> Message in the shape the JSON decoder reads."""
-    dec = pipe.decoder
-    if dec.type != "json":
-        raise ReplayError(f"pipeline {pipe.name}: replay needs a `json` decoder, not {dec.type}")
+    dec = _json_decoder(pipe)
     topic = pipe.source.topics[0]
     if topic.startswith("$share/"):  # $share/<group>/<filter>
         topic = topic.split("/", 2)[2]
@@ -175,7 +182,8 @@ def replay(
     pipe = pipe.model_copy(
         update={"source": pipe.source.model_copy(update={"max_clock_skew": None})}
     )
-    channels = len(pipe.decoder.fields or []) or pipe.decoder.channels
+    dec = _json_decoder(pipe)
+    channels = len(dec.fields or []) or dec.channels
     for r in recordings:
         if r.values.shape[1] != channels:
             raise ReplayError(
@@ -349,11 +357,11 @@ def write_scores(result: Result, path: Path) -> None:
         w.writerow(["device", "ts", "score", "threshold", "anomalous", "open", "label"])
         for rec in result.recordings:
             t = result.traces[rec.device]
-            labels = rec.labels if rec.labels is not None else [None] * len(rec.ts)
+            labels = rec.labels
             for k in range(len(rec.ts)):
                 score = "" if np.isnan(t.score[k]) else f"{t.score[k]:.6g}"
                 thr = "" if np.isnan(t.threshold[k]) else f"{t.threshold[k]:.6g}"
-                label = "" if labels[k] is None else int(labels[k])
+                label = "" if labels is None else int(labels[k])
                 w.writerow(
                     [
                         rec.device,
@@ -405,7 +413,7 @@ def plot(result: Result, out: Path, title: str, devices: int = 6) -> None:
                     label="episode (onset to close)",
                 )  # fmt: skip
         ax.set_ylabel(f"{rec.device}\nscore", fontsize=8)
-    handles = {}
+    handles: dict[str, object] = {}  # legend label -> artist, first one drawn
     for ax in axes[:, 0]:
         for h, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, h)
@@ -447,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.plot:
             pyplot()  # before the run, not after it
         pipe = pick_pipeline(str(args.config), args.pipeline)
-        columns = args.columns.split(",") if args.columns else list(pipe.decoder.fields or [])
+        columns = (
+            args.columns.split(",") if args.columns else list(_json_decoder(pipe).fields or [])
+        )
         recordings: list[Recording] = []
         for path in args.csv:
             recordings += read_csv(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import GenericAlias
 from typing import Annotated, Any, Union
 
 from pydantic import Field, create_model
@@ -19,6 +20,11 @@ def _union(models: list[type]) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
 
 
+def _list_of(item: Any) -> Any:
+    """``list[item]`` for an item type built at run time (no static type to check)."""
+    return GenericAlias(list, (item,))
+
+
 def config_schema(registry: Registry | None = None) -> dict:
     """JSON Schema for configs, with every built-in and installed plugin component."""
     reg = registry or Registry()
@@ -30,12 +36,12 @@ def config_schema(registry: Registry | None = None) -> dict:
         __base__=PipelineConfig,
         decoder=(_union(models["decoder"]), ...),
         handler=(_union(models["handler"]), ...),
-        sinks=(list[_union(models["sink"])], Field(min_length=1)),
+        sinks=(_list_of(_union(models["sink"])), Field(min_length=1)),
     )
     config = create_model(
         "EdgeAgentConfig",
         __base__=Config,
-        pipelines=(list[pipeline], Field(min_length=1)),
+        pipelines=(_list_of(pipeline), Field(min_length=1)),
     )
     schema = _allow_variables(config.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"

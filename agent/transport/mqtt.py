@@ -130,18 +130,26 @@ class Connection:
         self.broker = broker
         self.v5 = broker.protocol == "5"
         self.log = log.get(component="mqtt", broker=name, client_id=client_id)
-        kwargs = {
-            "client_id": client_id,
-            "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-            "clean_session": None if self.v5 else broker.clean_start,
-        }
+        protocol = mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311
+        clean_session = None if self.v5 else broker.clean_start
         self.fast = on_publish is not None and fastpath.available()
-        if self.fast:
+        self.client: mqtt.Client
+        if on_publish is not None and self.fast:
             self.client = fastpath.FastClient(
-                CallbackAPIVersion.VERSION2, on_publish=on_publish, coalesce=coalesce, **kwargs
+                CallbackAPIVersion.VERSION2,
+                on_publish=on_publish,
+                coalesce=coalesce,
+                client_id=client_id,
+                protocol=protocol,
+                clean_session=clean_session,
             )
         else:
-            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+            self.client = mqtt.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=client_id,
+                protocol=protocol,
+                clean_session=clean_session,
+            )
         if broker.username is not None:
             self.client.username_pw_set(broker.username, broker.password)
         if broker.tls is not None:
@@ -263,17 +271,18 @@ class Connection:
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with backoff until :meth:`stop`."""
+        b = self.broker
         props = None
         if self.v5:
             props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = (
-                0 if self.broker.clean_start else (self.broker.session_expiry)
-            )
-        kwargs = {"clean_start": self.broker.clean_start, "properties": props} if self.v5 else {}
+            props.SessionExpiryInterval = 0 if b.clean_start else b.session_expiry
         try:
-            self.client.connect_async(
-                self.broker.host, self.broker.port, self.broker.keepalive, **kwargs
-            )
+            if props is not None:
+                self.client.connect_async(
+                    b.host, b.port, b.keepalive, clean_start=b.clean_start, properties=props
+                )
+            else:
+                self.client.connect_async(b.host, b.port, b.keepalive)
         except (OSError, ValueError) as e:
             self.log.error("mqtt_connect_failed", error=str(e))
         self.client.loop_start()

@@ -164,7 +164,7 @@ def export(failure_clf, mode_clf, path: Path) -> Path:
     return onnx_graph.save(onnx_graph.finish(graph, meta, ml_opset=True), path)
 
 
-def evaluate(model: Path, data: datasets.Ai4i) -> dict[str, float]:
+def evaluate(model: Path, data: datasets.Ai4i) -> dict[str, float | dict]:
     """Held-out metrics of the ONNX model on the fixed 20 % test split."""
     import onnxruntime as ort
 
@@ -176,7 +176,7 @@ def evaluate(model: Path, data: datasets.Ai4i) -> dict[str, float]:
     ) | metrics.per_class(data.modes[data.test], onehot, datasets.AI4I_MODES)
 
 
-def manifest_entry(file: str, measured: dict[str, float]) -> dict:
+def manifest_entry(file: str, measured: dict[str, float | dict]) -> dict:
     """The manifest record of the AI4I model."""
     return {
         "file": file,
@@ -228,7 +228,7 @@ def manifest_entry(file: str, measured: dict[str, float]) -> dict:
     }
 
 
-def build(out: Path, root: Path | None = None) -> dict[str, float]:
+def build(out: Path, root: Path | None = None) -> dict[str, float | dict]:
     """Train both forests, export the graph, evaluate it and record it in the manifest."""
     from sklearn.ensemble import RandomForestClassifier
 

@@ -1,0 +1,34 @@
+"""The type checker runs over agent/ with the settings in pyproject.toml ([tool.mypy])."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Errors still reported (all 8 in agent/outbox/forwarding.py, left to its owner while it is
+# being changed); lower it when fixing, never raise it. The goal is 0.
+CEILING = 8
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mypy") is None,
+    reason="mypy is not installed (pip install -e '.[test]')",
+)
+def test_agent_type_checks() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-color-output", "--no-error-summary"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    errors = [line for line in run.stdout.splitlines() if re.search(r": error: ", line)]
+    assert run.returncode in (0, 1), f"mypy failed to run:\n{run.stdout}\n{run.stderr}"
+    assert len(errors) <= CEILING, "\n".join(errors)
