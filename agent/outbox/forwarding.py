@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agent import log
 from agent.errors import NotConnectedError
@@ -147,7 +148,9 @@ class Forwarder:
         self.log = log.get(component="forwarder", sink=name)
         self._stop = threading.Event()
         concurrent = isinstance(sink, Concurrent) and sink.concurrent
-        pipelined = concurrent and isinstance(sink, Pipelined)
+        # the sink that pipelines live events, if it can
+        self._publisher = sink if concurrent and isinstance(sink, Pipelined) else None
+        pipelined = self._publisher is not None
         self.live = _Lane(pipelined=True) if pipelined else None  # the event lane's state
         lanes = (0, 1) if concurrent else (None,)
         self.express = Express()  # fresh events for the event lane (0, or the only one)
@@ -223,11 +226,12 @@ class Forwarder:
                 with lane.lock:
                     self._settle(lane, express, wait=not lane.caught_up)
                     if lane.pipelined and lane.caught_up:
+                        assert express is not None, "the pipelined lane is the event lane"
                         self._publish_express(lane, express)
                     else:
                         rows = self._take(lane, express, prio)
                         if rows and lane.pipelined and lane.caught_up:  # the last of a replay
-                            lane.inflight.append((rows, self.sink.publish_many(_records(rows))))
+                            lane.inflight.append((rows, self._publish(rows)))
                             rows = []
                         elif rows:
                             self.sink.write_many(_records(rows))
@@ -298,15 +302,15 @@ class Forwarder:
             self.spool.ack([row[0]])
             self.delivered += 1
         if len(refused) < len(rows):
-            for (rid, r), e in refused:
-                self.spool.move_aside([rid], f"{type(e).__name__}: {e}")
+            for (rid, r), err in refused:
+                self.spool.move_aside([rid], f"{type(err).__name__}: {err}")
                 self.moved_aside += 1
                 self.log.error(
                     "record_moved_aside",
                     id=r.id,
                     kind=r.kind,
                     device=r.device,
-                    error=f"{type(e).__name__}: {e}",
+                    error=f"{type(err).__name__}: {err}",
                 )
         return len(refused)
 
@@ -321,7 +325,10 @@ class Forwarder:
         (figures in docs/performance.md). Otherwise the lane, woken by :meth:`put`, sends
         them."""
         lane = self.live
-        if lane is None or not lane.caught_up or not lane.lock.acquire(blocking=False):
+        if lane is None or not lane.caught_up:
+            return
+        assert not isinstance(lane.lock, contextlib.nullcontext), "the live lane is pipelined"
+        if not lane.lock.acquire(blocking=False):
             return
         try:
             if lane.caught_up:
@@ -337,7 +344,12 @@ class Forwarder:
     def _publish_express(self, lane: _Lane, express: Express) -> None:
         """Publish every fresh event waiting in the express queue (lane lock held)."""
         while rows := express.pop(self.batch):
-            lane.inflight.append((rows, self.sink.publish_many(_records(rows))))
+            lane.inflight.append((rows, self._publish(rows)))
+
+    def _publish(self, rows: list) -> Any:
+        """Send ``rows`` without waiting; their delivery handle (the pipelined lane only)."""
+        assert self._publisher is not None, "only a Pipelined sink has a pipelined lane"
+        return self._publisher.publish_many(_records(rows))
 
     def _take(self, lane: _Lane, express: Express | None, prio: int | None) -> list:
         """The next rows for a lane that is not pipelining live events."""
