@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from .broker import mosquitto
-from .proc import Child, cpu_seconds, print_result, python, thread_delta, thread_stats
-from .w1 import PROCESSORS, Processor, Settings, build_models, machine, run_trial, start, wait_probe
+from .proc import cpu_seconds, print_result, thread_delta, thread_stats
+from .w1 import PROCESSORS, Processor, Settings, build_models, machine, run_trial, start_ready
 
 IDLE_PROCESSORS = ("agent-int8-q0", "agent-int8-q1", "naive-fp32-q0", "counter-q0")
 SCALE_PROCESSORS = ("agent-int8-q0", "naive-fp32-q0")
@@ -33,14 +33,7 @@ def idle(s: Settings, proc: Processor, seconds: float) -> dict[str, Any]:
     log = s.workdir / f"{proc.name}-idle.log"
     collector = child = None
     try:
-        if proc.kind != "counter":
-            collector = Child(python("bench.collector", "--port", s.port), log, channel=True)
-            collector.expect(20)
-        child = start(s, proc, log)
-        if collector is None:
-            child.expect(20)
-        else:
-            wait_probe(s.port, collector, child)
+        child, collector = start_ready(s, proc, log)
         time.sleep(2.0)  # the probe's summary round and start-up work end
         cpu0, threads0, t0 = cpu_seconds(child.pid), thread_stats(child.pid), time.monotonic()
         time.sleep(seconds)

@@ -258,22 +258,36 @@ def settle(count: Callable[[], int], target: int, quiet: float = 1.5, limit: flo
     return n
 
 
+def start_ready(s: Settings, proc: Processor, log: Path) -> tuple[Child, Child | None]:
+    """``proc`` started and ready, with the collector that reads its output (none for the
+    counter, which counts itself); the collector is stopped if ``proc`` fails to start."""
+    collector = None
+    if proc.kind != "counter":
+        collector = Child(python("bench.collector", "--port", s.port), log, channel=True)
+        collector.expect(20)
+    try:
+        child = start(s, proc, log)
+        if collector is None:
+            child.expect(20)
+        else:
+            wait_probe(s.port, collector, child)
+    except BaseException:
+        if collector is not None:
+            collector.stop()
+        raise
+    return child, collector
+
+
 def run_trial(s: Settings, proc: Processor, target: float, duration: float) -> Trial:
     """Run ``proc`` at ``target`` msg/s for ``duration`` seconds."""
     trial = Trial(target)
     log = s.workdir / f"{proc.name}.log"
-    collector = None
-    child = None
+    collector = child = None
     try:
-        if proc.kind != "counter":
-            collector = Child(python("bench.collector", "--port", s.port), log, channel=True)
-            collector.expect(20)
-        child = start(s, proc, log)
+        child, collector = start_ready(s, proc, log)
         if collector is None:
-            child.expect(20)
             count, cmd, key = child, "count", "count"
         else:
-            wait_probe(s.port, collector, child)
             count, cmd, key = collector, "stats", "total"
         cpu0, ticks0, threads0 = cpu_seconds(child.pid), cpu_ticks(), thread_stats(child.pid)
         load = loadgen.run(s.port, s.devices, target, duration, proc.qos, s.loadgen_procs)
