@@ -112,6 +112,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.ttl = ttl
         self.stored = 0
+        self.commits = 0  # writer transactions (the bench counts them per sample)
         self.dropped = 0
         self.expired = 0
         self.moved = 0  # rows moved aside (a sink refused them on their own)
@@ -377,6 +378,7 @@ class Spool:
             deletes = [i for job in jobs for i in job.delete]
             freed = self._delete_counted(deletes) if deletes else 0
             self._db.execute("COMMIT")
+            self.commits += 1
             self._bytes = max(0, self._bytes - freed) + size
             self.stored += sum(len(j.records) for j in jobs)
             if self._bytes > self.max_bytes:

@@ -4,6 +4,7 @@ records to the spool; flushes summaries on request and at stop."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 from agent import log
@@ -17,6 +18,11 @@ from agent.stages.processor import Processor
 from agent.transport.intake import Intake
 
 Emit = Callable[[list[Record], Ticket | None, PeriodWrite | None], None]
+
+# Input acknowledged on receipt (QoS 0, a clean session) is lost in a crash anyway, so its
+# running totals need not cost a commit per batch: they go with the next records, or at
+# most this long after the first batch that changed them (docs/reliability.md).
+TOTALS_EVERY = 1.0  # s
 
 
 class Pipeline:
@@ -58,6 +64,7 @@ class Pipeline:
         # costs well under a microsecond per batch.
         self.lock = threading.Lock()
         self._next: tuple[Processor, threading.Event, list[bool]] | None = None
+        self._unsaved: float | None = None  # when totals not yet handed to the spool changed
         self._batching(processor)
 
     def _batching(self, p: Processor) -> None:
@@ -90,6 +97,7 @@ class Pipeline:
         new, done, kept = self._next
         self._next = None
         old = self.processor
+        self._save_totals(old)
         if not new.keeps_windows_of(old):
             self._flush_now(old, "reload")
         kept[0] = new.adopt(old)
@@ -115,6 +123,32 @@ class Pipeline:
         p.counters.events += len(closed)
         records = [*closed, *p.flush(self._stats() if stats is None else stats)]
         self.emit(records, None, period.cleared(p.name))
+        self._unsaved = None
+
+    def _emit_batch(
+        self, p: Processor, events: list[Record], msgs: list[Message], inputs: InputWrite | None
+    ) -> None:
+        """A batch's events, QoS 1 ticket and running totals in one write; totals of input
+        acknowledged on receipt wait for the next write (``TOTALS_EVERY``)."""
+        ticket = self._acknowledge(msgs)
+        if events or ticket is not None or inputs is not None:
+            self.emit(events, ticket, self._durable(p, inputs))
+            self._unsaved = None
+        elif self._unsaved is None and p.summaries.touched:
+            self._unsaved = time.monotonic()
+
+    def _save_totals(self, p: Processor) -> None:
+        """Hand the spool the running totals the last batches left unsaved."""
+        if self._unsaved is not None:
+            self.emit([], None, self._durable(p))
+            self._unsaved = None
+
+    def saved(self) -> bool:
+        """Every batch's running totals have been handed to the spool."""
+        return self._unsaved is None
+
+    def _deadline(self) -> float | None:
+        return None if self._unsaved is None else self._unsaved + TOTALS_EVERY
 
     def _durable(self, p: Processor, inputs: InputWrite | None = None) -> PeriodWrite:
         write = period.snapshot(p.name, p.summaries, p.period_start)
@@ -148,7 +182,7 @@ class Pipeline:
                     with self.lock:  # a message that raises is rejected alone (isolate.py)
                         events = process_isolated(p, work) if work else []
                     p.counters.events += len(events)
-                    self.emit(events, self._acknowledge(msgs), self._durable(p, inputs))
+                    self._emit_batch(p, events, msgs, inputs)
                     if p.rejected:
                         rejected, p.rejected = p.rejected, []
                         if self.dead_letter:
@@ -163,7 +197,10 @@ class Pipeline:
                     with self.lock:
                         self._flush_now(p, stats=stats)
                 if not self._stop.is_set():
-                    intake.wait_batch()  # no timeout while idle: the intake wakes it
+                    # no timeout while idle (the intake wakes it) unless totals are unsaved
+                    intake.wait_batch(self._deadline())
+                    if (due := self._deadline()) is not None and time.monotonic() >= due:
+                        self._save_totals(p)
                 elif not msgs and not len(intake):
                     break
         except BaseException as e:  # a bug: log it, keep what we have, let the runtime see it

@@ -139,8 +139,9 @@ class Intake:
         message, with no added delay)."""
         return self.rate * self.max_delay >= GATHER_MIN
 
-    def wait_batch(self) -> None:
-        """Worker: sleep until a batch is due or :meth:`wake` is called.
+    def wait_batch(self, until: float | None = None) -> None:
+        """Worker: sleep until a batch is due, :meth:`wake` is called, or the monotonic
+        time ``until`` (the worker's own deadline, if it has one).
 
         Due: ``due`` messages queued; or, on a dense stream, the oldest queued message
         has waited ``max_delay`` (a wait that starts on an empty queue ends ``max_delay``
@@ -161,6 +162,14 @@ class Intake:
             timeout, self.state = self.max_delay, GATHERING
         else:
             timeout, self.state = None, IDLE
+        gathering = timeout  # a gathering wait that finds nothing: the stream stopped
+        if until is not None:
+            left = until - time.monotonic()
+            if left <= 0:
+                self.state = AWAKE
+                return
+            if timeout is None or left < timeout:
+                timeout, gathering = left, None
         self._wake.clear()
         # after clear(): a put or wake() that came before it is seen here, any later one
         # sets the event (an untimed wait must not miss one)
@@ -170,7 +179,7 @@ class Intake:
             self.wakeups += 1
         self.state = AWAKE
         self._kicked = False  # the worker looks at its flags next
-        if timeout is not None and not q:  # a timed wait found nothing: the stream stopped
+        if gathering is not None and not q:
             self.rate = 0.0
 
     def wait(self, timeout: float) -> None:

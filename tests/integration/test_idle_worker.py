@@ -52,7 +52,8 @@ def test_an_idle_worker_does_not_wake(broker, w1_models, tmp_path):
         publish(broker.port, prefix + "/{device}/t", items)
         counters = pipeline.processor.counters
         assert until(lambda: counters.decoded == len(items), 15)
-        assert until(lambda: pipeline.intake.state == 1, 15)  # asleep on an empty intake
+        # asleep on an empty intake, the stream's running totals saved (at most 1 s later)
+        assert until(lambda: pipeline.intake.state == 1 and pipeline.saved(), 15)
         worker = pipeline._thread
         before = sleeps(worker)
         done = threading.Event()
