@@ -213,6 +213,7 @@ def start(s: Settings, proc: Processor, log: Path) -> Child:
         "W1_MODEL": str(model),
         "W1_QOS": str(proc.qos),
         "W1_SPOOL": str(spool),
+        "RUNTIME_DIRECTORY": str(s.workdir),  # its PID file: runs beside each other never share one
     }
     return Child([*AGENT_ARGV[:-1], str(config)], log, env=env)
 
