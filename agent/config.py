@@ -36,6 +36,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 from agent.errors import ConfigError, PluginError
@@ -242,18 +243,24 @@ class SourceConfig(Model):
     fast_path: bool = Field(
         True, description="split PUBLISH packets in bulk beside paho (false: stock paho)"
     )
-    coalesce: Annotated[Duration, Field(le=0.05)] | None = Field(
-        0.002,
-        description="fast path: above 2,000 messages/s, wait this long between socket reads "
-        "so each read and batch carries more messages (less CPU, up to this much more "
-        "latency); null: off",
-    )
     max_delay: Annotated[float, BeforeValidator(_duration), Field(ge=0, le=1.0)] = Field(
         0.001,
         description="longest a message waits for others to join its batch (a duration up to "
         "1s, or 0: never wait); only a stream dense enough to bring 1.5 or more messages in "
-        "that time waits, and the worker wakes once per batch instead of once per message",
+        "that time waits (the fast path's socket reads wait it, or else the worker), and "
+        "the worker wakes once per batch instead of once per message",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_coalesce(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "coalesce" in data:
+            raise ValueError(
+                "coalesce was replaced by max_delay, the one batching budget (the fast "
+                "path's socket reads wait it on a dense stream); remove coalesce"
+            )
+        return data
+
     dead_letter: str | None = Field(
         None, description="topic template for rejected payloads ({pipeline}, {kind})"
     )

@@ -8,10 +8,12 @@ packet's bytes, and any it does not expect (see :class:`PublishSplitter`), to pa
 unchanged, through the socket paho reads from. QoS 1 PUBLISHes are acknowledged through
 paho's public manual-ack API (``Client.ack``).
 
-On a busy stream (over ``BUSY_RATE`` messages/s) the reader waits ``coalesce`` seconds
-before each read, so a read, and the worker's batch behind it, carries tens of messages
-instead of a few, because a wake-up of paho's loop and of the worker costs the same
-whatever it carries (figures: docs/performance.md, the passes of issue 4).
+On a stream dense enough that the batching budget (``source.max_delay``) brings
+``GATHER_MIN`` messages or more, the reader waits the budget before each read, so a read,
+and the worker's batch behind it, carries several messages instead of one, because a
+wake-up of paho's loop and of the worker costs the same whatever it carries (figures:
+docs/performance.md, issues 4 and 21). The worker takes such a read at once: the budget
+is spent here, not twice.
 
 paho has no public hook for this: :class:`FastClient` overrides ``Client._create_socket``.
 It is tested with the paho versions in ``TESTED_PAHO``; with any other version, or with
@@ -28,15 +30,16 @@ import paho.mqtt
 import paho.mqtt.client as mqtt
 
 from agent.records import Message
+from agent.transport.intake import GATHER_MIN
 
 TESTED_PAHO = ("2.2.0",)  # the version CI installs; tests/unit/test_fastpath_splitter.py
 READ_SIZE = 65536
 MAX_ROUNDS = 32  # bulk reads per recv() call before paho gets its loop back
-BUSY_RATE = 2000.0  # messages/s over RATE_WINDOW above which reads are coalesced
 RATE_WINDOW = 0.05  # s
 CACHED_TOPIC_MAX = 256  # bytes: longer topics are not cached, so the cache is bounded by bytes
 
-PublishCallback = Callable[[list[Message], list[int]], None]
+# (messages, QoS 1 packet ids to acknowledge, whether the read waited the budget for them)
+PublishCallback = Callable[[list[Message], list[int], bool], None]
 
 
 def available() -> bool:
@@ -155,9 +158,10 @@ class PublishSplitter:
 class SplittingSocket:
     """Wraps paho's socket: bulk reads, PUBLISH to ``on_publish``, the rest to paho.
 
-    While busy it sleeps ``coalesce`` s before a read, unless paho has packets to send
-    (PUBACKs, PINGREQ): then it hands the loop back (twice at most) so paho sends them
-    first. A read that finds nothing ends the busy state.
+    While busy (the stream brings ``GATHER_MIN`` messages within ``budget`` s) it sleeps
+    ``budget`` s before a read, unless paho has packets to send (PUBACKs, PINGREQ): then
+    it hands the loop back (twice at most) so paho sends them first. A read that finds
+    nothing ends the busy state.
     """
 
     def __init__(
@@ -165,7 +169,7 @@ class SplittingSocket:
         sock,
         v5: bool,
         on_publish: PublishCallback,
-        coalesce: float = 0.0,
+        budget: float = 0.0,
         want_write: Callable[[], bool] = lambda: False,
     ) -> None:
         self._sock = sock
@@ -173,7 +177,7 @@ class SplittingSocket:
         self._on_publish = on_publish
         self._out = b""
         self._ssl = isinstance(sock, ssl.SSLSocket)
-        self._coalesce = coalesce
+        self._budget = budget
         self._want_write = want_write
         self.busy = False
         self._yields = 0  # loops handed back to paho in a row so it could send first
@@ -189,10 +193,12 @@ class SplittingSocket:
     def _fill(self) -> None:
         """Read until paho has bytes, the socket would block, or MAX_ROUNDS reads."""
         for _ in range(MAX_ROUNDS):
-            if self.busy and self._coalesce:
+            waited = False
+            if self.busy and self._budget:
                 if not self._want_write():
                     self._yields = 0
-                    time.sleep(self._coalesce)
+                    time.sleep(self._budget)
+                    waited = True
                 elif self._yields < 2:
                     self._yields += 1
                     raise BlockingIOError
@@ -206,18 +212,19 @@ class SplittingSocket:
             msgs, acks, other = self._splitter.feed(data, time.time())
             self._measure(len(msgs))
             if msgs:
-                self._on_publish(msgs, acks)
+                self._on_publish(msgs, acks, waited)
             if other:
                 self._out = other
                 return
         raise BlockingIOError  # still readable: select() wakes paho again at once
 
     def _measure(self, n: int) -> None:
-        """Count messages; at the end of each rate window decide whether the stream is busy."""
+        """Count messages; at the end of each rate window decide whether the stream is busy:
+        whether waiting the budget is expected to gather ``GATHER_MIN`` messages."""
         self._count += n
         now = time.monotonic()
         if now - self._since >= RATE_WINDOW:
-            self.busy = self._count >= BUSY_RATE * (now - self._since)
+            self.busy = self._count * self._budget >= GATHER_MIN * (now - self._since)
             self._since, self._count = now, 0
 
     def pending(self) -> int:
@@ -234,15 +241,13 @@ class SplittingSocket:
 class FastClient(mqtt.Client):
     """A paho client whose incoming PUBLISH packets bypass paho's per-packet handling."""
 
-    def __init__(self, *args, on_publish: PublishCallback, coalesce: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, on_publish: PublishCallback, budget: float = 0.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._fast_on_publish = on_publish
-        self._fast_coalesce = coalesce
+        self._fast_budget = budget
         self.manual_ack_set(True)  # paho never sees these PUBLISHes; we acknowledge them
 
     def _create_socket(self):
         sock = super()._create_socket()
         v5 = self._protocol == mqtt.MQTTv5
-        return SplittingSocket(
-            sock, v5, self._fast_on_publish, self._fast_coalesce, self.want_write
-        )
+        return SplittingSocket(sock, v5, self._fast_on_publish, self._fast_budget, self.want_write)

@@ -50,6 +50,7 @@ class Intake:
         self._first = 0.0  # monotonic time the oldest queued message arrived in an empty queue
         self._wake = threading.Event()
         self._kicked = False  # wake() was called: the worker has flags to look at
+        self._gathered = False  # what is queued already waited the budget (put_many due)
         self._space = threading.Condition()
         self._since = time.monotonic()  # start of the current rate window
         self._count = 0  # messages in the current rate window
@@ -79,8 +80,10 @@ class Intake:
         q.append(msg)
         self._notify()
 
-    def put_many(self, msgs: list[Message]) -> None:
-        """Enqueue a chunk of messages (the fast path's unit); same policies as :meth:`put`."""
+    def put_many(self, msgs: list[Message], due: bool = False) -> None:
+        """Enqueue a chunk of messages (the fast path's unit); same policies as :meth:`put`.
+        ``due``: the chunk already waited the budget (a coalesced read): the worker takes
+        it at once instead of waiting ``max_delay`` again."""
         q = self._q
         room = self.bound - len(q)
         if len(msgs) > room:
@@ -104,6 +107,11 @@ class Intake:
             self.received += len(msgs)
         self._arrived(len(msgs), not q)
         q.extend(msgs)
+        if due:
+            self._gathered = True
+            if self.state != AWAKE:
+                self._wake.set()
+            return
         self._notify()
 
     def _arrived(self, n: int, first: bool) -> None:
@@ -128,6 +136,8 @@ class Intake:
         q = self._q
         n = min(limit, len(q))
         out = [q.popleft() for _ in range(n)]
+        if not q:
+            self._gathered = False
         if self.policy == "block" and n:
             with self._space:
                 self._space.notify_all()
@@ -150,7 +160,7 @@ class Intake:
         pipeline costs nothing.
         """
         q = self._q
-        if len(q) >= self.due or (q and not self.dense()):
+        if len(q) >= self.due or (q and (self._gathered or not self.dense())):
             return
         timeout: float | None
         if q:
@@ -173,7 +183,7 @@ class Intake:
         self._wake.clear()
         # after clear(): a put or wake() that came before it is seen here, any later one
         # sets the event (an untimed wait must not miss one)
-        pending = len(q) >= self.due if self.state == GATHERING else bool(q)
+        pending = (len(q) >= self.due or self._gathered) if self.state == GATHERING else bool(q)
         if not pending and not self._kicked:
             self._wake.wait(timeout)
             self.wakeups += 1

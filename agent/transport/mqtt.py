@@ -123,7 +123,7 @@ class Connection:
         will: tuple[str, bytes] | None = None,
         will_retain: bool = True,
         on_publish: fastpath.PublishCallback | None = None,
-        coalesce: float = 0.0,
+        budget: float = 0.0,
     ) -> None:
         self.name = name
         self.client_id = client_id
@@ -138,7 +138,7 @@ class Connection:
             self.client = fastpath.FastClient(
                 CallbackAPIVersion.VERSION2,
                 on_publish=on_publish,
-                coalesce=coalesce,
+                budget=budget,
                 client_id=client_id,
                 protocol=protocol,
                 clean_session=clean_session,

@@ -30,9 +30,7 @@ class MqttSource:
         self.config = config
         self.intake = intake
         fast = self._on_publish_batch if config.fast_path else None
-        self.conn = Connection(
-            name, broker, client_id, on_publish=fast, coalesce=config.coalesce or 0.0
-        )
+        self.conn = Connection(name, broker, client_id, on_publish=fast, budget=config.max_delay)
         self.subscribed = threading.Event()  # the broker granted the subscriptions (SUBACK)
         self.conn.on_connected.append(self._subscribe)
         self.conn.client.on_message = self._on_message
@@ -71,16 +69,17 @@ class MqttSource:
         mid = msg.mid if msg.qos == 1 else -1
         self.intake.put(Message(msg.topic, msg.payload, time.time(), token, mid, bool(msg.dup)))
 
-    def _on_publish_batch(self, msgs: list[Message], acks: list[int]) -> None:
-        """Fast path: a chunk of PUBLISHes split from the socket (network thread)."""
+    def _on_publish_batch(self, msgs: list[Message], acks: list[int], waited: bool) -> None:
+        """Fast path: a chunk of PUBLISHes split from the socket (network thread); a chunk
+        the reader ``waited`` the budget for is due at once."""
         if self.paused:
             return
         if self.deferred:  # the chunk's last message carries its acks: FIFO does the rest
             if acks:
                 msgs[-1].ack = (self._connection_number(), tuple(acks))
-            self.intake.put_many(msgs)
+            self.intake.put_many(msgs, due=waited)
             return
-        self.intake.put_many(msgs)
+        self.intake.put_many(msgs, due=waited)
         ack = self.conn.client.ack
         for mid in acks:
             ack(mid, 1)

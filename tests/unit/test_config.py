@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from agent.cli import main
-from agent.config import load_config
+from agent.config import load_config, parse_config
 from agent.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -273,3 +273,22 @@ def test_max_delay_out_of_range_names_the_key(tmp_path, given, expected):
     p = w1_with(tmp_path, lambda d: d["pipelines"][0]["source"].update(max_delay=given))
     [error] = errors_of(p)
     assert error.startswith(expected), error
+
+
+def test_source_coalesce_names_its_replacement():
+    """``source.coalesce`` (the fast path's read wait) became part of ``max_delay``: a config
+    that still sets it is told what to do, at its key path."""
+    raw = {
+        "brokers": {"local": {}},
+        "pipelines": [
+            {
+                "name": "p",
+                "source": {"broker": "local", "topics": ["t/#"], "coalesce": "2ms"},
+                "handler": {"type": "onnx", "model": "m.onnx"},
+                "sinks": [{"type": "stdout"}],
+            }
+        ],
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_config(raw, "old.yaml")
+    assert "pipelines[0].source" in str(e.value) and "replaced by max_delay" in str(e.value)

@@ -184,3 +184,18 @@ def test_a_full_intake_is_a_due_batch():
     assert until(lambda: len(w.taken()) == 100, 10)
     w.end()
     assert [m.payload for m in w.taken()] == [str(i).encode() for i in range(100)]
+
+
+def test_a_read_that_waited_the_budget_is_taken_at_once():
+    """A chunk the fast-path reader already held for ``max_delay`` (``due=True``) ends a
+    gathering worker's wait at once: the budget is spent once, not twice."""
+    q = Intake(10_000, max_delay=60.0)
+    w = Worker(q)
+    for i in range(200):  # a dense stream for the budget: the worker gathers, up to 60 s
+        q.put(Message("t", str(i).encode(), 0.0))
+        ticks(1, 0.001)
+    assert until(lambda: q.state == 2, 10)
+    q.put_many([Message("t", b"read", 0.0)], due=True)
+    assert until(lambda: len(w.taken()) == 201, 10)
+    w.end()
+    assert w.taken()[-1].payload == b"read"
