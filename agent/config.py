@@ -244,9 +244,9 @@ class SourceConfig(Model):
         True, description="split PUBLISH packets in bulk beside paho (false: stock paho)"
     )
     max_delay: Annotated[float, BeforeValidator(_duration), Field(ge=0, le=1.0)] = Field(
-        0.001,
+        0.002,
         description="longest a message waits for others to join its batch (a duration up to "
-        "1s, or 0: never wait); only a stream dense enough to bring 1.5 or more messages in "
+        "1s, or 0: never wait); only a stream dense enough to bring 3 or more messages in "
         "that time waits (the fast path's socket reads wait it, or else the worker), and "
         "the worker wakes once per batch instead of once per message",
     )

@@ -284,10 +284,11 @@ def test_a_busy_stream_coalesced_or_not_gives_every_message_in_order():
 
 
 def test_a_stream_sparse_for_the_budget_is_read_at_once():
-    """1.5 messages per budget or more make a stream dense (as the worker's intake counts
-    it): one message every 2 ms or more (500/s at most) is read at once with a 2 ms budget
-    (1 per budget), and waited for with a 10 ms budget (5 per budget; 1.5 down to 150/s)."""
-    for budget, dense in ((0.002, False), (0.010, True)):
+    """``GATHER_MIN`` (3) messages per budget or more make a stream dense (as the worker's
+    intake counts it): one message every 2 ms or more (500/s at most) is read at once with
+    a 4 ms budget (2 per budget), and waited for with a 20 ms budget (10 per budget; 3
+    down to 150/s)."""
+    for budget, dense in ((0.004, False), (0.020, True)):
         r = stream(budget, each=1, sends=100)  # >= 0.2 s: several rate windows
         assert r.got == [b"m0"] * 100, budget
         assert any(r.waited) == dense, budget
