@@ -43,7 +43,7 @@ def snapshot(pipeline: str, summaries: Summaries, period_start: float) -> Period
     touched, summaries.touched = summaries.touched, []
     if not touched:
         return PeriodWrite(pipeline)
-    slots = np.unique(np.concatenate(touched))
+    slots = touched[0] if len(touched) == 1 else np.unique(np.concatenate(touched))
     names = summaries.index.names
     rows = []
     for s, c, w, a, tot, mx, o, x in zip(

@@ -7,7 +7,6 @@ decide -> aggregate -> emit, one method each, run in that order by :meth:`Proces
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import time
@@ -225,13 +224,13 @@ class Processor:
     def _save_totals(self) -> Callable[[], None]:
         """Totals shared with a swapped-in processor are restored in place."""
         counters = {**vars(self.counters), "errors": dict(self.counters.errors)}
-        stats = {k: copy.copy(v) for k, v in vars(self.batch_stats).items()}
+        stats = self.batch_stats.save()
         period_errors = dict(self.period_errors)
         rejected, control = len(self.rejected), len(self.control)
 
         def restore() -> None:
             vars(self.counters).update(counters)
-            vars(self.batch_stats).update(stats)
+            stats()
             self.period_errors.clear()
             self.period_errors.update(period_errors)
             del self.rejected[rejected:], self.control[control:]
@@ -346,7 +345,7 @@ class Processor:
         groups = Groups.of(slots)
         for step in self._save_stages(slots, groups):
             undo.add(step)
-        self.sequences.observe(slots, batch.seq)
+        self.sequences.observe(slots, batch.seq, groups.distinct)
         self.summaries.add_samples(groups)
         return groups
 

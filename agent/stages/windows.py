@@ -114,6 +114,7 @@ class CountWindows:
         self.buf = np.zeros((reserve, self.ring, channels), np.float32)
         self.count = np.zeros(index.capacity, np.int64)
         self._offsets = np.arange(size, dtype=np.int64) - size + 1
+        self._no_windows = np.empty((0, size, channels), np.float32)  # no element to write
         index.on_grow.append(self._grow)
         index.on_evict.append(self._evict)
 
@@ -131,7 +132,7 @@ class CountWindows:
         """A restore step for :meth:`push` of ``slots``: their counts, and the ring cells
         the push will overwrite (one per sample, not the whole ring)."""
         cells = (self.count[slots] + groups.rank) % self.ring
-        old = self.buf[slots, cells].copy()
+        old = self.buf[slots, cells]  # advanced indexing: a copy
         count = undo.rows(self, ("count",), groups.slots)
 
         def restore() -> None:
@@ -151,9 +152,9 @@ class CountWindows:
         rank = g.rank
         pos = self.count[slots] + rank
         self.count[g.slots] += g.counts
-        max_rank = int(rank.max())
+        max_rank = 0 if g.distinct else int(rank.max())
         if max_rank < self.chunk:  # common case: one pass
-            return self._write_and_gather(slots, pos, values, np.arange(n))
+            return self._write_and_gather(slots, pos, values, None)
         due_parts, win_parts = [], []
         for lo in range(0, max_rank + 1, self.chunk):  # <= chunk new samples per device
             sel = np.flatnonzero((rank >= lo) & (rank < lo + self.chunk))
@@ -165,15 +166,26 @@ class CountWindows:
         return due[order], wins[order]
 
     def _write_and_gather(
-        self, slots: np.ndarray, pos: np.ndarray, values: np.ndarray, where: np.ndarray
+        self, slots: np.ndarray, pos: np.ndarray, values: np.ndarray, where: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
+        """``where``: the samples' indices in the batch (None: all of them, in order)."""
         self.buf[slots, pos % self.ring] = values
         filled = pos + 1 - self.size
         due = np.flatnonzero((filled >= 0) & (filled % self.hop == 0))
+        at = due if where is None else where[due]
         if not len(due):
-            return where[due], np.empty((0, self.size, self.channels), np.float32)
+            return at, self._no_windows
         rows = (pos[due, None] + self._offsets) % self.ring
-        return where[due], self.buf[slots[due, None], rows]
+        return at, self.buf[slots[due, None], rows]
+
+
+def _constant(value: int) -> np.ndarray:
+    out = np.full(1, value, np.int64)
+    out.flags.writeable = False  # shared by every batch of one: a write raises
+    return out
+
+
+_ZERO, _ONE = _constant(0), _constant(1)
 
 
 @dataclass(slots=True)
@@ -184,11 +196,16 @@ class Groups:
     slots: np.ndarray  # the distinct slots
     counts: np.ndarray  # samples per distinct slot
 
+    @property
+    def distinct(self) -> bool:
+        """Whether no two samples share a slot (every batch of one, most small ones)."""
+        return len(self.slots) == len(self.rank)
+
     @classmethod
     def of(cls, slots: np.ndarray) -> Groups:
         n = len(slots)
         if n == 1:
-            return cls(np.zeros(1, np.int64), slots, np.ones(1, np.int64))
+            return cls(_ZERO, slots, _ONE)
         order = np.argsort(slots, kind="stable")
         s = slots[order]
         first = np.empty(n, bool)
