@@ -42,7 +42,7 @@ class Summaries:
         self.recent = np.full(n, -np.inf)
 
     _SUMS = ("count", "windows", "anomalies", "score_sum", "opened", "closed")
-    _SAVED = (*_SUMS, "score_max", "last", "recent")
+    _SCORES = ("windows", "anomalies", "score_sum", "score_max", "last", "recent")
 
     def _grow(self, capacity: int) -> None:
         old = {k: getattr(self, k) for k in self._SUMS}
@@ -58,8 +58,9 @@ class Summaries:
         self.last[slots], self.recent[slots] = np.nan, -np.inf
 
     def save(self, slots: np.ndarray) -> undo.Restore:
-        """A restore step for a batch touching ``slots`` (see :mod:`agent.stages.undo`)."""
-        rows = undo.rows(self, self._SAVED, slots)
+        """A restore step for a batch touching ``slots`` (see :mod:`agent.stages.undo`); the
+        scores' rows are saved by :meth:`add_scores`, in the batches that score."""
+        rows = undo.rows(self, ("count", "opened", "closed"), slots)
         typed = self.typed.save(slots) if self.typed is not None else None
         touched = len(self.touched)  # a batch only appends to it
 
@@ -75,7 +76,16 @@ class Summaries:
         self.count[groups.slots] += groups.counts
         self.touched.append(groups.slots)
 
-    def add_scores(self, slots: np.ndarray, scores: np.ndarray, anomalous: np.ndarray) -> None:
+    def add_scores(
+        self,
+        slots: np.ndarray,
+        scores: np.ndarray,
+        anomalous: np.ndarray,
+        saves: undo.Undo | None = None,
+    ) -> None:
+        """Add scored windows; with ``saves``, first a step restoring their rows to it."""
+        if saves is not None:
+            saves.add(undo.rows(self, self._SCORES, slots))
         np.add.at(self.windows, slots, 1)
         np.add.at(self.anomalies, slots, anomalous.astype(np.int64))
         np.add.at(self.score_sum, slots, scores)
