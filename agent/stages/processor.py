@@ -308,7 +308,11 @@ class Processor:
         if batch.errors:
             self._count_errors(batch.errors, batch.rejects)
         self.control += batch.control
-        events = [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
+        events = (
+            [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
+            if batch.states
+            else []
+        )
         if len(batch):
             self._check_ids(batch, messages)
         if len(batch) and (skew := self.config.source.max_clock_skew) is not None:
