@@ -283,10 +283,11 @@ class Processor:
             if lives is not None and self.episodes is not None:
                 events += self._episode_records(self._step_episodes(due, None, lives))
             return events, None
-        decided = self._score(slots[due], windows)
-        scored = self._decide(slots[due], batch, due, decided)
-        self._aggregate(slots[due], scored, decided, undo)
-        return events + self._events(slots[due], windows, scored, lives), scored
+        at = slots[due]  # the scored windows' slots
+        decided = self._score(at, windows)
+        scored = self._decide(at, batch, due, decided)
+        self._aggregate(at, scored, decided, undo)
+        return events + self._events(at, windows, scored, lives), scored
 
     def _admit(self, messages: Sequence[Message]) -> Sequence[Message]:
         """Stage ``admit``: messages over ``source.max_payload`` are counted and rejected."""
@@ -424,7 +425,7 @@ class Processor:
         if self.decision is not None:
             self.summaries.add_typed(slots, decided)
         self.counters.windows += len(slots)
-        self.counters.anomalies += int(scored.anomalous.sum())
+        self.counters.anomalies += np.count_nonzero(scored.anomalous)
 
     def _events(
         self, slots: np.ndarray, windows: np.ndarray, scored: Scored, lives: Lives | None
