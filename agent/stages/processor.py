@@ -425,7 +425,7 @@ class Processor:
         if self.decision is not None:
             self.summaries.add_typed(slots, decided)
         self.counters.windows += len(slots)
-        self.counters.anomalies += np.count_nonzero(scored.anomalous)
+        self.counters.anomalies += int(np.count_nonzero(scored.anomalous))  # intp otherwise
 
     def _events(
         self, slots: np.ndarray, windows: np.ndarray, scored: Scored, lives: Lives | None
