@@ -145,7 +145,7 @@ class CountWindows:
             return np.empty(0, np.int64), np.empty((0, self.size, self.channels), np.float32)
         g = groups or Groups.of(slots)
         rank = g.rank
-        pos = self.count[slots] if g.distinct else self.count[slots] + rank  # rank 0: a copy
+        pos = self.count[slots] if g.distinct else self.count[slots] + rank  # distinct: rank 0
         cells = pos % self.ring
         if undo is not None:
             undo.add(self._restore(slots, cells, g.slots))
