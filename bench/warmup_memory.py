@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.trees import ROOT, run_json, worktree
 
 
 def child_code() -> str:
@@ -78,19 +74,7 @@ print(json.dumps(out))
 
 
 def run_tree(tree: Path, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    argv = [str(args.devices), str(args.rounds), str(args.warmup)]
-    done = subprocess.run(
-        [sys.executable, "-c", child_code(), *argv],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode:
-        raise SystemExit(f"{tree}: exit {done.returncode}\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json(tree, child_code(), [str(args.devices), str(args.rounds), str(args.warmup)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,22 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--before", help="a git revision to measure too (e.g. main)")
     args = ap.parse_args(argv)
     results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.before:
-            before = Path(tmp) / "before"
-            subprocess.run(
-                ["git", "worktree", "add", "--detach", str(before), args.before],
-                cwd=ROOT,
-                check=True,
-                capture_output=True,
-            )
-            try:
-                results[f"before ({args.before})"] = run_tree(before, args)
-            finally:
-                subprocess.run(
-                    ["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, check=False
-                )
-        results["this tree"] = run_tree(ROOT, args)
+    if args.before:
+        with worktree(args.before) as before:
+            results[f"before ({args.before})"] = run_tree(before, args)
+    results["this tree"] = run_tree(ROOT, args)
     print(json.dumps(results, indent=1))
     print(f"\n{args.devices:,} devices, warmup {args.warmup}, {args.rounds} rounds")
     print("| tree | RSS built (MiB) | RSS after each round | peak (VmHWM) | deferred |")

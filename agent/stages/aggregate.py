@@ -25,7 +25,10 @@ class Summaries:
         index.on_grow.append(self._grow)
         self.typed: KindSummary | None = None
         index.on_evict.append(self._evict)
-        self.touched: list[np.ndarray] = []  # slots changed since agent.stages.period.snapshot
+        # slots given samples since agent.stages.period.snapshot, one array per batch (each
+        # distinct, sorted): a window is scored in the batch that brings its last sample, so
+        # these are also the slots whose scores changed
+        self.touched: list[np.ndarray] = []
 
     def _alloc(self, n: int) -> None:
         self.count = np.zeros(n, np.int64)
@@ -39,6 +42,7 @@ class Summaries:
         self.recent = np.full(n, -np.inf)
 
     _SUMS = ("count", "windows", "anomalies", "score_sum", "opened", "closed")
+    _SCORES = ("windows", "anomalies", "score_sum", "score_max", "last", "recent")
 
     def _grow(self, capacity: int) -> None:
         old = {k: getattr(self, k) for k in self._SUMS}
@@ -54,15 +58,17 @@ class Summaries:
         self.last[slots], self.recent[slots] = np.nan, -np.inf
 
     def save(self, slots: np.ndarray) -> undo.Restore:
-        """A restore step for a batch touching ``slots`` (see :mod:`agent.stages.undo`)."""
-        names = (*self._SUMS, "score_max", "last", "recent")
-        steps = [undo.rows(self, names, slots), undo.values(self, ("touched",))]
-        if self.typed is not None:
-            steps.append(self.typed.save(slots))
+        """A restore step for a batch touching ``slots`` (see :mod:`agent.stages.undo`); the
+        scores' rows are saved by :meth:`add_scores`, in the batches that score."""
+        rows = undo.rows(self, ("count", "opened", "closed"), slots)
+        typed = self.typed.save(slots) if self.typed is not None else None
+        touched = len(self.touched)  # a batch only appends to it
 
         def restore() -> None:
-            for step in steps:
-                step()
+            rows()
+            del self.touched[touched:]
+            if typed is not None:
+                typed()
 
         return restore
 
@@ -70,14 +76,22 @@ class Summaries:
         self.count[groups.slots] += groups.counts
         self.touched.append(groups.slots)
 
-    def add_scores(self, slots: np.ndarray, scores: np.ndarray, anomalous: np.ndarray) -> None:
+    def add_scores(
+        self,
+        slots: np.ndarray,
+        scores: np.ndarray,
+        anomalous: np.ndarray,
+        saves: undo.Undo | None = None,
+    ) -> None:
+        """Add scored windows; with ``saves``, first a step restoring their rows to it."""
+        if saves is not None:
+            saves.add(undo.rows(self, self._SCORES, slots))
         np.add.at(self.windows, slots, 1)
         np.add.at(self.anomalies, slots, anomalous.astype(np.int64))
         np.add.at(self.score_sum, slots, scores)
         np.maximum.at(self.score_max, slots, scores)
         self.last[slots] = scores  # repeated slots: NumPy keeps the later window (not promised)
         np.maximum.at(self.recent, slots, scores)
-        self.touched.append(slots)
 
     def take_recent(self) -> np.ndarray:
         """Each slot's highest score since the last call (-inf: none); then reset."""

@@ -12,7 +12,7 @@ since the last flush: :func:`recover` turns them into summaries marked ``recover
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -22,6 +22,8 @@ import orjson
 from agent import log
 from agent.records import SUMMARY, Record
 from agent.stages.aggregate import Summaries
+
+FEW = 3  # devices touched, up to which a snapshot reads cell by cell (measured: 4 breaks even)
 
 if TYPE_CHECKING:
     from agent.runtime.redelivery import InputWrite
@@ -43,19 +45,25 @@ def snapshot(pipeline: str, summaries: Summaries, period_start: float) -> Period
     touched, summaries.touched = summaries.touched, []
     if not touched:
         return PeriodWrite(pipeline)
-    slots = np.unique(np.concatenate(touched))
+    slots = touched[0] if len(touched) == 1 else np.unique(np.concatenate(touched))
     names = summaries.index.names
+    columns = (
+        summaries.count,
+        summaries.windows,
+        summaries.anomalies,
+        summaries.score_sum,
+        summaries.score_max,
+        summaries.opened,
+        summaries.closed,
+    )
+    at = slots.tolist()
+    values: Iterable[Sequence[float]]
+    if len(at) <= FEW:  # item() per cell: cheaper than an indexing and tolist() per column
+        values = [[c.item(s) for c in columns] for s in at]
+    else:
+        values = zip(*(c[slots].tolist() for c in columns))
     rows = []
-    for s, c, w, a, tot, mx, o, x in zip(
-        slots.tolist(),
-        summaries.count[slots].tolist(),
-        summaries.windows[slots].tolist(),
-        summaries.anomalies[slots].tolist(),
-        summaries.score_sum[slots].tolist(),
-        summaries.score_max[slots].tolist(),
-        summaries.opened[slots].tolist(),
-        summaries.closed[slots].tolist(),
-    ):
+    for s, (c, w, a, tot, mx, o, x) in zip(at, values):
         body = [c, w, a, tot, mx if w else None, period_start, o, x]
         rows.append((names[s], orjson.dumps(body)))
     return PeriodWrite(pipeline, rows)

@@ -7,7 +7,6 @@ decide -> aggregate -> emit, one method each, run in that order by :meth:`Proces
 
 from __future__ import annotations
 
-import copy
 import itertools
 import os
 import time
@@ -225,30 +224,30 @@ class Processor:
     def _save_totals(self) -> Callable[[], None]:
         """Totals shared with a swapped-in processor are restored in place."""
         counters = {**vars(self.counters), "errors": dict(self.counters.errors)}
-        stats = {k: copy.copy(v) for k, v in vars(self.batch_stats).items()}
+        stats = self.batch_stats.save()
         period_errors = dict(self.period_errors)
         rejected, control = len(self.rejected), len(self.control)
 
         def restore() -> None:
             vars(self.counters).update(counters)
-            vars(self.batch_stats).update(stats)
+            stats()
             self.period_errors.clear()
             self.period_errors.update(period_errors)
             del self.rejected[rejected:], self.control[control:]
 
         return restore
 
-    def _save_stages(self, slots: np.ndarray, groups: Groups) -> list[Callable[[], None]]:
-        """Restore steps of every stage's state of the batch's devices (``slots`` per
-        sample)."""
+    def _save_stages(self, groups: Groups, undo: Undo) -> None:
+        """Restore steps of every stage's state of the batch's devices (the windows' and
+        the scores' are added by :meth:`_window` and :meth:`_aggregate`, which know what
+        they overwrite)."""
         parts: list[Saves | None]
         parts = [self.summaries, self.sequences, self.warmup, self.restarts, self.hold]
-        steps = [x.save(groups.slots) for x in parts if x is not None]
+        for x in parts:
+            if x is not None:
+                undo.add(x.save(groups.slots))
         if self.episodes is not None:
-            steps.append(self.episodes.save(groups.slots))
-        if not self.stateful:
-            steps.append(self.windows.save(slots, groups))
-        return steps
+            undo.add(self.episodes.save(groups.slots))
 
     def reject_raised(self, msg: Message, error: Exception) -> None:
         """``msg`` raised on its own after decoding: counted and dead-lettered as
@@ -279,15 +278,16 @@ class Processor:
         groups = self._observe(slots, batch, undo)
         if self.stream is not None:  # a StreamHandler keeps its own per-device state
             return events + self._stream_events(batch), None
-        due, windows, lives = self._window(slots, batch, groups)
+        due, windows, lives = self._window(slots, batch, groups, undo)
         if not len(due):
             if lives is not None and self.episodes is not None:
                 events += self._episode_records(self._step_episodes(due, None, lives))
             return events, None
-        decided = self._score(slots[due], windows)
-        scored = self._decide(slots[due], batch, due, decided)
-        self._aggregate(slots[due], scored, decided)
-        return events + self._events(slots[due], windows, scored, lives), scored
+        at = slots[due]  # the scored windows' slots
+        decided = self._score(at, windows)
+        scored = self._decide(at, batch, due, decided)
+        self._aggregate(at, scored, decided, undo)
+        return events + self._events(at, windows, scored, lives), scored
 
     def _admit(self, messages: Sequence[Message]) -> Sequence[Message]:
         """Stage ``admit``: messages over ``source.max_payload`` are counted and rejected."""
@@ -309,7 +309,11 @@ class Processor:
         if batch.errors:
             self._count_errors(batch.errors, batch.rejects)
         self.control += batch.control
-        events = [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
+        events = (
+            [self._record(EVENT, {**st, "pipeline": self.name}) for st in _states(batch)]
+            if batch.states
+            else []
+        )
         if len(batch):
             self._check_ids(batch, messages)
         if len(batch) and (skew := self.config.source.max_clock_skew) is not None:
@@ -322,8 +326,9 @@ class Processor:
         if not len(batch):
             return None
         undo.add(self.index.save(batch.devices))
+        refused = self.index.refused
         slots = self.index.slots(batch.devices)
-        if not (slots < 0).any():
+        if self.index.refused == refused:  # every device has a slot (no array operation)
             return slots
         full = np.flatnonzero(slots < 0)
         self._count_errors(
@@ -344,9 +349,8 @@ class Processor:
         self.counters.batches += 1
         self.index.last_seen[slots] = self.clock()
         groups = Groups.of(slots)
-        for step in self._save_stages(slots, groups):
-            undo.add(step)
-        self.sequences.observe(slots, batch.seq)
+        self._save_stages(groups, undo)
+        self.sequences.observe(slots, batch.seq, groups.distinct)
         self.summaries.add_samples(groups)
         return groups
 
@@ -358,7 +362,7 @@ class Processor:
         return [self._record(EVENT, {**payload, "pipeline": self.name}) for payload in found]
 
     def _window(
-        self, slots: np.ndarray, batch: SampleBatch, groups: Groups
+        self, slots: np.ndarray, batch: SampleBatch, groups: Groups, undo: Undo
     ) -> tuple[np.ndarray, np.ndarray, Lives | None]:
         """Stage ``window``: the windows due for scoring (their samples' indices and the
         windows), leaving out windows inside a device's warm-up or spanning a restart."""
@@ -368,7 +372,7 @@ class Processor:
             else None
         )
         lives = self._lives(slots, batch, groups) if self.restarts is not None else None
-        due, windows = self.windows.push(slots, batch.values, groups)
+        due, windows = self.windows.push(slots, batch.values, groups, undo)
         if calibrated is not None:  # windows ending inside a device's warm-up are not scored
             keep = calibrated[due]
             due, windows = due[keep], windows[keep]
@@ -415,13 +419,13 @@ class Processor:
             decided.threshold,
         )
 
-    def _aggregate(self, slots: np.ndarray, scored: Scored, decided: Decided) -> None:
+    def _aggregate(self, slots: np.ndarray, scored: Scored, decided: Decided, undo: Undo) -> None:
         """Stage ``aggregate``: the period's per-device summaries and the totals."""
-        self.summaries.add_scores(slots, scored.scores, scored.anomalous)
+        self.summaries.add_scores(slots, scored.scores, scored.anomalous, undo)
         if self.decision is not None:
             self.summaries.add_typed(slots, decided)
         self.counters.windows += len(slots)
-        self.counters.anomalies += int(scored.anomalous.sum())
+        self.counters.anomalies += int(np.count_nonzero(scored.anomalous))  # intp otherwise
 
     def _events(
         self, slots: np.ndarray, windows: np.ndarray, scored: Scored, lives: Lives | None
@@ -431,7 +435,7 @@ class Processor:
             moves = self._step_episodes(slots, scored, lives, scored.thresholds)
             scored.open = self.episodes.open[slots]
             return self._episode_records(moves, scored, slots, windows)
-        hits = np.flatnonzero(scored.anomalous)
+        hits = scored.anomalous.nonzero()[0]  # flatnonzero, without its wrappers
         fields = self._window_fields(hits.tolist(), scored, slots, windows)
         out = []
         for i in hits.tolist():

@@ -32,15 +32,30 @@ class Sequences:
         self.last[slots] = -1
 
     def save(self, slots: np.ndarray) -> undo.Restore:
-        last, totals = undo.rows(self, ("last",), slots), undo.values(self, ("gap", "repeat"))
-        return undo.chain(last, totals)
+        last, totals = self.last[slots], (self.gap, self.repeat)  # advanced indexing: a copy
 
-    def observe(self, slots: np.ndarray, seq: np.ndarray) -> None:
-        """Compare each sample's ``seq`` with its device's previous one (arrival order)."""
+        def restore() -> None:
+            self.last[slots] = last  # looked up now: a grown index replaced the array
+            self.gap, self.repeat = totals
+
+        return restore
+
+    def observe(self, slots: np.ndarray, seq: np.ndarray, distinct: bool = False) -> None:
+        """Compare each sample's ``seq`` with its device's previous one (arrival order).
+        ``distinct``: no two samples share a slot (``Groups`` knows), so no sort is needed."""
         has = seq >= 0
-        if not has.any():
+        kept = np.count_nonzero(has)  # cheaper than has.all() and has.any()
+        if kept == len(has):
+            s, q = slots, seq
+        elif kept:
+            s, q = slots[has], seq[has]
+        else:
             return
-        s, q = slots[has], seq[has]
+        if distinct:  # the common case of small batches: each sample's previous is `last`
+            prev = self.last[s]
+            self._count(q, prev)
+            self.last[s] = q
+            return
         order = np.argsort(s, kind="stable")
         s, q = s[order], q[order]
         first = np.ones(len(s), bool)
@@ -48,11 +63,14 @@ class Sequences:
         prev = np.empty_like(q)
         prev[1:] = q[:-1]
         prev[first] = self.last[s[first]]
-        known = prev >= 0
-        self.gap += int(((q > prev + 1) & known).sum())
-        self.repeat += int(((q <= prev) & known).sum())
+        self._count(q, prev)
         ends = np.flatnonzero(np.append(first[1:], True))
         self.last[s[ends]] = q[ends]
+
+    def _count(self, q: np.ndarray, prev: np.ndarray) -> None:
+        """``prev`` -1: no earlier seq, below every ``q`` here (never a repeat, not a gap)."""
+        self.gap += int(np.count_nonzero((q > prev + 1) & (prev >= 0)))
+        self.repeat += int(np.count_nonzero(q <= prev))
 
     def stats(self) -> dict[str, int]:
         return {"seq_gap": self.gap, "seq_repeat": self.repeat}

@@ -20,9 +20,10 @@ Restore = Callable[[], None]
 
 
 def rows(obj: object, names: Iterable[str], slots: np.ndarray) -> Restore:
-    """Restores ``obj.<name>[slots]`` for each name. The arrays are looked up again at
-    restore time: an index that grew during the batch has replaced them."""
-    saved = [(n, getattr(obj, n)[slots].copy()) for n in names]
+    """Restores ``obj.<name>[slots]`` (``slots`` an integer array) for each name. The arrays
+    are looked up again at restore time: an index that grew during the batch has replaced
+    them."""
+    saved = [(n, getattr(obj, n)[slots]) for n in names]  # advanced indexing: copies
 
     def restore() -> None:
         for n, v in saved:

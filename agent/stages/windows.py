@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agent.stages import undo
+from agent.stages.undo import Restore, Undo
 
 # Window buffers are reserved up to this many bytes of address space at start: np.zeros maps
 # zero pages that become resident only when a device's slot is written, so growing to
@@ -29,6 +29,7 @@ class DeviceIndex:
         self.names: list[str | None] = [None] * self.capacity
         self.last_seen = np.zeros(self.capacity, np.float64)
         self._free: list[int] = list(range(self.capacity - 1, -1, -1))
+        self.refused = 0  # devices turned away at max_devices (slot -1), since start
         self.on_grow: list = []  # callables(new_capacity)
         self.on_evict: list = []  # callables(slots array)
 
@@ -47,6 +48,7 @@ class DeviceIndex:
     def _add(self, device: str) -> int:
         if not self._free:
             if self.capacity >= self.max_devices:
+                self.refused += 1
                 return -1
             self._grow(min(max(self.capacity * 3 // 2, self.capacity + 1), self.max_devices))
         slot = self._free.pop()
@@ -114,6 +116,7 @@ class CountWindows:
         self.buf = np.zeros((reserve, self.ring, channels), np.float32)
         self.count = np.zeros(index.capacity, np.int64)
         self._offsets = np.arange(size, dtype=np.int64) - size + 1
+        self._no_windows = np.empty((0, size, channels), np.float32)  # no element to write
         index.on_grow.append(self._grow)
         index.on_evict.append(self._evict)
 
@@ -127,53 +130,75 @@ class CountWindows:
     def _evict(self, slots: np.ndarray) -> None:
         self.count[slots] = 0
 
-    def save(self, slots: np.ndarray, groups: Groups) -> Callable[[], None]:
-        """A restore step for :meth:`push` of ``slots``: their counts, and the ring cells
-        the push will overwrite (one per sample, not the whole ring)."""
-        cells = (self.count[slots] + groups.rank) % self.ring
-        old = self.buf[slots, cells].copy()
-        count = undo.rows(self, ("count",), groups.slots)
-
-        def restore() -> None:
-            self.buf[slots, cells] = old
-            count()
-
-        return restore
-
     def push(
-        self, slots: np.ndarray, values: np.ndarray, groups: Groups | None = None
+        self,
+        slots: np.ndarray,
+        values: np.ndarray,
+        groups: Groups | None = None,
+        undo: Undo | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Append samples; return (indices into the batch of due samples, their windows)."""
+        """Append samples; return (indices into the batch of due samples, their windows).
+        With ``undo``, first a step restoring what the push changes (the counts, and one
+        ring cell per sample rather than whole rings) is added to it."""
         n = len(slots)
         if n == 0:
             return np.empty(0, np.int64), np.empty((0, self.size, self.channels), np.float32)
         g = groups or Groups.of(slots)
         rank = g.rank
-        pos = self.count[slots] + rank
+        pos = self.count[slots] if g.distinct else self.count[slots] + rank  # distinct: rank 0
+        cells = pos % self.ring
+        if undo is not None:
+            undo.add(self._restore(slots, cells, g.slots))
         self.count[g.slots] += g.counts
-        max_rank = int(rank.max())
+        max_rank = 0 if g.distinct else int(rank.max())
         if max_rank < self.chunk:  # common case: one pass
-            return self._write_and_gather(slots, pos, values, np.arange(n))
+            return self._write_and_gather(slots, pos, cells, values, None)
         due_parts, win_parts = [], []
         for lo in range(0, max_rank + 1, self.chunk):  # <= chunk new samples per device
             sel = np.flatnonzero((rank >= lo) & (rank < lo + self.chunk))
-            d, w = self._write_and_gather(slots[sel], pos[sel], values[sel], sel)
+            d, w = self._write_and_gather(slots[sel], pos[sel], cells[sel], values[sel], sel)
             due_parts.append(d)
             win_parts.append(w)
         due, wins = np.concatenate(due_parts), np.concatenate(win_parts)
         order = np.argsort(due, kind="stable")  # back to arrival order
         return due[order], wins[order]
 
+    def _restore(self, slots: np.ndarray, cells: np.ndarray, distinct: np.ndarray) -> Restore:
+        old, count = self.buf[slots, cells], self.count[distinct]  # advanced indexing: copies
+
+        def restore() -> None:
+            self.buf[slots, cells] = old
+            self.count[distinct] = count  # looked up now: a grown index replaced the array
+
+        return restore
+
     def _write_and_gather(
-        self, slots: np.ndarray, pos: np.ndarray, values: np.ndarray, where: np.ndarray
+        self,
+        slots: np.ndarray,
+        pos: np.ndarray,
+        cells: np.ndarray,
+        values: np.ndarray,
+        where: np.ndarray | None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        self.buf[slots, pos % self.ring] = values
-        filled = pos + 1 - self.size
-        due = np.flatnonzero((filled >= 0) & (filled % self.hop == 0))
+        """``cells``: ``pos`` in the ring; ``where``: the samples' indices in the batch
+        (None: all of them, in order)."""
+        self.buf[slots, cells] = values
+        filled = pos - (self.size - 1)
+        due = ((filled >= 0) & (filled % self.hop == 0)).nonzero()[0]  # flatnonzero, unwrapped
+        at = due if where is None else where[due]
         if not len(due):
-            return where[due], np.empty((0, self.size, self.channels), np.float32)
+            return at, self._no_windows
         rows = (pos[due, None] + self._offsets) % self.ring
-        return where[due], self.buf[slots[due, None], rows]
+        return at, self.buf[slots[due, None], rows]
+
+
+def _constant(value: int) -> np.ndarray:
+    out = np.full(1, value, np.int64)
+    out.flags.writeable = False  # shared by every batch of one: a write raises
+    return out
+
+
+_ZERO, _ONE = _constant(0), _constant(1)
 
 
 @dataclass(slots=True)
@@ -183,20 +208,23 @@ class Groups:
     rank: np.ndarray  # per sample: how many earlier samples of the batch share its slot
     slots: np.ndarray  # the distinct slots
     counts: np.ndarray  # samples per distinct slot
+    distinct: bool  # no two samples share a slot (every batch of one, most small ones)
 
     @classmethod
     def of(cls, slots: np.ndarray) -> Groups:
         n = len(slots)
         if n == 1:
-            return cls(np.zeros(1, np.int64), slots, np.ones(1, np.int64))
+            return cls(_ZERO, slots, _ONE, True)
         order = np.argsort(slots, kind="stable")
         s = slots[order]
         first = np.empty(n, bool)
         first[0] = True
         np.not_equal(s[1:], s[:-1], out=first[1:])
         starts = np.flatnonzero(first)
+        if len(starts) == n:  # every slot once
+            return cls(np.zeros(n, np.int64), s, np.ones(n, np.int64), True)
         bounds = np.append(starts, n)
         counts = bounds[1:] - bounds[:-1]  # np.diff(starts, append=n) costs 3x as much
         rank = np.empty(n, np.int64)
         rank[order] = np.arange(n) - np.repeat(starts, counts)
-        return cls(rank, s[starts], counts)
+        return cls(rank, s[starts], counts, False)

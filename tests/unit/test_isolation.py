@@ -45,6 +45,19 @@ class AlwaysRaises(OnnxHandler):
         return super().infer(batch)
 
 
+class MarkedEventRaises(OnnxHandler):
+    """A defect after scoring: describing the event of a marked window raises."""
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        self.marked = batch[:, -1, 0] == MARK
+        return super().infer(batch)
+
+    def describe(self, hits: np.ndarray) -> list[dict]:
+        if self.marked[hits].any():
+            raise RuntimeError("handler defect describing a marked window")
+        return super().describe(hits)
+
+
 CALIBRATED = {"calibration": {"warmup": 40, "normalise": False}, "rule": {"events": "episodes"}}
 
 
@@ -133,6 +146,23 @@ def test_a_failed_call_leaves_nothing_behind(w1_models):
     with pytest.raises(RuntimeError):
         p.process([*_stream(devices=4, samples=70)[180:], msg("d1", 10_000, MARK)])
     assert (_state(p), p.counters.decoded, dict(p.counters.errors), len(p.index)) == before
+
+
+def test_a_call_failing_after_its_scores_were_added_leaves_them_as_they_were(w1_models):
+    """The scores' rows are saved as scores are added (the summaries' save covers only the
+    counts): a defect in the emit stage, after aggregate, leaves every score as it was."""
+    p = _processor(w1_models, MarkedEventRaises)
+    process_isolated(p, _stream(devices=3, samples=60))
+    names = ("windows", "anomalies", "score_sum", "score_max", "last", "recent")
+
+    def state() -> tuple:
+        scores = [getattr(p.summaries, k).tobytes() for k in names]
+        return _state(p), scores, p.counters.windows, len(p.summaries.touched)
+
+    before = state()
+    with pytest.raises(RuntimeError, match="describing a marked window"):
+        p.process([*_stream(devices=3, samples=70)[180:], msg("d1", 10_000, MARK)])
+    assert state() == before
 
 
 def test_a_defect_that_raises_for_every_message_rejects_each_once(w1_models):

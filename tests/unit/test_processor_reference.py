@@ -3,6 +3,7 @@ reference, with device churn, out-of-order seq and any batch size."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -82,8 +83,11 @@ def test_same_events_and_summaries_as_reference(w1_models, batch):
             (e.device, e.payload["seq"], e.payload["ts"], round(e.payload["score"], 4))
             for e in events
         ]
-    summaries = [r.payload for r in proc.flush() if r.kind == "summary"]
+    records = proc.flush()
+    summaries = [r.payload for r in records if r.kind == "summary"]
     assert want_events and got == want_events
     assert {s["device"]: s["count"] for s in summaries} == want_counts
     assert {s["device"]: s["windows"] for s in summaries if s["windows"]} == want_windows
     assert sum(s["anomalies"] for s in summaries) == len(want_events)
+    (stats,) = [r.payload for r in records if r.kind == "stats"]
+    assert json.loads(json.dumps(stats))["anomalies"] == len(want_events)  # plain types
