@@ -32,10 +32,10 @@ def _run(args: argparse.Namespace) -> int:
     log.setup(args.log_level, log.console_wanted(args.log_format))
     full = load_config(args.config)
     _files_readable(full, args.config)
-    stop, hup = threading.Event(), threading.Event()
+    signals = Signals()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())  # before the PID file names us
+        signal.signal(sig, signals.on_stop)
+    signal.signal(signal.SIGHUP, signals.on_hup)  # before the PID file names us
     pid_file = Path(args.pid_file or default_pid_file(full.agent.id))
     # One agent per spool, decided before any broker, port or model is opened.
     try:
@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
         log.get(component="cli").warning("pid_file_failed", path=str(pid_file), error=str(e))
         guard = InstanceGuard(full.agent.id, full.spool.path, None).acquire()
     try:
-        return _serve(args, full, (stop, hup), pid_file)
+        return _serve(args, full, signals, pid_file)
     except SettingError as e:
         raise ConfigError(args.config, [str(e)]) from None
     finally:
@@ -56,16 +56,15 @@ def _run(args: argparse.Namespace) -> int:
 def _serve(
     args: argparse.Namespace,
     full: Config,
-    signals: tuple[threading.Event, threading.Event],
+    signals: Signals,
     pid_file: Path,
 ) -> int:
-    """Build, start and supervise the agent (and worker processes) until ``stop``; a set
-    ``hup`` reloads (the file a ``reload -c`` asked for, else the agent's own)."""
+    """Build, start and supervise the agent (and worker processes) until a stop signal; a
+    SIGHUP reloads (the file a ``reload -c`` asked for, else the agent's own)."""
     from agent.runtime.agent import Agent, settle_heap
     from agent.runtime.notify import notify, reloading
     from agent.runtime.reload import take_request
 
-    stop, hup = signals
     fleet = None
     if full.fleet is not None:  # the last good fleet version, or the local file (docs/fleet.md)
         from agent.fleet.manager import FleetManager
@@ -75,7 +74,7 @@ def _serve(
     cfg, children = workers.split(full)
     pool = workers.WorkerPool(children, args.log_level, log.console_wanted(args.log_format))
     if cfg is None:
-        return _run_pool(pool, stop)
+        return _run_pool(pool, signals)
     agent = Agent(cfg)
     agent.config_path = args.config
     agent.build()
@@ -89,18 +88,18 @@ def _serve(
         fleet.start(agent)
     settle_heap()
     notify("READY=1")
-    while not stop.wait(0.2):
+    while not signals.wait(SUPERVISE_EVERY):
         if pool.failed():
             log.get(component="cli").error("worker_failed", workers=pool.failed())
-            stop.set()
-        if hup.is_set():
-            hup.clear()
+            break
+        if signals.hup.is_set():
+            signals.hup.clear()
             reloading()
             agent.reload(take_request(pid_file))
             settle_heap()
             notify("READY=1")
         if agent.failed():
-            stop.set()
+            break
     notify("STOPPING=1")
     if fleet is not None:
         fleet.stop()  # a version mid-gate stays `trying`: marked failed at the next start
@@ -109,17 +108,46 @@ def _serve(
     return 1 if agent.failed() else 0
 
 
-def _run_pool(pool: workers.WorkerPool, stop: threading.Event) -> int:
+def _run_pool(pool: workers.WorkerPool, signals: Signals) -> int:
     """Every pipeline runs in worker processes: supervise them until a signal."""
     from agent.runtime.notify import notify
 
     pool.start()
     notify("READY=1")
-    while not stop.wait(0.2) and not pool.failed():
+    while not signals.wait(SUPERVISE_EVERY) and not pool.failed():
         pass
     failed = pool.failed()
     pool.stop()
     return 1 if failed else 0
+
+
+SUPERVISE_EVERY = 1.0  # s: how soon the main thread notices a failed worker thread or process
+
+
+class Signals:
+    """SIGTERM/SIGINT (stop) and SIGHUP (reload) as flags the main thread sleeps on: it
+    wakes for a signal at once and otherwise once every ``SUPERVISE_EVERY``, not 5 times a
+    second as it polled before (an idle gateway's wake-ups, docs/performance.md)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.hup = threading.Event()
+        self._woken = threading.Event()
+
+    def on_stop(self, *_: object) -> None:
+        self.stop.set()
+        self._woken.set()
+
+    def on_hup(self, *_: object) -> None:
+        self.hup.set()
+        self._woken.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a signal or ``timeout``; whether to stop."""
+        if not (self.stop.is_set() or self.hup.is_set()):
+            self._woken.wait(timeout)
+        self._woken.clear()
+        return self.stop.is_set()
 
 
 SYSTEM_RUN_DIR = Path("/run/edge-agent")  # the systemd unit's RuntimeDirectory

@@ -8,10 +8,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from agent.config import parse_config
 from agent.runtime.agent import Agent
-from tests.support.mqtt import publish, w1_payloads
+from tests.support.configs import agent_config, mqtt_sink, w1_pipeline
+from tests.support.mqtt import AgentProcess, kill_left, publish, w1_payloads
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.mosquitto
@@ -62,3 +64,32 @@ def test_an_idle_worker_does_not_wake(broker, w1_models, tmp_path):
         assert sleeps(worker) == before
     finally:
         agent.stop()
+
+
+def test_an_idle_agents_main_thread_sleeps_between_looks(broker, w1_models, tmp_path):
+    """``edge-agent run``'s main thread looks at its workers once a second
+    (``SUPERVISE_EVERY``) and wakes at once for a signal: over 2 s or more of no traffic it
+    wakes a few times (before: every 0.2 s, 10 times or more), and a SIGTERM still ends
+    the agent."""
+    prefix = f"m{uuid.uuid4().hex[:6]}"
+    pipe = w1_pipeline(
+        f"{prefix}/+/t", w1_models[1], sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}")]
+    )
+    cfg = tmp_path / "agent.yaml"
+    cfg.write_text(yaml.safe_dump(agent_config(broker.port, tmp_path / "s.db", pipe)))
+    agent = AgentProcess(cfg, {})
+    try:
+        agent.wait_ready()
+        main = Path(f"/proc/{agent.proc.pid}/task/{agent.proc.pid}/status")
+
+        def sleeps() -> int:
+            return int(main.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
+
+        before = sleeps()
+        done = threading.Event()
+        for _ in range(20):  # 20 timer expiries of 0.1 s: 2 s or more
+            done.wait(0.1)
+        assert sleeps() - before < 8
+        assert agent.stop() == 0
+    finally:
+        kill_left(agent)
