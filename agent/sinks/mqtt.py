@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
@@ -14,13 +14,14 @@ from agent.config import ComponentConfig
 from agent.errors import NotConnectedError
 from agent.protocols import SinkContext
 from agent.records import EVENT, SUMMARY, Record, dumps
-from agent.transport.mqtt import Connection, topic_level
+from agent.transport.mqtt import Connection, Watch, topic_level
 
-# Summaries and stats in flight at once while a backlog drains; a live round goes one at a
-# time, so an event published meanwhile waits behind one summary, not paho's queue of all of
-# them (figures in docs/performance.md, "third pass").
-ROUTINE_IN_FLIGHT = 8
-BACKLOG_GAP = 0.1  # s: a routine round starting sooner after the last one is a backlog
+# Summaries and stats in flight at most: a round waits once for the older half's
+# acknowledgements, then sends that many more (one wake-up of the lane per 6 summaries, not
+# per summary). The bound keeps an event published meanwhile behind at most 12 summaries in
+# the broker, and below paho's 20 in flight, beyond which paho would queue it behind the whole
+# round (figures in docs/performance.md, "Summaries and lanes").
+ROUTINE_IN_FLIGHT = 12
 
 
 class MqttSinkConfig(ComponentConfig):
@@ -43,7 +44,6 @@ class MqttSink:
         self.config = config
         self.conn = context.connection(config.broker)
         self._topics = {EVENT: config.events, SUMMARY: config.summaries}
-        self._routine_done = 0.0  # when the last round with routine records ended
 
     def start(self) -> None:
         """The shared connection is started by the runtime."""
@@ -56,23 +56,17 @@ class MqttSink:
 
     def write_many(self, records: Sequence[Record]) -> None:
         client = self._client()
-        started = time.monotonic()
-        deadline = started + self.config.ack_timeout
-        backlog = started - self._routine_done < BACKLOG_GAP
-        window = ROUTINE_IN_FLIGHT if backlog else 1
-        routine = False
-        infos: deque[mqtt.MQTTMessageInfo] = deque()
+        deadline = time.monotonic() + self.config.ack_timeout
+        half = ROUTINE_IN_FLIGHT // 2
+        infos: list[mqtt.MQTTMessageInfo] = []
         for r in records:
-            if r.kind != EVENT:
-                routine = True
-                if len(infos) >= window:
-                    _wait(self.conn, infos.popleft(), deadline)
+            if r.kind != EVENT and len(infos) >= ROUTINE_IN_FLIGHT:
+                InFlight(self.conn, infos[:half], deadline).wait()
+                del infos[:half]
             info = self._publish(client, r)
             if info is not None:
                 infos.append(info)
-        InFlight(self.conn, list(infos), deadline).wait()
-        if routine:
-            self._routine_done = time.monotonic()
+        InFlight(self.conn, infos, deadline).wait()
 
     def publish_many(self, records: Sequence[Record]) -> InFlight:
         """Publish without waiting (the event lane): the next events need not wait for the
@@ -104,10 +98,20 @@ class InFlight:
 
     def __init__(self, conn: Connection, infos: list[mqtt.MQTTMessageInfo], deadline: float):
         self.conn, self.infos, self.deadline = conn, infos, deadline
+        self._last: Watch | None = None  # the last record's acknowledgement, once watched
+
+    def notify(self, event: threading.Event) -> float:
+        """Set ``event`` once :meth:`done` may say more: the last record acknowledged (PUBACKs
+        come in order) or the connection lost. Returns when to look anyway (the deadline)."""
+        if self.infos:
+            self._last = self.conn.watch(self.infos[-1], event)
+        return self.deadline
 
     def done(self) -> bool:
         """Every record acknowledged; raises NotConnectedError if that cannot happen now."""
-        if all(i.is_published() for i in reversed(self.infos)):  # PUBACKs come about in order
+        if (self._last is not None and self._last.acked) or all(
+            i.is_published() for i in reversed(self.infos)
+        ):
             return True
         if not self.conn.connected.is_set() or time.monotonic() > self.deadline:
             raise NotConnectedError(f"no acknowledgement from {self.conn.name}")
@@ -115,18 +119,9 @@ class InFlight:
 
     def wait(self) -> None:
         """Until every record is acknowledged, or NotConnectedError."""
-        for info in reversed(self.infos):  # sleep once on the last, then check the rest
-            _wait(self.conn, info, self.deadline)
-
-
-def _wait(conn: Connection, info: mqtt.MQTTMessageInfo, deadline: float) -> None:
-    if info.is_published():
-        return
-    left = deadline - time.monotonic()
-    try:
-        if left > 0:
-            info.wait_for_publish(left)
-    except (RuntimeError, ValueError):
-        pass
-    if not info.is_published():
-        raise NotConnectedError(f"no acknowledgement from {conn.name}")
+        if all(i.is_published() for i in reversed(self.infos)):
+            return
+        acked = threading.Event()
+        self.notify(acked)
+        while not self.done():
+            acked.wait(max(0.0, self.deadline - time.monotonic()))
