@@ -57,11 +57,10 @@ def sink_on(port: int, prefix: str, ack_timeout: float = 10) -> tuple[Connection
     return conn, MqttSink(config, context)
 
 
-def forwarder(tmp_path, sink: MqttSink) -> tuple[Spool, Forwarder]:
-    spool = Spool(tmp_path / "s.db")
-    f = Forwarder("up", sink, spool, batch=64, rate=1e6)
+def forwarder(tmp_path, sink: MqttSink) -> Forwarder:
+    f = Forwarder("up", sink, Spool(tmp_path / "s.db"), batch=64, rate=1e6)
     f.start()
-    return spool, f
+    return f
 
 
 def deliver(f: Forwarder, records: list[Record]) -> None:
@@ -73,7 +72,7 @@ def deliver(f: Forwarder, records: list[Record]) -> None:
 
 def test_idle_lanes_do_not_wake(broker, tmp_path):
     conn, sink = sink_on(broker.port, f"l{uuid.uuid4().hex[:6]}")
-    spool, f = forwarder(tmp_path, sink)
+    f = forwarder(tmp_path, sink)
     try:
         deliver(f, [rec(EVENT, 0), rec(SUMMARY, 1)])  # both lanes caught up
         before = [sleeps(t) for t in f._threads]
@@ -94,7 +93,7 @@ def test_the_event_lane_sleeps_until_the_puback_and_sees_a_lost_connection(tmp_p
     with Mosquitto(workdir=tmp_path / "mosq", persistence=False) as mosq:
         prefix = f"l{uuid.uuid4().hex[:6]}"
         conn, sink = sink_on(mosq.port, prefix, ack_timeout=30)
-        spool, f = forwarder(tmp_path, sink)
+        f = forwarder(tmp_path, sink)
         try:
             deliver(f, [rec(EVENT, 0)])
             assert f.live is not None and f.live.caught_up
@@ -107,10 +106,10 @@ def test_the_event_lane_sleeps_until_the_puback_and_sees_a_lost_connection(tmp_p
                 before = sleeps(lane)
                 timer_intervals(10, 0.05)
                 assert sleeps(lane) - before <= 2  # the end of the round that published
-                assert spool.depth("up") == 1  # no PUBACK yet: the row stays
+                assert f.spool.depth("up") == 1  # no PUBACK yet: the row stays
             finally:
                 mosq.proc.send_signal(signal.SIGCONT)
-            assert until(lambda: spool.depth("up") == 0, 10), "the PUBACK did not settle it"
+            assert until(lambda: f.spool.depth("up") == 0, 10), "the PUBACK did not settle it"
 
             mosq.proc.send_signal(signal.SIGSTOP)
             f.spool.wait(f.put([rec(EVENT, 2)]))
@@ -119,7 +118,7 @@ def test_the_event_lane_sleeps_until_the_puback_and_sees_a_lost_connection(tmp_p
             mosq.proc.kill()  # the connection is reset with the event in flight
             mosq.proc.send_signal(signal.SIGCONT)
             assert until(lambda: f.failures >= 1, 10), "the lost connection went unnoticed"
-            assert spool.depth("up") == 1  # undelivered: it stays for the next connection
+            assert f.spool.depth("up") == 1  # undelivered: it stays for the next connection
         finally:
             f.stop(drain_timeout=1)
             conn.stop()
