@@ -330,8 +330,9 @@ class Pipelined(Protocol):
     """Optional sink ability (with :class:`Concurrent`): ``publish_many(records)`` sends
     without waiting and returns a delivery whose ``done()`` says whether every record is
     acknowledged yet and ``wait()`` blocks until they are (both raise ``NotConnectedError``
-    when that will not happen); the forwarder then pipelines live events
-    (:class:`agent.sinks.mqtt.MqttSink` does)."""
+    when that will not happen), and whose ``notify(event)`` sets ``event`` once ``done()``
+    may answer differently and returns the (monotonic) time by which to ask anyway; the
+    forwarder then pipelines live events (:class:`agent.sinks.mqtt.MqttSink` does)."""
 
     def publish_many(self, records: Sequence[Record]) -> Any: ...
 

@@ -25,7 +25,6 @@ from agent.protocols import Concurrent, Pipelined, Sink
 from agent.records import EVENT, Record
 from agent.stages.period import PeriodWrite
 
-SETTLE_POLL = 0.005  # s between checks for the acknowledgements of pipelined events
 ISOLATE_AFTER = 3  # sink errors in a row (not connection errors) before rows go one by one
 
 Row = tuple[int, Record]  # a spool id and its record
@@ -231,7 +230,7 @@ class Forwarder:
                     else:
                         rows = self._take(lane, express, prio)
                         if rows and lane.pipelined and lane.caught_up:  # the last of a replay
-                            lane.inflight.append((rows, self._publish(rows)))
+                            lane.inflight.append(self._publish(rows))
                             rows = []
                         elif rows:
                             self.sink.write_many(_records(rows))
@@ -254,15 +253,26 @@ class Forwarder:
                     backoff = self._failed(lane, rows, e, backoff)
                 self._stop.wait(backoff * random.uniform(0.5, 1.0))
                 continue
+            if idle and not lane.caught_up:  # the take held only rows whose delete is pending
+                continue
             if idle:
                 if stopping and not lane.inflight:
                     return
-                wake.wait(SETTLE_POLL if lane.inflight else 1.0)
+                wake.wait(self._sleep(lane, stopping))
                 continue
             backoff = 0.0
             replaying = replaying and not lane.caught_up
             if replaying and len(rows) == self.batch:  # a backlog: pace it; live rows are not
                 self._pace(len(rows) / self.rate - (time.monotonic() - started))
+
+    def _sleep(self, lane: _Lane, stopping: bool) -> float | None:
+        """How long an idle lane sleeps unless woken (rows committed or express, an
+        acknowledgement or a lost connection for a pipelined delivery, stop): until the
+        oldest delivery's deadline, and the drain's end when stopping; else for ever."""
+        dues = [lane.inflight[0][2]] if lane.inflight else []
+        if stopping:
+            dues.append(self._deadline)
+        return max(0.0, min(dues) - time.monotonic()) if dues else None
 
     def _failed(self, lane: _Lane, rows: list, error: Exception, backoff: float) -> float:
         """A sink error that is not about the connection: retry with growing waits (up to
@@ -344,12 +354,14 @@ class Forwarder:
     def _publish_express(self, lane: _Lane, express: Express) -> None:
         """Publish every fresh event waiting in the express queue (lane lock held)."""
         while rows := express.pop(self.batch):
-            lane.inflight.append((rows, self._publish(rows)))
+            lane.inflight.append(self._publish(rows))
 
-    def _publish(self, rows: list) -> Any:
-        """Send ``rows`` without waiting; their delivery handle (the pipelined lane only)."""
+    def _publish(self, rows: list) -> tuple[list, Any, float]:
+        """Send ``rows`` without waiting (the pipelined lane only): the rows, their delivery
+        handle, which wakes the event lane once it is done or failed, and its deadline."""
         assert self._publisher is not None, "only a Pipelined sink has a pipelined lane"
-        return self._publisher.publish_many(_records(rows))
+        delivery = self._publisher.publish_many(_records(rows))
+        return rows, delivery, delivery.notify(self._event_lane)
 
     def _take(self, lane: _Lane, express: Express | None, prio: int | None) -> list:
         """The next rows for a lane that is not pipelining live events."""
@@ -368,7 +380,7 @@ class Forwarder:
         """Acknowledge pipelined rows whose delivery is done, in order (all of them, waiting,
         when ``wait``: a take must not find rows still in flight). Raises NotConnectedError."""
         while lane.inflight:
-            rows, in_flight = lane.inflight[0]
+            rows, in_flight, _ = lane.inflight[0]
             if wait:
                 in_flight.wait()
             elif not in_flight.done():
@@ -397,12 +409,12 @@ class _Lane:
         self.pipelined = pipelined
         self.lock = threading.Lock() if pipelined else contextlib.nullcontext()
         self.caught_up = False  # the last take found all there was: fresh events go first
-        self.inflight: deque = deque()  # (rows, in-flight handle) published, not acknowledged
+        self.inflight: deque = deque()  # (rows, handle, deadline) published, not acknowledged
 
     def release(self, express: Express | None, rows: Sequence[Row] = ()) -> None:
         """Undelivered rows go back to the spool's order: a take may find them again."""
         if express is not None:
-            express.done([r for batch, _ in self.inflight for r in batch])
+            express.done([r for batch, *_ in self.inflight for r in batch])
             express.done(rows)
         self.inflight.clear()
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Literal
 
@@ -14,12 +14,17 @@ from agent.config import ComponentConfig
 from agent.errors import NotConnectedError
 from agent.protocols import SinkContext
 from agent.records import EVENT, SUMMARY, Record, dumps
-from agent.transport.mqtt import Connection, topic_level
+from agent.transport.mqtt import Connection, Watch, topic_level
 
-# Summaries and stats in flight at once while a backlog drains; a live round goes one at a
-# time, so an event published meanwhile waits behind one summary, not paho's queue of all of
-# them (figures in docs/performance.md, "third pass").
-ROUTINE_IN_FLIGHT = 8
+# Summaries and stats in flight at most: a round waits once for the older half's
+# acknowledgements, then sends that many more (a wake-up of the lane per 6 summaries, not per
+# summary); an event published meanwhile waits behind at most 12 summaries in the broker, and
+# the round stays below paho's 20 in flight, beyond which paho queues an event behind all of
+# it. A live round sends a half at most every ROUTINE_PACE (~50 ms per 100 summaries):
+# unpaced bursts raised the event p99 at 1,000 msg/s in 4 of 4 pairs (docs/performance.md,
+# "Summaries and lanes"). A backlog goes unpaced.
+ROUTINE_IN_FLIGHT = 12
+ROUTINE_PACE = 0.003  # s
 BACKLOG_GAP = 0.1  # s: a routine round starting sooner after the last one is a backlog
 
 
@@ -56,21 +61,25 @@ class MqttSink:
 
     def write_many(self, records: Sequence[Record]) -> None:
         client = self._client()
-        started = time.monotonic()
-        deadline = started + self.config.ack_timeout
-        backlog = started - self._routine_done < BACKLOG_GAP
-        window = ROUTINE_IN_FLIGHT if backlog else 1
+        sent = time.monotonic()  # when the last half-window went out
+        deadline = sent + self.config.ack_timeout
+        pace = 0.0 if sent - self._routine_done < BACKLOG_GAP else ROUTINE_PACE
+        half = ROUTINE_IN_FLIGHT // 2
         routine = False
-        infos: deque[mqtt.MQTTMessageInfo] = deque()
+        infos: list[mqtt.MQTTMessageInfo] = []
         for r in records:
             if r.kind != EVENT:
                 routine = True
-                if len(infos) >= window:
-                    _wait(self.conn, infos.popleft(), deadline)
+                if len(infos) >= ROUTINE_IN_FLIGHT:
+                    if pace:
+                        time.sleep(max(0.0, sent + pace - time.monotonic()))
+                    InFlight(self.conn, infos[:half], deadline).wait()
+                    del infos[:half]
+                    sent = time.monotonic()
             info = self._publish(client, r)
             if info is not None:
                 infos.append(info)
-        InFlight(self.conn, list(infos), deadline).wait()
+        InFlight(self.conn, infos, deadline).wait()
         if routine:
             self._routine_done = time.monotonic()
 
@@ -104,10 +113,20 @@ class InFlight:
 
     def __init__(self, conn: Connection, infos: list[mqtt.MQTTMessageInfo], deadline: float):
         self.conn, self.infos, self.deadline = conn, infos, deadline
+        self._last: Watch | None = None  # the last record's acknowledgement, once watched
+
+    def notify(self, event: threading.Event) -> float:
+        """Set ``event`` once :meth:`done` may say more: the last record acknowledged (PUBACKs
+        come in order) or the connection lost. Returns when to look anyway (the deadline)."""
+        if self.infos:
+            self._last = self.conn.watch(self.infos[-1], event)
+        return self.deadline
 
     def done(self) -> bool:
         """Every record acknowledged; raises NotConnectedError if that cannot happen now."""
-        if all(i.is_published() for i in reversed(self.infos)):  # PUBACKs come about in order
+        if (self._last is not None and self._last.acked) or all(
+            i.is_published() for i in reversed(self.infos)
+        ):
             return True
         if not self.conn.connected.is_set() or time.monotonic() > self.deadline:
             raise NotConnectedError(f"no acknowledgement from {self.conn.name}")
@@ -115,18 +134,9 @@ class InFlight:
 
     def wait(self) -> None:
         """Until every record is acknowledged, or NotConnectedError."""
-        for info in reversed(self.infos):  # sleep once on the last, then check the rest
-            _wait(self.conn, info, self.deadline)
-
-
-def _wait(conn: Connection, info: mqtt.MQTTMessageInfo, deadline: float) -> None:
-    if info.is_published():
-        return
-    left = deadline - time.monotonic()
-    try:
-        if left > 0:
-            info.wait_for_publish(left)
-    except (RuntimeError, ValueError):
-        pass
-    if not info.is_published():
-        raise NotConnectedError(f"no acknowledgement from {conn.name}")
+        if all(i.is_published() for i in reversed(self.infos)):
+            return
+        acked = threading.Event()
+        self.notify(acked)
+        while not self.done():
+            acked.wait(max(0.0, self.deadline - time.monotonic()))

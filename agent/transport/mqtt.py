@@ -86,6 +86,16 @@ def _failed_hint(broker: BrokerConfig, error: BaseException | None) -> dict[str,
     return {}
 
 
+class Watch:
+    """An acknowledgement someone waits for (:meth:`Connection.watch`)."""
+
+    __slots__ = ("acked", "event")
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+        self.acked = False
+
+
 FLUSH_TOPIC = "edge-agent/flush"  # never subscribed: only its UNSUBACK is wanted
 _NOT_IN_LEVEL = re.compile(r"[/+#\x00]")
 
@@ -160,6 +170,10 @@ class Connection:
         self.client.on_connect_fail = self._on_connect_fail
         self.client.on_disconnect = self._on_disconnect
         self.client.on_unsubscribe = self._on_unsubscribe
+        self.client.on_publish = self._on_acked
+        self._watches: dict[int, Watch] = {}  # by mid: who waits for that acknowledgement
+        self._acked_last: int | None = None  # the mid of the latest acknowledgement
+        self._watch_lock = threading.Lock()
         self._flushes: dict[int, threading.Event] = {}
         self._flush_lock = threading.Lock()  # the UNSUBACK may come before the mid is stored
         self.on_connected: list[Callable[[mqtt.Client, bool], None]] = []
@@ -228,6 +242,7 @@ class Connection:
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        self._lost()
         if self._stopping:  # our own disconnect: no reconnect follows
             self.log.info("mqtt_disconnected", reason=str(reason))
             return
@@ -244,6 +259,35 @@ class Connection:
                 retry_in=round(delay, 2),
                 hint=_lost_hint(self.broker),
             )
+
+    def watch(self, info: mqtt.MQTTMessageInfo, event: threading.Event) -> Watch:
+        """Set ``event`` when the broker acknowledges ``info``'s message (a QoS 1 PUBACK) or
+        the connection is lost, so a waiter sleeps until then instead of polling; ``acked``
+        on the result says it was. The caller checks ``connected`` after this call (a loss
+        before it notifies nobody)."""
+        w = Watch(event)
+        with self._watch_lock:
+            # paho marks a message published only after on_publish: an acknowledgement that
+            # came just before the watch may not show on the message yet
+            w.acked = info.is_published() or info.mid == self._acked_last
+            if not w.acked:
+                self._watches[info.mid] = w
+        return w
+
+    def _on_acked(self, client, userdata, mid, reason, properties) -> None:
+        with self._watch_lock:
+            self._acked_last = mid
+            w = self._watches.pop(mid, None)
+        if w is not None:
+            w.acked = True
+            w.event.set()
+
+    def _lost(self) -> None:
+        """Wake every waiter: its acknowledgement will not come on this connection."""
+        with self._watch_lock:
+            lost, self._watches, self._acked_last = self._watches, {}, None
+        for w in lost.values():
+            w.event.set()
 
     def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         with self._flush_lock:
@@ -294,3 +338,4 @@ class Connection:
         finally:
             self.client.loop_stop()
             self.connected.clear()
+            self._lost()

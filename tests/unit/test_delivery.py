@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 
 from agent.errors import NotConnectedError
 from agent.log import structlog
@@ -200,6 +201,9 @@ class Delivery:
         if self.sink.down.is_set():
             raise NotConnectedError("lost")
         return self.sink.acks.is_set()
+
+    def notify(self, event: threading.Event) -> float:
+        return time.monotonic() + 0.005  # nothing tells when ``acks`` is set: look in 5 ms
 
     def wait(self) -> None:
         until(lambda: self.sink.acks.is_set() or self.sink.down.is_set(), 5, 0.005)
