@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .broker import mosquitto
-from .proc import cpu_seconds, print_result, thread_delta, thread_stats
+from .proc import print_result, run_seconds, thread_delta, thread_stats
 from .w1 import PROCESSORS, Processor, Settings, build_models, machine, run_trial, start_ready
 
 IDLE_PROCESSORS = ("agent-int8-q0", "agent-int8-q1", "naive-fp32-q0", "counter-q0")
@@ -35,10 +35,10 @@ def idle(s: Settings, proc: Processor, seconds: float) -> dict[str, Any]:
     try:
         child, collector = start_ready(s, proc, log)
         time.sleep(2.0)  # the probe's summary round and start-up work end
-        cpu0, threads0, t0 = cpu_seconds(child.pid), thread_stats(child.pid), time.monotonic()
+        cpu0, threads0, t0 = run_seconds(child.pid), thread_stats(child.pid), time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - t0
-        cpu = cpu_seconds(child.pid) - cpu0
+        cpu = run_seconds(child.pid) - cpu0
         # per 1,000 "samples" of one per second: per thread, per 1,000 s
         threads = thread_delta(threads0, thread_stats(child.pid), round(elapsed))
         return {
@@ -56,7 +56,9 @@ def idle(s: Settings, proc: Processor, seconds: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
     p.add_argument("--idle", type=float, default=30.0, help="seconds without traffic")
-    p.add_argument("--duration", type=float, default=20.0, help="seconds per scale trial")
+    p.add_argument(
+        "--duration", type=float, default=20.0, help="seconds per scale trial (0: idle only)"
+    )
     p.add_argument("--only", action="append", metavar="NAME", help="processors containing NAME")
     p.add_argument("--max-delay", metavar="DURATION", help="agents: source.max_delay")
     p.add_argument("--json-out", type=Path)
@@ -78,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             row = idle(s, x, args.idle)
             idle_rows.append(row)
             print(f"idle {x.name}: {row['cpu_pct_of_core']} % of a core", file=sys.stderr)
-        for x in chosen(SCALE_PROCESSORS):
+        for x in chosen(SCALE_PROCESSORS) if args.duration > 0 else []:
             for n in DEVICES:
                 t = run_trial(replace(s, devices=n), x, 1000.0, args.duration)
                 verdict = "held" if t.held else "; ".join(t.why)

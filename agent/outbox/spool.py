@@ -71,6 +71,9 @@ CREATE TABLE IF NOT EXISTS dead_letter (
 
 
 GROUP_COMMIT_WAIT = 0.002  # s
+# A write that comes this long after the last commit is committed at once: the wait above
+# only pays when more work comes soon (a busy spool); alone it is a second wake-up per commit.
+BUSY_GAP = 0.01  # s
 RETRY_MAX = 5.0  # s between attempts to commit while the disk is full or failing
 CLOSE_RETRY = 10.0  # s a closing spool keeps retrying before it gives the submissions up
 _CORRUPT = {getattr(sqlite3, "SQLITE_CORRUPT", 11), getattr(sqlite3, "SQLITE_NOTADB", 26)}
@@ -113,6 +116,7 @@ class Spool:
         self.ttl = ttl
         self.stored = 0
         self.commits = 0  # writer transactions (the bench counts them per sample)
+        self._committed = 0.0  # monotonic time of the last commit
         self.dropped = 0
         self.expired = 0
         self.moved = 0  # rows moved aside (a sink refused them on their own)
@@ -270,9 +274,11 @@ class Spool:
                 self._cv.wait_for(lambda: self._jobs or self._closing)
                 if not self._jobs:
                     return
-            # Let an event on its way out be published first and more work join this commit:
-            # fewer fsyncs, and the writer's Python does not compete with the publish.
-            time.sleep(GROUP_COMMIT_WAIT)
+            # On a busy spool, let an event on its way out be published first and more work
+            # join this commit: fewer fsyncs, and the writer's Python does not compete with
+            # the publish.
+            if time.monotonic() - self._committed < BUSY_GAP:
+                time.sleep(GROUP_COMMIT_WAIT)
             with self._cv:
                 jobs, self._jobs = self._jobs, []
                 self._busy = True  # a ticket-only job leaves _done as it is: wait() must
@@ -379,6 +385,7 @@ class Spool:
             freed = self._delete_counted(deletes) if deletes else 0
             self._db.execute("COMMIT")
             self.commits += 1
+            self._committed = time.monotonic()
             self._bytes = max(0, self._bytes - freed) + size
             self.stored += sum(len(j.records) for j in jobs)
             if self._bytes > self.max_bytes:

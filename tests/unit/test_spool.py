@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -319,3 +320,26 @@ def test_closing_while_writes_fail_gives_them_up_unacknowledged(tmp_path, monkey
         assert until(lambda: s.failing, 10)
         s.close()
         assert acked == [] and not ticket.resolved and s.abandoned_records == 800
+
+
+def test_a_write_after_a_quiet_spell_costs_the_writer_one_wake_up(tmp_path):
+    """The group-commit wait only pays on a busy spool: a write that comes long after the
+    last commit is committed at once, one wake-up of the writer each (two before: the
+    notification and the end of the wait)."""
+    sp = Spool(tmp_path / "s.db", sync="normal")  # no fsync: no I/O waits in the count
+    status = Path(f"/proc/self/task/{sp._writer.native_id}/status")
+
+    def sleeps() -> int:
+        return int(status.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
+
+    quiet = threading.Event()
+    sp.submit("up", [rec(EVENT, 0)])
+    sp.wait()
+    before, commits = sleeps(), sp.commits
+    for i in range(1, 21):
+        quiet.wait(0.03)  # 30 ms apart: 3x BUSY_GAP
+        sp.submit("up", [rec(SUMMARY, i)])
+        sp.wait()
+    assert sp.commits - commits == 20
+    assert sleeps() - before < 30  # 20 writes: 40 or more with a wait after each
+    sp.close()
