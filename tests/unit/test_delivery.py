@@ -312,8 +312,12 @@ def test_a_sink_that_refuses_everything_keeps_the_rows_and_backs_off(tmp_path):
     f = Forwarder("a", sink, s, batch=4, rate=1e6)
     f.start()
     put_many(f, [rec(SUMMARY, i) for i in range(6)])
-    wait_for(lambda: f.errors >= 4, timeout=30)  # past the one-by-one attempt
-    assert s.depth("a") == 6 and f.moved_aside == 0
+    # four failures of the first 4 rows: 1 + 1 batch refusals, then from the third on the
+    # batch and each of its rows alone (5 each). The sink is mended only after the fourth
+    # one-by-one pass has ended (the lane waits out its backoff then): mended during a
+    # pass, it would take some rows and the refused one would rightly be moved aside.
+    wait_for(lambda: sink.refusals >= 12, timeout=30)
+    assert f.errors >= 4 and s.depth("a") == 6 and f.moved_aside == 0
     sink.refuse = set()
     wait_for(lambda: s.depth("a") == 0, timeout=70)
     f.stop(drain_timeout=1)
