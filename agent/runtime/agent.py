@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from typing import cast
 
 import orjson
+from apscheduler.executors.debug import DebugExecutor
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from agent import log
@@ -70,7 +72,11 @@ class Agent:
         self.spool: Spool | None = None
         # Replaced, never changed in place (see _set_units); in config order.
         self.units: dict[str, RunningPipeline] = {}
-        self.scheduler = BackgroundScheduler(daemon=True)
+        # "inline" runs a job in the scheduler's own thread: for jobs that only raise a flag
+        # (a flush request), a wake-up of a pool thread each time is the whole cost
+        self.scheduler = BackgroundScheduler(
+            daemon=True, executors={"default": ThreadPoolExecutor(), "inline": DebugExecutor()}
+        )
         self.started = False
         self.metrics: MetricsServer | None = None
         self.console = self._new_console()

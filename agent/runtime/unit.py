@@ -117,6 +117,7 @@ class RunningPipeline:
             "interval",
             seconds=self.config.summary.every,
             id=f"summary-{self.name}",
+            executor="inline",  # sets a flag and wakes the worker: no pool thread
             max_instances=1,
             coalesce=True,
             replace_existing=True,

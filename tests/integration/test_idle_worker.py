@@ -93,3 +93,28 @@ def test_an_idle_agents_main_thread_sleeps_between_looks(broker, w1_models, tmp_
         assert agent.stop() == 0
     finally:
         kill_left(agent)
+
+
+def test_summary_flush_requests_wake_no_pool_thread(broker, w1_models, tmp_path):
+    """The summary job only asks the worker to flush: it runs in the scheduler's own
+    thread, so a period costs no wake-up of a pool thread (before, APScheduler's pool ran
+    it: one more thread woken every period)."""
+    prefix = f"f{uuid.uuid4().hex[:6]}"
+    pipe = w1_pipeline(
+        f"{prefix}/+/t",
+        w1_models[1],
+        sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}")],
+        summary={"every": "100ms"},
+    )
+    agent = Agent(parse_config(agent_config(broker.port, tmp_path / "s.db", pipe), "test"))
+    agent.build()
+    before = {t.ident for t in threading.enumerate()}
+    agent.start()
+    try:
+        [unit] = agent.units.values()
+        stored = unit.spool.stored  # each period's flush stores its stats record
+        assert until(lambda: unit.spool.stored >= stored + 5, 15)
+        new = [t.name for t in threading.enumerate() if t.ident not in before]
+        assert not [n for n in new if n.startswith("ThreadPoolExecutor")], new
+    finally:
+        agent.stop()
