@@ -113,9 +113,6 @@ class Intake:
         q.extend(msgs)
         if due:
             self._gathered = True
-            if self.state != AWAKE:
-                self._wake.set()
-            return
         self._notify()
 
     def _arrived(self, n: int, first: bool) -> None:
@@ -130,9 +127,10 @@ class Intake:
 
     def _notify(self) -> None:
         """Wake the worker if a batch is due: it sleeps on an empty queue, or it gathers
-        and the queue reached ``due``. Otherwise its own timer ends its wait."""
+        and the queue reached ``due`` or holds a read that waited the budget. Otherwise its
+        own timer ends its wait."""
         state = self.state
-        if state == IDLE or (state == GATHERING and len(self._q) >= self.due):
+        if state == IDLE or (state == GATHERING and (self._gathered or len(self._q) >= self.due)):
             self._wake.set()
 
     def drain(self, limit: int) -> list[Message]:

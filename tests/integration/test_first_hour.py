@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.mqtt import ROOT, AgentProcess, Collector, client, runtime_env
+from tests.support.mqtt import ROOT, AgentProcess, Collector, client, notify_socket, runtime_env
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.mosquitto
@@ -257,10 +257,7 @@ def test_systemd_readiness_notifications(broker, w1_models, tmp_path):
     """Type=notify: READY=1 once started, RELOADING=1 then READY=1 around a reload,
     STOPPING=1 at the stop, on the socket systemd names in NOTIFY_SOCKET."""
     path = _config(tmp_path, broker.port, w1_models[1])
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(address)
-        sock.settimeout(30)
+    with notify_socket(tmp_path) as (address, sock):
         agent = AgentProcess(path, {"NOTIFY_SOCKET": address})
         try:
             assert sock.recv(256) == b"READY=1"

@@ -3,7 +3,6 @@ sleeps without waking (issue 21; before, it polled its intake 10 times a second)
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from pathlib import Path
@@ -14,7 +13,7 @@ import yaml
 from agent.config import parse_config
 from agent.runtime.agent import Agent
 from tests.support.configs import agent_config, mqtt_sink, w1_pipeline
-from tests.support.mqtt import AgentProcess, kill_left, publish, w1_payloads
+from tests.support.mqtt import AgentProcess, kill_left, notify_socket, publish, w1_payloads
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.mosquitto
@@ -79,10 +78,7 @@ def test_an_idle_agents_main_thread_sleeps_between_looks(broker, w1_models, tmp_
     )
     cfg = tmp_path / "agent.yaml"
     cfg.write_text(yaml.safe_dump(agent_config(broker.port, tmp_path / "s.db", pipe)))
-    address = str(tmp_path / "notify.sock")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as ready:
-        ready.bind(address)
-        ready.settimeout(30)
+    with notify_socket(tmp_path) as (address, ready):
         agent = AgentProcess(cfg, {"NOTIFY_SOCKET": address})
         try:
             assert ready.recv(256) == b"READY=1"  # sent just before the supervising loop

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -184,3 +185,14 @@ def kill_left(*agents: AgentProcess | None) -> None:
     for a in agents:
         if a is not None and a.proc.poll() is None:
             a.proc.kill()
+
+
+@contextlib.contextmanager
+def notify_socket(folder: Path):
+    """A datagram socket standing in for systemd's ``NOTIFY_SOCKET``: (its address, the
+    socket to ``recv`` READY=1 and the like from, 30-s timeout)."""
+    address = str(folder / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(address)
+        sock.settimeout(30)
+        yield address, sock
