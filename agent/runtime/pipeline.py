@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from agent import log
 from agent.outbox.ticket import AckTicket, Ticket
-from agent.records import Message, Record
+from agent.records import STATS, Message, Record
 from agent.runtime.redelivery import InputWrite, Redeliveries
 from agent.stages import period
 from agent.stages.isolate import process_isolated
@@ -23,6 +23,20 @@ Emit = Callable[[list[Record], Ticket | None, PeriodWrite | None], None]
 # running totals need not cost a commit per batch: they go with the next records, or at
 # most this long after the first batch that changed them (docs/reliability.md).
 TOTALS_EVERY = 1.0  # s
+# A period that changed none of the stats figures (a gateway at night) writes nothing: no
+# commit, no publish, no wake-up of the spool writer, the lanes or a network thread. Its
+# unchanged stats record is still sent once this long after the last one.
+QUIET_REPEAT = 60.0  # s
+PERIOD_FIELDS = ("period_start", "period_end")
+
+
+def _figures(stats: dict) -> dict:
+    """What a quiet period's stats must repeat: all but the period's bounds and the spool's
+    count of rows stored, which the stats records themselves raise."""
+    figures = {k: v for k, v in stats.items() if k not in PERIOD_FIELDS}
+    if isinstance(spool := figures.get("spool"), dict):
+        figures["spool"] = {k: v for k, v in spool.items() if k != "stored"}
+    return figures
 
 
 class Pipeline:
@@ -65,6 +79,9 @@ class Pipeline:
         self.lock = threading.Lock()
         self._next: tuple[Processor, threading.Event, list[bool]] | None = None
         self._unsaved: float | None = None  # when totals not yet handed to the spool changed
+        self._last_stats: tuple[dict, float] | None = None  # figures last sent, monotonic when
+        self.periods = 0  # summary periods flushed
+        self.quiet = 0  # of them, periods that wrote nothing
         self._batching(processor)
 
     def _batching(self, p: Processor) -> None:
@@ -118,10 +135,20 @@ class Pipeline:
 
     def _flush_now(self, p: Processor, close: str | None = None, stats: dict | None = None) -> None:
         """The period's summaries and stats (after closing open episodes when ``close`` says
-        why), committed with the clearing of its totals. The caller holds ``self.lock``."""
+        why), committed with the clearing of its totals; nothing for a quiet period (its
+        stats unchanged, ``QUIET_REPEAT``). The caller holds ``self.lock``."""
         closed = p.close_episodes(close) if close else []
         p.counters.events += len(closed)
         records = [*closed, *p.flush(self._stats() if stats is None else stats)]
+        self.periods += 1
+        stats = next(r.payload for r in records if r.kind == STATS)
+        figures = _figures(stats)
+        now, last = time.monotonic(), self._last_stats
+        repeat = last is not None and last[0] == figures and now - last[1] < QUIET_REPEAT
+        if close is None and len(records) == 1 and repeat:
+            self.quiet += 1
+            return  # no summaries: no running totals to clear either
+        self._last_stats = (figures, now)
         self.emit(records, None, period.cleared(p.name))
         self._unsaved = None
 

@@ -11,9 +11,17 @@ import pytest
 import yaml
 
 from agent.config import parse_config
+from agent.runtime import pipeline as pipeline_module
 from agent.runtime.agent import Agent
 from tests.support.configs import agent_config, mqtt_sink, w1_pipeline
-from tests.support.mqtt import AgentProcess, kill_left, notify_socket, publish, w1_payloads
+from tests.support.mqtt import (
+    AgentProcess,
+    Collector,
+    kill_left,
+    notify_socket,
+    publish,
+    w1_payloads,
+)
 from tests.support.waiting import until
 
 pytestmark = pytest.mark.mosquitto
@@ -114,9 +122,51 @@ def test_summary_flush_requests_wake_no_pool_thread(broker, w1_models, tmp_path)
     agent.start()
     try:
         [unit] = agent.units.values()
-        stored = unit.spool.stored  # each period's flush stores its stats record
-        assert until(lambda: unit.spool.stored >= stored + 5, 15)
+        periods = unit.worker.periods
+        assert until(lambda: unit.worker.periods >= periods + 5, 15)
         new = [t.name for t in threading.enumerate() if t.ident not in before]
         assert not [n for n in new if n.startswith("ThreadPoolExecutor")], new
     finally:
         agent.stop()
+
+
+@pytest.mark.parametrize("repeat", [pipeline_module.QUIET_REPEAT, 0.0])
+def test_a_quiet_period_writes_nothing(broker, w1_models, tmp_path, monkeypatch, repeat):
+    """A period in which no stats figure changed (no traffic, nothing in the spool moved)
+    writes no record: no commit, so neither the spool writer, the lanes nor the sink's
+    network thread wake. A period that saw a message sends its stats again; an unchanged
+    record is repeated only ``QUIET_REPEAT`` after the last one (0 here: every period)."""
+    monkeypatch.setattr(pipeline_module, "QUIET_REPEAT", repeat)
+    prefix = f"q{uuid.uuid4().hex[:6]}"
+    pipe = w1_pipeline(
+        f"{prefix}/+/t",
+        w1_models[1],
+        sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}", stats=f"{prefix}-stats")],
+        summary={"every": "100ms"},
+    )
+    collector = Collector(broker.port, [f"{prefix}-stats"])
+    agent = Agent(parse_config(agent_config(broker.port, tmp_path / "s.db", pipe), "test"))
+    agent.build()
+    agent.start()
+    try:
+        [unit] = agent.units.values()
+        worker, spool = unit.worker, unit.spool
+        assert until(unit.source.subscribed.is_set, 15)
+        items = w1_payloads(devices=2, samples=16, spike_rate=0)
+        publish(broker.port, prefix + "/{device}/t", items)
+        seen = len(items)
+        assert until(lambda: any(m["received"] == seen for m in collector.of(prefix)), 15)
+        if repeat:  # once the spool has drained and a period's figures were sent, none move
+            assert until(lambda: worker.quiet > 0, 15)
+        stored, commits, periods = spool.stored, spool.commits, worker.periods
+        assert until(lambda: worker.periods >= periods + 5, 15)
+        if repeat:
+            assert (spool.stored, spool.commits) == (stored, commits)
+            assert worker.quiet >= 5
+        else:  # each period stores its stats record
+            assert spool.stored - stored >= 5 and worker.quiet == 0
+        publish(broker.port, prefix + "/{device}/t", items[:1])
+        assert until(lambda: any(m["received"] == seen + 1 for m in collector.of(prefix)), 15)
+    finally:
+        agent.stop()
+        collector.close()
