@@ -30,6 +30,7 @@ import paho.mqtt
 import paho.mqtt.client as mqtt
 
 from agent.records import Message
+from agent.transport.client import Client
 from agent.transport.intake import GATHER_MIN
 
 TESTED_PAHO = ("2.2.0",)  # the version CI installs; tests/unit/test_fastpath_splitter.py
@@ -238,7 +239,7 @@ class SplittingSocket:
         return getattr(self._sock, name)
 
 
-class FastClient(mqtt.Client):
+class FastClient(Client):
     """A paho client whose incoming PUBLISH packets bypass paho's per-packet handling."""
 
     def __init__(self, *args, on_publish: PublishCallback, budget: float = 0.0, **kwargs) -> None:

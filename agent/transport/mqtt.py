@@ -20,6 +20,7 @@ from agent import log
 from agent.config import TLS_FILES, BrokerConfig
 from agent.errors import SettingError
 from agent.transport import fastpath
+from agent.transport.client import Client
 
 
 def tls_context(broker: BrokerConfig, name: str = "?") -> ssl.SSLContext:
@@ -143,7 +144,7 @@ class Connection:
         protocol = mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311
         clean_session = None if self.v5 else broker.clean_start
         self.fast = on_publish is not None and fastpath.available()
-        self.client: mqtt.Client
+        self.client: Client
         if on_publish is not None and self.fast:
             self.client = fastpath.FastClient(
                 CallbackAPIVersion.VERSION2,
@@ -154,7 +155,7 @@ class Connection:
                 clean_session=clean_session,
             )
         else:
-            self.client = mqtt.Client(
+            self.client = Client(
                 CallbackAPIVersion.VERSION2,
                 client_id=client_id,
                 protocol=protocol,
