@@ -73,9 +73,11 @@ def _serve(
         full = fleet.startup_config()
     cfg, children = workers.split(full)
     pool = workers.WorkerPool(children, args.log_level, log.console_wanted(args.log_format))
+    if children:  # a worker process that ends wakes the main thread
+        signal.signal(signal.SIGCHLD, signals.wake)
     if cfg is None:
         return _run_pool(pool, signals)
-    agent = Agent(cfg)
+    agent = Agent(cfg, on_failure=signals.wake)
     agent.config_path = args.config
     agent.build()
     pool.start()
@@ -88,7 +90,7 @@ def _serve(
         fleet.start(agent)
     settle_heap()
     notify("READY=1")
-    while not signals.wait(SUPERVISE_EVERY):
+    while not signals.wait():
         if pool.failed():
             log.get(component="cli").error("worker_failed", workers=pool.failed())
             break
@@ -114,20 +116,20 @@ def _run_pool(pool: workers.WorkerPool, signals: Signals) -> int:
 
     pool.start()
     notify("READY=1")
-    while not signals.wait(SUPERVISE_EVERY) and not pool.failed():
+    while not signals.wait() and not pool.failed():
         pass
     failed = pool.failed()
+    if failed:
+        log.get(component="cli").error("worker_failed", workers=failed)
     pool.stop()
     return 1 if failed else 0
 
 
-SUPERVISE_EVERY = 1.0  # s: how soon the main thread notices a failed worker thread or process
-
-
 class Signals:
-    """SIGTERM/SIGINT (stop) and SIGHUP (reload) as flags the main thread sleeps on: it
-    wakes for a signal at once and otherwise once every ``SUPERVISE_EVERY``, not 5 times a
-    second as it polled before (an idle gateway's wake-ups, docs/performance.md)."""
+    """SIGTERM/SIGINT (stop), SIGHUP (reload) and SIGCHLD (a worker process ended) as flags
+    the main thread sleeps on, and :meth:`wake` for a worker thread that failed: the main
+    thread sleeps until one of them, with no timer (an idle gateway's wake-ups,
+    docs/performance.md)."""
 
     def __init__(self) -> None:
         self.stop = threading.Event()
@@ -142,10 +144,14 @@ class Signals:
         self.hup.set()
         self._woken.set()
 
-    def wait(self, timeout: float) -> bool:
-        """Sleep until a signal or ``timeout``; whether to stop."""
+    def wake(self, *_: object) -> None:
+        """Look at the workers now (a worker thread failed, a worker process ended)."""
+        self._woken.set()
+
+    def wait(self) -> bool:
+        """Sleep until a signal or :meth:`wake`; whether to stop."""
         if not (self.stop.is_set() or self.hup.is_set()):
-            self._woken.wait(timeout)
+            self._woken.wait()
         self._woken.clear()
         return self.stop.is_set()
 

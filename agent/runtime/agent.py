@@ -12,7 +12,7 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import cast
 
 import orjson
@@ -62,8 +62,14 @@ def settle_heap() -> None:
 class Agent:
     """Runs every pipeline of a config until :meth:`stop`."""
 
-    def __init__(self, config: Config, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry | None = None,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
         self.config = config
+        self.on_failure = on_failure  # told when a pipeline's worker ends on an error
         self.registry = registry or Registry()
         self.log = log.get(component="agent", agent=config.agent.id)
         self.boot = os.urandom(3).hex()  # "<spool incarnation>.<random>" once built
@@ -213,6 +219,7 @@ class Agent:
             client_id(broker.client_id, cfg.agent.id, f"{p.name}-in"),
             on_records=self.console.take if self.console is not None else None,
             redeliveries=self._redeliveries(p.name),
+            on_failure=self.on_failure,
         )
 
     def _redeliveries(self, pipeline: str) -> Redeliveries:

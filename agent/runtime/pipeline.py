@@ -54,6 +54,7 @@ class Pipeline:
         stats: Callable[[], dict] | None = None,
         paused: Callable[[], bool] | None = None,
         redelivery: Redeliveries | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.processor = processor
         self.intake = intake
@@ -66,6 +67,7 @@ class Pipeline:
         self.paused = paused or (lambda: False)
         # QoS 1 input on a persistent session: redeliveries of committed input are only acked
         self.redelivery = redelivery
+        self.on_failure = on_failure  # told once the worker has ended on an error
         self.log = log.get(pipeline=processor.name, component="worker")
         self._flush = threading.Event()
         self._stop = threading.Event()
@@ -233,6 +235,8 @@ class Pipeline:
         except BaseException as e:  # a bug: log it, keep what we have, let the runtime see it
             self.error = e
             self.log.exception("worker_failed")
+            if self.on_failure is not None:  # the agent stops: stop() waits for the flush below
+                self.on_failure()
         finally:
             stats = self._stats()
             with self.lock:

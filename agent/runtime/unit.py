@@ -49,6 +49,7 @@ class RunningPipeline:
         client_id: str,
         on_records: Callable[[str, list[Record]], None] | None = None,
         redeliveries: Redeliveries | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.name = config.name
         self.forwarders = forwarders
@@ -71,6 +72,7 @@ class RunningPipeline:
             paused=lambda: spool.failing,
             # committed input recognised when the broker sends it again: persistent QoS 1 only
             redelivery=redeliveries if self.source.deferred else None,
+            on_failure=on_failure,
         )
 
     # -- what it runs --------------------------------------------------------------------

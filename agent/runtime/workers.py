@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import signal
+import sys
 import threading
 
 from agent.config import Config
@@ -61,12 +62,14 @@ def _child(cfg: Config, level: str, pretty: bool) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    agent = Agent(cfg)
+    agent = Agent(cfg, on_failure=stop.set)  # a failed pipeline ends the process: exit 1
     agent.build()
     agent.start()
     settle_heap()
     stop.wait()
     agent.stop()
+    if agent.failed():
+        sys.exit(1)  # the parent sees it (WorkerPool.failed) and stops the agent
 
 
 class WorkerPool:
