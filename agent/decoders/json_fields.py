@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import sys
 from collections.abc import Sequence
 from typing import Literal, TypeVar
 
@@ -17,7 +18,10 @@ from agent.records import Message, SampleBatch
 
 _TOPIC_SEGMENT = re.compile(r"^topic\[(-?\d+)\]$")
 _NUMBERS = frozenset((int, float))
-CACHED_TOPIC_MAX = 256  # longer topics are split each time: the cache stays under ~60 MB
+# bytes a topic string takes in memory (sys.getsizeof: 305 for 256 ASCII characters, 4 per
+# character for some scripts and emoji): larger ones are split each time, so 100,000 cached
+# topics and their device ids stay under ~75 MB whatever the characters
+CACHED_TOPIC_BYTES = 320
 T = TypeVar("T")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
@@ -83,7 +87,7 @@ class JsonDecoder:
         if device is None:
             assert self._segment is not None, "called only when the device is a topic segment"
             device = topic.split("/")[self._segment]
-            if len(topic) > CACHED_TOPIC_MAX:  # the cache is bounded by bytes, not only count
+            if sys.getsizeof(topic) > CACHED_TOPIC_BYTES:  # bounded by bytes, not only count
                 return device
             if len(self._devices) > 100_000:
                 self._devices.clear()

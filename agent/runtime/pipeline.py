@@ -143,8 +143,7 @@ class Pipeline:
         p.counters.events += len(closed)
         records = [*closed, *p.flush(self._stats() if stats is None else stats)]
         self.periods += 1
-        stats = next(r.payload for r in records if r.kind == STATS)
-        figures = _figures(stats)
+        figures = _figures(next(r.payload for r in records if r.kind == STATS))
         now, last = time.monotonic(), self._last_stats
         repeat = last is not None and last[0] == figures and now - last[1] < QUIET_REPEAT
         if close is None and len(records) == 1 and repeat:

@@ -33,6 +33,22 @@ def sleeps(thread: threading.Thread) -> int:
     return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
 
 
+def period_agent(port: int, model: Path, tmp_path: Path, prefix: str, **kwargs) -> Agent:
+    """W1's pipeline on ``prefix/+/t`` with a 100-ms summary period, built, not started;
+    ``kwargs``: the sink's other topics, or ``on_failure`` for the agent."""
+    on_failure = kwargs.pop("on_failure", None)
+    pipe = w1_pipeline(
+        f"{prefix}/+/t",
+        model,
+        sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}", **kwargs)],
+        summary={"every": "100ms"},
+    )
+    config = parse_config(agent_config(port, tmp_path / "s.db", pipe), "test")
+    agent = Agent(config, on_failure=on_failure)
+    agent.build()
+    return agent
+
+
 def test_an_idle_worker_does_not_wake(broker, w1_models, tmp_path):
     prefix = f"i{uuid.uuid4().hex[:6]}"
     raw = {
@@ -108,19 +124,10 @@ def test_a_failed_worker_wakes_the_supervisor(broker, w1_models, tmp_path):
     """A pipeline's worker that ends on an error tells the agent's ``on_failure`` at once
     (``edge-agent run`` passes the main thread's wake-up, a worker process its own stop):
     the agent does not wait for a timer to notice."""
-    prefix = f"x{uuid.uuid4().hex[:6]}"
-    pipe = w1_pipeline(
-        f"{prefix}/+/t",
-        w1_models[1],
-        sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}")],
-        summary={"every": "100ms"},
-    )
     told = threading.Event()
-    agent = Agent(
-        parse_config(agent_config(broker.port, tmp_path / "s.db", pipe), "test"),
-        on_failure=told.set,
+    agent = period_agent(
+        broker.port, w1_models[1], tmp_path, f"x{uuid.uuid4().hex[:6]}", on_failure=told.set
     )
-    agent.build()
     [unit] = agent.units.values()
     processor = unit.worker.processor
     flush = processor.flush
@@ -142,15 +149,7 @@ def test_summary_flush_requests_wake_no_pool_thread(broker, w1_models, tmp_path)
     """The summary job only asks the worker to flush: it runs in the scheduler's own
     thread, so a period costs no wake-up of a pool thread (before, APScheduler's pool ran
     it: one more thread woken every period)."""
-    prefix = f"f{uuid.uuid4().hex[:6]}"
-    pipe = w1_pipeline(
-        f"{prefix}/+/t",
-        w1_models[1],
-        sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}")],
-        summary={"every": "100ms"},
-    )
-    agent = Agent(parse_config(agent_config(broker.port, tmp_path / "s.db", pipe), "test"))
-    agent.build()
+    agent = period_agent(broker.port, w1_models[1], tmp_path, f"f{uuid.uuid4().hex[:6]}")
     before = {t.ident for t in threading.enumerate()}
     agent.start()
     try:
@@ -171,15 +170,8 @@ def test_a_quiet_period_writes_nothing(broker, w1_models, tmp_path, monkeypatch,
     record is repeated only ``QUIET_REPEAT`` after the last one (0 here: every period)."""
     monkeypatch.setattr(pipeline_module, "QUIET_REPEAT", repeat)
     prefix = f"q{uuid.uuid4().hex[:6]}"
-    pipe = w1_pipeline(
-        f"{prefix}/+/t",
-        w1_models[1],
-        sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}", stats=f"{prefix}-stats")],
-        summary={"every": "100ms"},
-    )
     collector = Collector(broker.port, [f"{prefix}-stats"])
-    agent = Agent(parse_config(agent_config(broker.port, tmp_path / "s.db", pipe), "test"))
-    agent.build()
+    agent = period_agent(broker.port, w1_models[1], tmp_path, prefix, stats=f"{prefix}-stats")
     agent.start()
     try:
         [unit] = agent.units.values()

@@ -74,14 +74,13 @@ def test_arbitrary_payloads_never_raise(payloads):
 
 
 def test_long_topics_are_decoded_but_not_cached():
-    """The topic -> device cache is bounded by bytes: a 30 KB topic is split every time."""
-    from agent.decoders.json_fields import CACHED_TOPIC_MAX, JsonDecoder, JsonDecoderConfig
-    from agent.records import Message
-
-    d = JsonDecoder(JsonDecoderConfig(type="json", device="topic[1]", channels=2))
+    """The topic -> device cache is bounded by the bytes a topic takes, not its characters: a
+    30 KB topic, and one of 100 emoji (100 characters, 4 bytes each in memory), are split
+    every time; a 200-character ASCII topic is cached."""
+    d = dec(device="topic[1]")
     body = b'{"ts": 1e9, "v": [1, 2]}'
-    long_id = "x" * 30_000
-    batch = d.decode_many([Message(f"t/{long_id}/a", body), Message("t/short/a", body)])
-    assert batch.devices == [long_id, "short"]
-    assert list(d._devices) == ["t/short/a"]
-    assert CACHED_TOPIC_MAX < 30_000
+    long_id, emoji, ascii_id = "x" * 30_000, "\U0001f600" * 100, "a" * 190
+    topics = [f"t/{long_id}/a", f"t/{emoji}/a", f"t/{ascii_id}/a", "t/short/a"]
+    batch = d.decode_many([Message(t, body, 99.0) for t in topics])
+    assert batch.devices == [long_id, emoji, ascii_id, "short"]
+    assert list(d._devices) == [f"t/{ascii_id}/a", "t/short/a"]
