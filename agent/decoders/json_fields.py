@@ -18,7 +18,7 @@ from agent.records import Message, SampleBatch
 
 _TOPIC_SEGMENT = re.compile(r"^topic\[(-?\d+)\]$")
 _NUMBERS = frozenset((int, float))
-# bytes a topic string takes in memory (sys.getsizeof: 305 for 256 ASCII characters, 4 per
+# bytes a topic string takes in memory (sys.getsizeof: 49 + 1 per ASCII character, 2 or 4 per
 # character for some scripts and emoji): larger ones are split each time, so 100,000 cached
 # topics and their device ids stay under ~75 MB whatever the characters
 CACHED_TOPIC_BYTES = 320
