@@ -49,13 +49,21 @@ class SparkplugDecoderConfig(ComponentConfig):
     rebirth_holdoff: Duration = Field(
         10, description="at most one rebirth request per edge node in this time"
     )
+    max_nodes: int = Field(
+        10_000,
+        ge=1,
+        description="edge nodes whose sessions are kept; a birth of one more takes the place "
+        "of an offline node, or is rejected as node_limit",
+    )
 
 
 @dataclass
 class _Node:
     """What an edge node's births said: aliases, last values, sequence number."""
 
-    aliases: dict[int, str] = field(default_factory=dict)
+    # alias -> metric name; None for a metric that is not a channel (known, so not a cause
+    # for a rebirth, and its name, of any length, is not kept)
+    aliases: dict[int, str | None] = field(default_factory=dict)
     seq: int = -1
     bd_seq: int | None = None
     online: bool = False
@@ -145,6 +153,9 @@ class SparkplugDecoder:
         key = (group, name)
         node_id = f"{group}/{name}"
         if mtype == "NBIRTH":
+            if not self._room_for(key):
+                self._reject(msg, "node_limit", f"{node_id}: {len(self.nodes)} nodes kept already")
+                return
             born = self.nodes[key] = _Node(seq=-1 if seq is None else seq, online=True)
             born.values[node_id] = {}
             born.datatypes[node_id] = {}
@@ -168,7 +179,10 @@ class SparkplugDecoder:
             return
         if node is None or not node.online:
             self._reject(msg, "no_birth", f"{mtype} before NBIRTH of {node_id}")
-            self._rebirth(group, name, node or self.nodes.setdefault(key, _Node()), msg)
+            if node is None and self._room_for(key):  # a node for its rebirth holdoff
+                node = self.nodes[key] = _Node()
+            if node is not None:
+                self._rebirth(group, name, node, msg)
             return
         if seq is not None:  # the specification requires it; without it nothing is checked
             expected, known = (node.seq + 1) % 256, node.seq >= 0
@@ -200,14 +214,27 @@ class SparkplugDecoder:
         else:
             self._reject(msg, "topic", f"unknown message type {mtype}")
 
+    def _room_for(self, key: tuple[str, str]) -> bool:
+        """Whether ``key``'s session can be kept (``max_nodes``): known, below the limit, or
+        in the place of an offline node, which is forgotten."""
+        if key in self.nodes or len(self.nodes) < self.config.max_nodes:
+            return True
+        offline = next((k for k, n in self.nodes.items() if not n.online), None)
+        if offline is None:
+            return False
+        del self.nodes[offline]
+        return True
+
     def _learn(self, node: _Node, entity: str, p: Payload, birth: bool) -> bool:
-        """Apply a payload's metrics to ``entity``; False if an alias was unknown."""
+        """Apply a payload's metrics to ``entity``; False if an alias was unknown. Only the
+        configured metrics' datatypes and values are kept."""
         values = node.values.setdefault(entity, {})
         datatypes = node.datatypes.setdefault(entity, {})
         ok = True
         for m in p.metrics:
+            metric: str | None
             if m.HasField("name"):
-                metric = m.name
+                metric = m.name if m.name in self._index else None
                 if birth and m.HasField("alias"):
                     node.aliases[m.alias] = metric
             elif m.HasField("alias") and m.alias in node.aliases:
@@ -215,9 +242,11 @@ class SparkplugDecoder:
             else:
                 ok = False
                 continue
+            if metric is None:
+                continue  # not a channel
             if birth and m.datatype:
                 datatypes[metric] = m.datatype
-            if m.is_historical or metric not in self._index:
+            if m.is_historical:
                 continue
             v = metric_value(m, datatypes.get(metric, 0))
             if v is not None and math.isfinite(v):

@@ -155,3 +155,44 @@ def test_offline_stamped_on_arrival_not_with_the_wills_timestamp():
     arrived = Message(will.topic, will.payload, T0 + 30)
     b = d.decode_many([*births(), arrived])
     assert b.states[-2:] == [("g1/n1/pump1", "offline", T0 + 30), ("g1/n1", "offline", T0 + 30)]
+
+
+def test_only_the_channels_of_a_birth_are_kept():
+    """A birth's other metrics (here 500 with long names) keep no name, datatype or value:
+    their aliases are known (data on them asks for no rebirth) and nothing else."""
+    d = decoder()
+    others = [
+        {"name": f"Diagnostics/{'x' * 200}/{i}", "alias": 100 + i, "datatype": DOUBLE}
+        for i in range(500)
+    ]
+    nbirth, dbirth = births()
+    p = Payload.FromString(dbirth.payload)
+    for m in others:
+        p.metrics.add(**m, double_value=0.0)
+    dbirth = Message(dbirth.topic, p.SerializeToString(), dbirth.received)
+    extra = spb(
+        "spBv1.0/g1/DDATA/n1/pump1",
+        2,
+        [{"alias": 1, "datatype": DOUBLE, "double_value": 7.0}, {"alias": 150, "double_value": 1}],
+    )
+    b = d.decode_many([nbirth, dbirth, extra])
+    assert not b.errors and not b.control and b.values.tolist() == [[7.0, -5.0, 1.0]]
+    node = d.nodes[("g1", "n1")]
+    assert {v for v in node.aliases.values()} == {"Pressure", "Temp", "Running", None}
+    assert all(set(t) <= {"Pressure", "Temp", "Running"} for t in node.datatypes.values())
+
+
+def test_nodes_are_bounded_offline_ones_make_room():
+    """``max_nodes``: a birth of one node too many is rejected (node_limit) while every kept
+    node is online; once one is offline, a new node takes its place. Data of unknown nodes
+    past the limit is counted without keeping anything for them."""
+    d = decoder(max_nodes=2)
+    b = d.decode_many([*births(node="a"), *births(node="b"), *births(node="c")])
+    assert b.errors == {"node_limit": 1, "no_birth": 1}  # c's DBIRTH: no session for c
+    assert not b.control and set(d.nodes) == {("g1", "a"), ("g1", "b")}
+    b = d.decode_many([ddata(0, 1.0, node="zz")])
+    assert b.errors == {"no_birth": 1} and not b.control and len(d.nodes) == 2
+    bd = {"name": "bdSeq", "datatype": INT64, "long_value": 0}
+    death = spb("spBv1.0/g1/NDEATH/a", None, [bd])
+    b = d.decode_many([death, *births(node="c")])
+    assert not b.errors and set(d.nodes) == {("g1", "b"), ("g1", "c")}
