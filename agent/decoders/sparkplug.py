@@ -55,6 +55,11 @@ class SparkplugDecoderConfig(ComponentConfig):
         description="edge nodes whose sessions are kept; a birth of one more takes the place "
         "of an offline node, or is rejected as node_limit",
     )
+    max_node_devices: int = Field(
+        10_000,
+        ge=1,
+        description="devices kept per edge node; a DBIRTH of one more is rejected as node_devices",
+    )
 
 
 @dataclass
@@ -192,6 +197,10 @@ class SparkplugDecoder:
                 self._rebirth(group, name, node, msg)
         entity = f"{node_id}/{device}" if device is not None else node_id
         if mtype == "DBIRTH" and device is not None:
+            kept = len(node.values) - 1  # the node's own entity is one
+            if entity not in node.values and kept >= self.config.max_node_devices:
+                self._reject(msg, "node_devices", f"{entity}: {kept} devices of {node_id} kept")
+                return
             node.values[entity] = {}
             node.datatypes[entity] = {}
             if not self._learn(node, entity, p, birth=True):
@@ -202,6 +211,8 @@ class SparkplugDecoder:
             if entity in node.devices_online:
                 node.devices_online.discard(entity)
                 self._state(entity, "offline", ts)
+            node.values.pop(entity, None)  # its data needs a new DBIRTH, which starts afresh
+            node.datatypes.pop(entity, None)
         elif mtype in ("DDATA", "NDATA"):
             if device is not None and entity not in node.devices_online:
                 self._reject(msg, "no_birth", f"DDATA before DBIRTH of {entity}")

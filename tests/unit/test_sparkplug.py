@@ -196,3 +196,17 @@ def test_nodes_are_bounded_offline_ones_make_room():
     death = spb("spBv1.0/g1/NDEATH/a", None, [bd])
     b = d.decode_many([death, *births(node="c")])
     assert not b.errors and set(d.nodes) == {("g1", "b"), ("g1", "c")}
+
+
+def test_devices_per_node_are_bounded_a_death_frees_its_place():
+    """``max_node_devices``: a DBIRTH of one device too many is rejected (node_devices) and
+    keeps nothing; a DDEATH forgets its device, so another may be born."""
+    d = decoder(max_node_devices=1)
+    nbirth, pump1 = births()
+    pump2 = Message(pump1.topic.replace("pump1", "pump2"), pump1.payload, pump1.received)
+    b = d.decode_many([nbirth, pump1, _with_seq(pump2, 2)])
+    assert b.errors == {"node_devices": 1}
+    assert set(d.nodes[("g1", "n1")].values) == {"g1/n1", "g1/n1/pump1"}
+    death = spb("spBv1.0/g1/DDEATH/n1/pump1", 3, [])
+    b = d.decode_many([death, _with_seq(pump2, 4)])
+    assert not b.errors and set(d.nodes[("g1", "n1")].values) == {"g1/n1", "g1/n1/pump2"}
