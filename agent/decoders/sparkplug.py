@@ -158,7 +158,7 @@ class SparkplugDecoder:
         key = (group, name)
         node_id = f"{group}/{name}"
         if mtype == "NBIRTH":
-            if not self._room_for(key):
+            if not self._room_for(key, evict=True):
                 self._reject(msg, "node_limit", f"{node_id}: {len(self.nodes)} nodes kept already")
                 return
             born = self.nodes[key] = _Node(seq=-1 if seq is None else seq, online=True)
@@ -184,7 +184,7 @@ class SparkplugDecoder:
             return
         if node is None or not node.online:
             self._reject(msg, "no_birth", f"{mtype} before NBIRTH of {node_id}")
-            if node is None and self._room_for(key):  # a node for its rebirth holdoff
+            if node is None and self._room_for(key, evict=False):  # for its rebirth holdoff
                 node = self.nodes[key] = _Node()
             if node is not None:
                 self._rebirth(group, name, node, msg)
@@ -225,11 +225,14 @@ class SparkplugDecoder:
         else:
             self._reject(msg, "topic", f"unknown message type {mtype}")
 
-    def _room_for(self, key: tuple[str, str]) -> bool:
-        """Whether ``key``'s session can be kept (``max_nodes``): known, below the limit, or
-        in the place of an offline node, which is forgotten."""
+    def _room_for(self, key: tuple[str, str], evict: bool) -> bool:
+        """Whether ``key``'s session can be kept (``max_nodes``): known, below the limit, or,
+        for a birth (``evict``), in the place of an offline node, which is forgotten. Data
+        of unknown nodes never pays for the search: at the limit it would, per message."""
         if key in self.nodes or len(self.nodes) < self.config.max_nodes:
             return True
+        if not evict:
+            return False
         offline = next((k for k, n in self.nodes.items() if not n.online), None)
         if offline is None:
             return False

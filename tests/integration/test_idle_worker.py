@@ -22,15 +22,9 @@ from tests.support.mqtt import (
     publish,
     w1_payloads,
 )
-from tests.support.waiting import until
+from tests.support.waiting import sleeps, until
 
 pytestmark = pytest.mark.mosquitto
-
-
-def sleeps(thread: threading.Thread) -> int:
-    """Voluntary context switches of ``thread`` so far: each one a sleep that ended."""
-    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
-    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
 
 
 def period_agent(port: int, model: Path, tmp_path: Path, prefix: str, **kwargs) -> Agent:
@@ -81,11 +75,11 @@ def test_an_idle_worker_does_not_wake(broker, w1_models, tmp_path):
         # asleep on an empty intake, the stream's running totals saved (at most 1 s later)
         assert until(lambda: pipeline.intake.state == 1 and pipeline.saved(), 15)
         worker = pipeline._thread
-        before = sleeps(worker)
+        before = sleeps(worker.native_id)
         done = threading.Event()
         for _ in range(8):  # an interval of 8 timer expiries (0.8 s or more): 8 polls before
             done.wait(0.1)
-        assert sleeps(worker) == before
+        assert sleeps(worker.native_id) == before
     finally:
         agent.stop()
 
@@ -105,16 +99,12 @@ def test_an_idle_agents_main_thread_sleeps(broker, w1_models, tmp_path):
         agent = AgentProcess(cfg, {"NOTIFY_SOCKET": address})
         try:
             assert ready.recv(256) == b"READY=1"  # sent just before the supervising loop
-            main = Path(f"/proc/{agent.proc.pid}/task/{agent.proc.pid}/status")
-
-            def sleeps() -> int:
-                return int(main.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
-
-            before = sleeps()
+            pid = agent.proc.pid
+            before = sleeps(pid, pid)
             done = threading.Event()
             for _ in range(40):  # 40 timer expiries of 0.1 s: 4 s or more
                 done.wait(0.1)
-            assert sleeps() - before <= 2
+            assert sleeps(pid, pid) - before <= 2
             assert agent.stop() == 0
         finally:
             kill_left(agent)

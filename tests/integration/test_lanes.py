@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import threading
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -20,15 +19,9 @@ from agent.sinks.mqtt import MqttSink, MqttSinkConfig
 from agent.testing.mosquitto import Mosquitto
 from agent.transport.mqtt import Connection
 from tests.support.mqtt import Collector
-from tests.support.waiting import until
+from tests.support.waiting import sleeps, until
 
 pytestmark = pytest.mark.mosquitto
-
-
-def sleeps(thread: threading.Thread) -> int:
-    """Voluntary context switches of ``thread`` so far."""
-    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
-    return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
 
 
 def timer_intervals(n: int, each: float) -> None:
@@ -75,9 +68,9 @@ def test_idle_lanes_do_not_wake(broker, tmp_path):
     f = forwarder(tmp_path, sink)
     try:
         deliver(f, [rec(EVENT, 0), rec(SUMMARY, 1)])  # both lanes caught up
-        before = [sleeps(t) for t in f._threads]
+        before = [sleeps(t.native_id) for t in f._threads]
         timer_intervals(25, 0.1)  # 2.5 s or more: a 1-s idle poll wakes each lane twice
-        woke = sum(sleeps(t) for t in f._threads) - sum(before)
+        woke = sum(sleeps(t.native_id) for t in f._threads) - sum(before)
         assert woke <= 1  # at most the end of a round still running at the first count
     finally:
         f.stop(drain_timeout=1)
@@ -103,9 +96,9 @@ def test_the_event_lane_sleeps_until_the_puback_and_sees_a_lost_connection(tmp_p
                 f.spool.wait(f.put([rec(EVENT, 1)]))
                 f.kick()
                 assert until(lambda: f.live.inflight, 10), "not published"
-                before = sleeps(lane)
+                before = sleeps(lane.native_id)
                 timer_intervals(10, 0.05)
-                assert sleeps(lane) - before <= 2  # the end of the round that published
+                assert sleeps(lane.native_id) - before <= 2  # the end of the round that published
                 assert f.spool.depth("up") == 1  # no PUBACK yet: the row stays
             finally:
                 mosq.proc.send_signal(signal.SIGCONT)
@@ -132,9 +125,9 @@ def test_a_round_of_summaries_wakes_its_thread_once_per_several(broker):
     records = [rec(SUMMARY, i) for i in range(240)]
     try:
         sink.write_many(records[:1])  # the connection warmed up
-        before = sleeps(threading.current_thread())
+        before = sleeps(threading.get_native_id())
         sink.write_many(records[1:])
-        woke = sleeps(threading.current_thread()) - before
+        woke = sleeps(threading.get_native_id()) - before
         # one summary in flight at a time: a sleep per summary at least (1.2 measured); the
         # window: a wait per 6 summaries, plus handoffs of the GIL with paho's network thread
         # (0.35-0.42 per summary together, measured)

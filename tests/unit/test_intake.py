@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
 from agent.records import Message
 from agent.transport.intake import Intake
-from tests.support.waiting import until
+from tests.support.waiting import sleeps, until
 
 
 def msgs(*names: str) -> list[Message]:
@@ -99,8 +98,7 @@ class Worker:
 
     def sleeps(self) -> int:
         """The thread's voluntary context switches so far (each one a sleep that ended)."""
-        status = Path(f"/proc/self/task/{self.thread.native_id}/status").read_text()
-        return int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        return sleeps(self.thread.native_id)
 
     def end(self) -> None:
         self.stop = True
@@ -123,9 +121,9 @@ def test_an_idle_worker_sleeps_without_waking():
     q.put(Message("t", b"a", 0.0))
     assert until(lambda: len(w.taken()) == 1, 10)
     assert until(lambda: q.state != 0, 10)  # asleep again
-    wakeups, sleeps = q.wakeups, w.sleeps()
+    wakeups, slept = q.wakeups, w.sleeps()
     ticks(6, 0.1)  # 0.6 s or more: 6 polls of the old loop
-    assert (q.wakeups, w.sleeps()) == (wakeups, sleeps)
+    assert (q.wakeups, w.sleeps()) == (wakeups, slept)
     q.put(Message("t", b"b", 0.0))
     assert until(lambda: len(w.taken()) == 2, 10)
     w.end()

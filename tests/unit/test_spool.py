@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -13,6 +12,7 @@ from agent.outbox.spool import Spool
 from agent.outbox.ticket import AckTicket
 from agent.records import EVENT, STATS, SUMMARY, Message, Record
 from tests.support.spooling import put_many
+from tests.support.waiting import sleeps
 
 
 def rec(kind: str, i: int) -> Record:
@@ -327,19 +327,15 @@ def test_a_write_after_a_quiet_spell_costs_the_writer_one_wake_up(tmp_path):
     last commit is committed at once, one wake-up of the writer each (two before: the
     notification and the end of the wait)."""
     sp = Spool(tmp_path / "s.db", sync="normal")  # no fsync: no I/O waits in the count
-    status = Path(f"/proc/self/task/{sp._writer.native_id}/status")
-
-    def sleeps() -> int:
-        return int(status.read_text().split("voluntary_ctxt_switches:")[1].split()[0])
-
     quiet = threading.Event()
     sp.submit("up", [rec(EVENT, 0)])
     sp.wait()
-    before, commits = sleeps(), sp.commits
+    writer = sp._writer.native_id
+    before, commits = sleeps(writer), sp.commits
     for i in range(1, 21):
         quiet.wait(0.03)  # 30 ms apart: 3x BUSY_GAP
         sp.submit("up", [rec(SUMMARY, i)])
         sp.wait()
     assert sp.commits - commits == 20
-    assert sleeps() - before < 30  # 20 writes: 40 or more with a wait after each
+    assert sleeps(writer) - before < 30  # 20 writes: 40 or more with a wait after each
     sp.close()
