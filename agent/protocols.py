@@ -21,7 +21,7 @@ the runtime asks with ``isinstance``, never by probing for a name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -258,6 +258,12 @@ class StreamHandler(Protocol):
     each with a ``device``) and ``flush()`` once per summary period (returns per-device
     summary payloads, each with a ``device``). ``load(window_size, channels)`` checks the
     config against the decoder (e.g. that it gives detections).
+
+    ``save(devices)`` is called before each ``update`` with the batch's devices and returns
+    a step that puts their state back as it was: when the batch fails part-way (a defect on
+    one message), the runtime runs the step and processes the batch again in halves, so
+    nothing is counted twice. It should copy only what ``update`` may change for those
+    devices; it runs once per batch.
     """
 
     config_model: ClassVar[type]
@@ -266,6 +272,8 @@ class StreamHandler(Protocol):
     def __init__(self, config: Any) -> None: ...
 
     def load(self, window_size: int, channels: int) -> None: ...
+
+    def save(self, devices: Sequence[str]) -> Callable[[], None]: ...
 
     def update(self, batch: SampleBatch) -> list[dict]: ...
 

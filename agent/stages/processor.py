@@ -19,9 +19,11 @@ import numpy as np
 
 from agent import log
 from agent.config import PipelineConfig
+from agent.errors import ModelError
 from agent.protocols import (
     Attributing,
     Binds,
+    DeclaresOutput,
     Decoder,
     Describes,
     Details,
@@ -150,6 +152,12 @@ class Processor:
         self.kind: OutputKind = output_kind(handler)  # what the handler declares; see load()
         self.stream = handler if isinstance(handler, StreamHandler) and handler.stateful else None
         self.stateful = self.stream is not None
+        if not self.stateful and isinstance(handler, DeclaresOutput) and handler.output == "events":
+            raise ModelError(
+                f"handler {type(handler).__name__} declares output 'events' but does not "
+                "implement agent.protocols.StreamHandler in full (stateful = True, load, "
+                "save, update, flush)"
+            )
         self.model = handler if _windowed(handler) else None  # what windows are scored by
         # Optional abilities, asked once here rather than per batch.
         self._details = handler if isinstance(handler, Details) else None
@@ -207,8 +215,8 @@ class Processor:
     def process(self, messages: Sequence[Message]) -> tuple[list[Record], Scored | None]:
         """Run one batch through every stage; return the events and what was scored.
 
-        A stage that raises leaves the windows, warm-up, summaries and totals as they were
-        before the call (:mod:`agent.stages.undo`; a stateful handler's own state excepted) and the
+        A stage that raises leaves the windows, warm-up, summaries, totals and a stateful
+        handler's state as they were before the call (:mod:`agent.stages.undo`) and the
         exception propagates: :func:`agent.stages.isolate.process_isolated` then splits the batch.
         """
         undo = Undo()
@@ -277,7 +285,7 @@ class Processor:
             return events, None
         groups = self._observe(slots, batch, undo)
         if self.stream is not None:  # a StreamHandler keeps its own per-device state
-            return events + self._stream_events(batch), None
+            return events + self._stream_events(batch, undo), None
         due, windows, lives = self._window(slots, batch, groups, undo)
         if not len(due):
             if lives is not None and self.episodes is not None:
@@ -354,9 +362,10 @@ class Processor:
         self.summaries.add_samples(groups)
         return groups
 
-    def _stream_events(self, batch: SampleBatch) -> list[Record]:
+    def _stream_events(self, batch: SampleBatch, undo: Undo) -> list[Record]:
         """Stage ``stream`` (the ``events`` kind): the handler's own events."""
         assert self.stream is not None
+        undo.add(self.stream.save(list(dict.fromkeys(batch.devices))))
         found = self.stream.update(batch)
         self.counters.anomalies += len(found)
         return [self._record(EVENT, {**payload, "pipeline": self.name}) for payload in found]

@@ -27,7 +27,8 @@ What is checked:
   value.
 - stream handler (implements ``StreamHandler``, ``stateful = True``): events for batches
   fed in chunks equal those for the same samples in one batch; every event and summary
-  names its ``device``.
+  names its ``device``; each batch updated, undone by the step ``save`` returned and
+  updated again gives the events and summaries of one update.
 - sink: implements ``Sink`` and keeps its validated ``config``; a ``Pipelined`` sink is
   also ``Concurrent``; ``start``, ``write_many`` (retried while it raises
   ``NotConnectedError``, up to ``timeout``), the same records again (redelivery after a
@@ -318,6 +319,16 @@ def check_stream_handler(
     summaries_b = b.flush()
     assert _json(events_a) == _json(events_b), "events depend on how samples were batched"
     assert _json(summaries_a) == _json(summaries_b), "summaries depend on the batching"
+    c = cls(cfg)
+    c.load(window_size, channels)
+    events_c = []
+    for batch in make_batches():
+        restore = c.save(list(dict.fromkeys(batch.devices)))
+        c.update(batch)
+        restore()
+        events_c += c.update(batch)
+    assert _json(events_c) == _json(events_a), "save() did not put back what update changed"
+    assert _json(c.flush()) == _json(summaries_a), "save() did not put back the summaries"
     for rec in [*events_a, *summaries_a]:
         assert isinstance(rec, dict) and isinstance(rec.get("device"), str), "needs a device"
     assert summaries_a, "a period with samples gave no summaries"

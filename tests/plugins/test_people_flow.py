@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from edge_agent_people_flow.handler import PeopleFlowHandler
+
 from agent.config import load_config
-from agent.stages.processor import build_processor
+from agent.registry import Registry
+from agent.stages.isolate import process_isolated
+from agent.stages.processor import Processor, build_processor
 from tests.conftest import ROOT
 from tests.support.payloads import T0, minimal
 
@@ -97,3 +101,56 @@ def test_full_schema_person_block_from_peoplenet_is_kept():
     (summary,) = [r.payload for r in p.flush() if r.kind == "summary"]
     assert summary["tracks"] == {"Person": 1}
     assert summary["lines"] == {"door": {"in": 0, "out": 1}}
+
+
+class MarkedTrackRaises(PeopleFlowHandler):
+    """A defect part-way through a frame: after the frame changed the camera's state, a
+    frame with track 666 raises."""
+
+    def _frame(self, name, t, rows, det, points, inside) -> list[dict]:
+        events = super()._frame(name, t, rows, det, points, inside)
+        if (det.track[rows] == 666).any():
+            raise RuntimeError("handler defect on track 666")
+        return events
+
+
+def test_a_frame_that_raises_costs_only_itself():
+    """The handler's state is saved before each batch and put back when the batch fails, so
+    the halves processed again count nothing twice: two cameras' crossings, entries, dwell,
+    occupancy and profile end as the good frames alone leave them."""
+    cfg = load_config(ROOT / "configs" / "people_flow.yaml").pipelines[0]
+
+    def processor(handler_cls) -> Processor:
+        registry = Registry()
+        decoder = registry.get("decoder", cfg.decoder.type)(cfg.decoder)
+        p = Processor(cfg, decoder, handler_cls(cfg.handler))
+        p.load()
+        return p
+
+    def walk(camera: str, start: int) -> list:
+        ys = [700, 850, 950, 950, 700, 950]  # down, up, down over the door line
+        return [
+            minimal(camera, T0 + (start + i) * 0.5, [obj(1, 300, y), obj(2, 1500, 300)], i)
+            for i, y in enumerate(ys)
+        ]
+
+    good = [m for pair in zip(walk("cam1", 0), walk("cam2", 0)) for m in pair]
+    good += walk("cam1", 6) + walk("cam2", 6)
+    bad = minimal("cam1", T0 + 3.25, [obj(1, 300, 700), obj(666, 1500, 300)], 50)
+    p = processor(MarkedTrackRaises)
+    process_isolated(p, [*good[:9], bad, *good[9:]])
+    assert [(m, kind) for m, kind, _ in p.rejected] == [(bad, "internal")]
+    ref = processor(PeopleFlowHandler)
+    ref.process(good)
+    assert p.counters.decoded == ref.counters.decoded == len(good)
+
+    def summaries(processor: Processor) -> list[dict]:
+        out = [r.payload for r in processor.flush() if r.kind == "summary"]
+        return [{k: v for k, v in s.items() if not k.startswith("period_")} for s in out]
+
+    got = summaries(p)
+    assert got == summaries(ref)
+    assert {s["device"]: s["lines"]["door"] for s in got} == {
+        "cam1": {"in": 3, "out": 4},
+        "cam2": {"in": 3, "out": 4},
+    }

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import pytest
 
 from agent.config import BrokerConfig, parse_config
+from agent.errors import ModelError
 from agent.outbox.forwarding import Forwarder
 from agent.outbox.spool import Spool
 from agent.protocols import output_kind
@@ -105,6 +107,22 @@ class ClaimsClasses(Bare):
     output = "classes"
 
 
+class StreamWithoutSave:
+    """Declares the events kind; lacks save(), so it is not a StreamHandler in full."""
+
+    output = "events"
+    stateful = True
+
+    def load(self, window_size: int, channels: int) -> None:
+        pass
+
+    def update(self, batch) -> list[dict]:
+        return []
+
+    def flush(self) -> list[dict]:
+        return []
+
+
 def _processor(handler) -> Processor:
     pipe = sample_pipeline(rule={"events": "windows"})
     cfg = parse_config({"brokers": {"local": {}}, "pipelines": [pipe]}, "t").pipelines[0]
@@ -152,3 +170,10 @@ def test_forwarder_lanes_follow_the_sink_abilities(tmp_path):
         assert len(file._threads) == 1 and file.live is None
     finally:
         spool.close()
+
+
+def test_a_claim_of_the_events_kind_without_the_protocol_is_refused():
+    """A stream handler that cannot undo a failed batch would count its good messages twice
+    when the batch is processed again in halves: refused when the pipeline is built."""
+    with pytest.raises(ModelError, match=r"StreamWithoutSave declares output 'events'.*save"):
+        _processor(StreamWithoutSave())

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -102,6 +103,9 @@ class _Profile:
     anomalous: bool = False
 
 
+_NEW = _Profile()
+
+
 class _Camera:
     def __init__(self, zones: list[str], lines: list[str]) -> None:
         self.tracks: dict[int, _Track] = {}
@@ -119,6 +123,34 @@ class _Camera:
         self.dwell: dict[str, list[float]] = {z: [] for z in zones}
         self.crossings = {ln: {"in": 0, "out": 0} for ln in lines}
         self.seen: dict[str, set[int]] = defaultdict(set)  # label -> tracks this period
+
+    def save(self) -> Callable[[], None]:
+        """A step that puts back what a frame may change (lists that only grow keep their
+        length; profiles are replaced, never changed, so a shallow copy holds them)."""
+        scalars = (self.last, self.heard, self.frames, self.late)
+        tracks = [(tid, tr, tr.point, tr.last, dict(tr.zones)) for tid, tr in self.tracks.items()]
+        profile = dict(self.profile)
+        occ = (dict(self.occ_sum), dict(self.occ_max))
+        entries = {z: dict(e) for z, e in self.entries.items()}
+        dwell = {z: len(d) for z, d in self.dwell.items()}
+        crossings = {ln: dict(c) for ln, c in self.crossings.items()}
+        seen = {label: set(s) for label, s in self.seen.items()}
+
+        def restore() -> None:
+            self.last, self.heard, self.frames, self.late = scalars
+            self.tracks = {}
+            for tid, tr, point, last, zones in tracks:
+                tr.point, tr.last, tr.zones = point, last, zones
+                self.tracks[tid] = tr
+            self.profile = profile
+            self.occ_sum, self.occ_max = occ
+            self.entries = {z: defaultdict(int, e) for z, e in entries.items()}
+            for z, n in dwell.items():
+                del self.dwell[z][n:]
+            self.crossings = crossings
+            self.seen = defaultdict(set, seen)
+
+        return restore
 
 
 class PeopleFlowHandler:
@@ -145,6 +177,19 @@ class PeopleFlowHandler:
         """Nothing to load; the decoder must give detections (checked on the first batch)."""
 
     # -- per batch -------------------------------------------------------------------------
+    def save(self, devices: Sequence[str]) -> Callable[[], None]:
+        """Puts back the state of ``devices``' cameras (one not known yet is forgotten)."""
+        saved = {d: self.cameras[d].save() if d in self.cameras else None for d in devices}
+
+        def restore() -> None:
+            for d, step in saved.items():
+                if step is None:
+                    self.cameras.pop(d, None)
+                else:
+                    step()
+
+        return restore
+
     def update(self, batch: SampleBatch) -> list[dict]:
         det = batch.detections
         if det is None:
@@ -226,7 +271,8 @@ class PeopleFlowHandler:
     def _profile(self, cam: _Camera, name: str, zone: str, t: float, occ: int) -> dict | None:
         c = self.config
         slot = int((t % 86400) // c.profile_slot)
-        p = cam.profile.setdefault((zone, slot), _Profile())
+        p = replace(cam.profile.get((zone, slot), _NEW))  # replaced, never changed: see save()
+        cam.profile[zone, slot] = p
         event = None
         if p.n >= c.profile_min_frames:
             std = max(math.sqrt(p.var), c.min_std)
