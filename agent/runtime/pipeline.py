@@ -30,12 +30,17 @@ QUIET_REPEAT = 60.0  # s
 PERIOD_FIELDS = ("period_start", "period_end")
 
 
+# The spool's figures that the stats records themselves move: with upstream down, each
+# period's record would raise them and no period would be quiet.
+SPOOL_OWN = ("stored", "depth", "bytes")
+
+
 def _figures(stats: dict) -> dict:
-    """What a quiet period's stats must repeat: all but the period's bounds and the spool's
-    count of rows stored, which the stats records themselves raise."""
+    """What a quiet period's stats must repeat: all but the period's bounds and the spool
+    figures the stats records themselves move (``SPOOL_OWN``)."""
     figures = {k: v for k, v in stats.items() if k not in PERIOD_FIELDS}
     if isinstance(spool := figures.get("spool"), dict):
-        figures["spool"] = {k: v for k, v in spool.items() if k != "stored"}
+        figures["spool"] = {k: v for k, v in spool.items() if k not in SPOOL_OWN}
     return figures
 
 

@@ -3,6 +3,7 @@ sleeps without waking (issue 21; before, it polled its intake 10 times a second)
 
 from __future__ import annotations
 
+import socket
 import threading
 import uuid
 from pathlib import Path
@@ -27,17 +28,24 @@ from tests.support.waiting import sleeps, until
 pytestmark = pytest.mark.mosquitto
 
 
-def period_agent(port: int, model: Path, tmp_path: Path, prefix: str, **kwargs) -> Agent:
+def period_agent(
+    port: int, model: Path, tmp_path: Path, prefix: str, upstream: int | None = None, **kwargs
+) -> Agent:
     """W1's pipeline on ``prefix/+/t`` with a 100-ms summary period, built, not started;
-    ``kwargs``: the sink's other topics, or ``on_failure`` for the agent."""
+    its sink on the same broker, or on port ``upstream``; ``kwargs``: the sink's other
+    topics, or ``on_failure`` for the agent."""
     on_failure = kwargs.pop("on_failure", None)
+    broker = "local" if upstream is None else "up"
     pipe = w1_pipeline(
         f"{prefix}/+/t",
         model,
-        sinks=[mqtt_sink(summaries=f"{prefix}-s/{{device}}", **kwargs)],
+        sinks=[mqtt_sink(broker, summaries=f"{prefix}-s/{{device}}", **kwargs)],
         summary={"every": "100ms"},
     )
-    config = parse_config(agent_config(port, tmp_path / "s.db", pipe), "test")
+    raw = agent_config(port, tmp_path / "s.db", pipe)
+    if upstream is not None:
+        raw["brokers"]["up"] = {"host": "127.0.0.1", "port": upstream}
+    config = parse_config(raw, "test")
     agent = Agent(config, on_failure=on_failure)
     agent.build()
     return agent
@@ -185,3 +193,30 @@ def test_a_quiet_period_writes_nothing(broker, w1_models, tmp_path, monkeypatch,
     finally:
         agent.stop()
         collector.close()
+
+
+def test_quiet_periods_with_upstream_down_spool_nothing(broker, w1_models, tmp_path):
+    """With the upstream broker down, a quiet period's stats record is not spooled either:
+    the records waiting move the spool's depth and bytes, which therefore do not make a
+    period count as changed (before, each period spooled one more record, so a night with
+    upstream down filled the spool with identical stats)."""
+    prefix = f"u{uuid.uuid4().hex[:6]}"
+    with socket.socket() as closed:  # bound, not listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        agent = period_agent(broker.port, w1_models[1], tmp_path, prefix, closed.getsockname()[1])
+        agent.start()
+        try:
+            [unit] = agent.units.values()
+            worker, spool = unit.worker, unit.spool
+            assert until(unit.source.subscribed.is_set, 15)
+            items = w1_payloads(devices=2, samples=16, spike_rate=0)
+            publish(broker.port, prefix + "/{device}/t", items)
+            counters = worker.processor.counters
+            assert until(lambda: counters.decoded == len(items), 15)
+            assert until(lambda: worker.quiet > 0, 15)
+            stored, periods = spool.stored, worker.periods
+            assert until(lambda: worker.periods >= periods + 5, 15)
+            assert spool.stored == stored and worker.quiet >= 5
+            assert spool.depth() >= 2  # the traffic's summaries and stats wait for upstream
+        finally:
+            agent.stop()
