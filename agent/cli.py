@@ -7,13 +7,13 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent import __version__, log
 from agent.errors import AgentError, ConfigError, ModelError, PluginError, SettingError
 from agent.runtime import workers
+from agent.runtime.signals import Signals
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -94,8 +94,7 @@ def _serve(
         if pool.failed():
             log.get(component="cli").error("worker_failed", workers=pool.failed())
             break
-        if signals.hup.is_set():
-            signals.hup.clear()
+        if signals.take_hup():
             reloading()
             agent.reload(take_request(pid_file))
             settle_heap()
@@ -123,37 +122,6 @@ def _run_pool(pool: workers.WorkerPool, signals: Signals) -> int:
         log.get(component="cli").error("worker_failed", workers=failed)
     pool.stop()
     return 1 if failed else 0
-
-
-class Signals:
-    """SIGTERM/SIGINT (stop), SIGHUP (reload) and SIGCHLD (a worker process ended) as flags
-    the main thread sleeps on, and :meth:`wake` for a worker thread that failed: the main
-    thread sleeps until one of them, with no timer (an idle gateway's wake-ups,
-    docs/performance.md)."""
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.hup = threading.Event()
-        self._woken = threading.Event()
-
-    def on_stop(self, *_: object) -> None:
-        self.stop.set()
-        self._woken.set()
-
-    def on_hup(self, *_: object) -> None:
-        self.hup.set()
-        self._woken.set()
-
-    def wake(self, *_: object) -> None:
-        """Look at the workers now (a worker thread failed, a worker process ended)."""
-        self._woken.set()
-
-    def wait(self) -> bool:
-        """Sleep until a signal or :meth:`wake`; whether to stop."""
-        if not (self.stop.is_set() or self.hup.is_set()):
-            self._woken.wait()
-        self._woken.clear()
-        return self.stop.is_set()
 
 
 SYSTEM_RUN_DIR = Path("/run/edge-agent")  # the systemd unit's RuntimeDirectory

@@ -28,8 +28,6 @@ TOTALS_EVERY = 1.0  # s
 # unchanged stats record is still sent once this long after the last one.
 QUIET_REPEAT = 60.0  # s
 PERIOD_FIELDS = ("period_start", "period_end")
-
-
 # The spool's figures that the stats records themselves move: with upstream down, each
 # period's record would raise them and no period would be quiet.
 SPOOL_OWN = ("stored", "depth", "bytes")

@@ -12,9 +12,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 import sys
-import threading
 
 from agent.config import Config
+from agent.runtime.signals import Signals
 
 
 def split(cfg: Config) -> tuple[Config | None, list[Config]]:
@@ -59,14 +59,15 @@ def _child(cfg: Config, level: str, pretty: bool) -> None:
     from agent.runtime.agent import Agent, settle_heap
 
     log.setup(level, pretty)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signals = Signals()
+    signal.signal(signal.SIGTERM, signals.on_stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
-    agent = Agent(cfg, on_failure=stop.set)  # a failed pipeline ends the process: exit 1
+    agent = Agent(cfg, on_failure=signals.wake)  # a failed pipeline ends the process: exit 1
     agent.build()
     agent.start()
     settle_heap()
-    stop.wait()
+    while not signals.wait() and not agent.failed():
+        pass
     agent.stop()
     if agent.failed():
         sys.exit(1)  # the parent sees it (WorkerPool.failed) and stops the agent
